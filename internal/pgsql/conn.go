@@ -1,0 +1,133 @@
+package pgsql
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// SSLModes are the libpq sslmode values accepted in configuration.
+var SSLModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+// Target is one PostgreSQL login: where, as whom, into which database.
+type Target struct {
+	Host     string
+	Port     int
+	Database string
+	User     string
+	Password string
+	SSLMode  string
+	// ConnectTimeout bounds one connection attempt; zero means 10 s.
+	ConnectTimeout time.Duration
+}
+
+// String names the target for diagnostics; it never contains the password.
+func (t Target) String() string {
+	return fmt.Sprintf("%s@%s:%d/%s", t.User, t.Host, t.Port, t.Database)
+}
+
+// dsn builds a keyword/value connection string with every value quoted, so
+// passwords with '@', '/', ':' or quotes need no URI escaping
+// (postgraas_server bug 8).
+func (t Target) dsn() string {
+	q := func(v string) string {
+		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	}
+	timeout := t.ConnectTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	sslmode := t.SSLMode
+	if sslmode == "" {
+		sslmode = "prefer"
+	}
+	parts := []string{
+		"host=" + q(t.Host),
+		"port=" + strconv.Itoa(t.Port),
+		"dbname=" + q(t.Database),
+		"user=" + q(t.User),
+		"password=" + q(t.Password),
+		"sslmode=" + q(sslmode),
+		"connect_timeout=" + strconv.Itoa(int((timeout+time.Second-1)/time.Second)),
+		"application_name='terraform-provider-postgraas'",
+	}
+	return strings.Join(parts, " ")
+}
+
+// ConnConfig is the pgx configuration for a single connection.
+func (t Target) ConnConfig() (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(t.dsn())
+	if err != nil {
+		// The parse error would quote the connection string: keep it out.
+		return nil, fmt.Errorf("invalid connection settings for %s", t)
+	}
+	return cfg, nil
+}
+
+// Connect opens one connection (used for logins as a tenant, which cannot
+// be pooled with the admin's).
+func (t Target) Connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := t.ConnConfig()
+	if err != nil {
+		return nil, err
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// PoolConfig is a bounded pool that never keeps a connection idle in a
+// transaction for long, even if a caller forgets to end one.
+func (t Target) PoolConfig(maxConns int32) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(t.dsn())
+	if err != nil {
+		return nil, fmt.Errorf("invalid connection settings for %s", t)
+	}
+	cfg.MaxConns = maxConns
+	cfg.MinConns = 0
+	cfg.MaxConnIdleTime = 5 * time.Minute
+	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "60000"
+	return cfg, nil
+}
+
+// NewPool creates a pool; it connects lazily, on first use.
+func (t Target) NewPool(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := t.PoolConfig(maxConns)
+	if err != nil {
+		return nil, err
+	}
+	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// Code returns the SQLSTATE of a server error, or "".
+func Code(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// SQLSTATEs the provider reacts to.
+const (
+	CodeInvalidPassword       = "28P01"
+	CodeInvalidAuthorization  = "28000"
+	CodeInsufficientPrivilege = "42501"
+	CodeDuplicateObject       = "42710" // role exists
+	CodeDuplicateDatabase     = "42P04"
+	CodeUniqueViolation       = "23505"
+	CodeUndefinedObject       = "42704" // role does not exist
+	CodeInvalidCatalogName    = "3D000" // database does not exist
+	CodeObjectInUse           = "55006" // database is being accessed by other users
+)
+
+// IsAuthFailure reports whether a login was refused for its credentials.
+func IsAuthFailure(err error) bool {
+	c := Code(err)
+	return c == CodeInvalidPassword || c == CodeInvalidAuthorization
+}
