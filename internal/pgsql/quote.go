@@ -14,7 +14,7 @@ func QuoteIdent(s string) string {
 }
 
 // QuoteLiteral quotes a string constant the way PostgreSQL's quote_literal
-// does: an E'' string with doubled backslashes when there is a backslash, so
+// does: an E-prefixed string with doubled backslashes when there is a backslash, so
 // the result means the same whatever standard_conforming_strings is.
 func QuoteLiteral(s string) string {
 	s = strings.ReplaceAll(s, "\x00", "")

@@ -1,0 +1,164 @@
+package pgcluster
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+// Delete implements backend.Backend. Every step tolerates objects already
+// gone, so a delete that stopped half-way (or lost a race with another one)
+// is finished by calling it again (postgraas_server bug 4).
+func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password string, force bool) error {
+	role, err := RoleName(inst.Username, b.server)
+	if err != nil {
+		return err
+	}
+	conn, err := b.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+
+	var roleExists, dbExists bool
+	err = conn.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
+       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`, role, inst.DBName).Scan(&roleExists, &dbExists)
+	if err != nil {
+		return fmt.Errorf("checking for role %q and database %q: %w", role, inst.DBName, err)
+	}
+
+	// Without the role there is nothing to log into, hence nothing to
+	// authenticate against.
+	if roleExists {
+		if err := b.authenticate(ctx, role, inst.DBName, password); err != nil {
+			return err
+		}
+	}
+	if dbExists {
+		if err := dropDatabase(ctx, conn.Conn(), inst.DBName, force); err != nil {
+			return err
+		}
+	}
+	if roleExists {
+		return dropRole(ctx, conn.Conn(), role)
+	}
+	return nil
+}
+
+// Purge implements backend.Backend.
+func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
+	role, err := RoleName(inst.Username, b.server)
+	if err != nil {
+		return err
+	}
+	conn, err := b.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if err := dropDatabase(ctx, conn.Conn(), inst.DBName, true); err != nil {
+		return err
+	}
+	return dropRole(ctx, conn.Conn(), role)
+}
+
+// authenticate logs in as the tenant, as postgraas_server did: the meta DB
+// does not store passwords. PostgreSQL authenticates before it looks up the
+// database or checks CONNECT, so "database does not exist" or "permission
+// denied for database" can only come after the password was accepted; a
+// retried delete whose database is already gone still authenticates.
+func (b *Backend) authenticate(ctx context.Context, role, db, password string) error {
+	t := b.admin
+	t.Database = db
+	t.User = StoredUsername(role, b.server)
+	t.Password = password
+	conn, err := t.Connect(ctx)
+	switch {
+	case err == nil:
+		// Closed before the drop, where it would count as a session.
+		conn.Close(ctx)
+		return nil
+	case pgsql.IsAuthFailure(err):
+		return backend.ErrWrongPassword
+	case pgsql.Code(err) == pgsql.CodeInvalidCatalogName, pgsql.Code(err) == pgsql.CodeInsufficientPrivilege:
+		return nil
+	default:
+		return fmt.Errorf("logging in as %q to authenticate the delete: %w", t.User, err)
+	}
+}
+
+// codeDependentObjects is dependent_objects_still_exist.
+const codeDependentObjects = "2BP01"
+
+// dropDatabase drops db. Without force it refuses when other sessions are
+// connected; with force it ends them first.
+//
+// Sessions are not counted beforehand: one that has just been closed (the
+// authenticating login, a client that disconnected before the retry) stays
+// visible in pg_stat_activity until its process exits, while DROP DATABASE
+// waits up to 5 s for that. So the count is only taken when the drop says
+// the database is in use.
+//
+// force does not use DROP DATABASE ... WITH (FORCE): for a non-superuser it
+// fails (42501 "must be a member of the role whose process is being
+// terminated") whenever an autovacuum worker, which has no role, happens to
+// be in the database, as seen on PostgreSQL 15. A plain DROP DATABASE stops
+// autovacuum by itself, so only client sessions are ended here.
+func dropDatabase(ctx context.Context, conn *pgx.Conn, db string, force bool) error {
+	for attempt := 1; ; attempt++ {
+		if force {
+			_, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()`, db)
+			if err != nil {
+				return fmt.Errorf("ending sessions on database %q: %w", db, err)
+			}
+		}
+		_, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgsql.QuoteIdent(db))
+		if err == nil {
+			return nil
+		}
+		if pgsql.Code(err) != pgsql.CodeObjectInUse {
+			return fmt.Errorf("dropping database %q: %w", db, err)
+		}
+		if force {
+			if attempt < 3 {
+				continue // someone connected between the two statements
+			}
+			return fmt.Errorf("dropping database %q: %w", db, err)
+		}
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+WHERE datname = $1 AND backend_type = 'client backend'`, db).Scan(&n); err != nil {
+			return fmt.Errorf("counting sessions on database %q: %w", db, err)
+		}
+		if n > 0 || attempt > 1 {
+			return &backend.SessionsError{DBName: db, Count: max(n, 1)}
+		}
+		// Everybody left since the drop looked: try once more.
+	}
+}
+
+func dropRole(ctx context.Context, conn *pgx.Conn, role string) error {
+	r := pgsql.QuoteIdent(role)
+	_, err := conn.Exec(ctx, "DROP ROLE IF EXISTS "+r)
+	if pgsql.Code(err) == codeDependentObjects {
+		// The role still owns objects or holds privileges outside its
+		// database (a table in the maintenance database on PG <= 14, a
+		// GRANT from another tenant). DROP OWNED removes those in the
+		// maintenance database and on shared objects; both run in one
+		// transaction so a failure changes nothing.
+		_, err = conn.Exec(ctx, "DROP OWNED BY "+r+"; DROP ROLE "+r)
+		if pgsql.Code(err) == pgsql.CodeUndefinedObject {
+			return nil // dropped concurrently
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("dropping role %q: %w", role, err)
+	}
+	return nil
+}
