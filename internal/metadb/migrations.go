@@ -1,0 +1,134 @@
+package metadb
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// migrationLockKey is the advisory lock every provider process takes before
+// changing the schema, so several Terraform runs starting at once apply each
+// migration exactly once. The value is arbitrary but must never change.
+const migrationLockKey int64 = 0x706f73746772 // "postgr"
+
+type migration struct {
+	version     int
+	description string
+	apply       func(ctx context.Context, tx pgx.Tx) error
+}
+
+// migrations are additive only: a meta DB that postgraas_server used keeps
+// its rows and keeps working with postgraas_server (its SQLAlchemy model
+// ignores columns it does not know). postgraas_init dropped everything when
+// a column was missing (its bug 9); nothing here drops or rewrites rows.
+var migrations = []migration{
+	{1, "db_instance table as postgraas_server creates it", func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS db_instance (
+			id serial PRIMARY KEY,
+			postgraas_instance_name varchar(100),
+			creation_timestamp timestamp without time zone,
+			db_name varchar(100),
+			username varchar(500),
+			password varchar(100),
+			hostname varchar(500),
+			port integer,
+			container_id varchar(100)
+		)`)
+		return err
+	}},
+	{2, "backend, state and image columns", func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `ALTER TABLE db_instance
+			ADD COLUMN IF NOT EXISTS backend varchar(20),
+			ADD COLUMN IF NOT EXISTS state varchar(20),
+			ADD COLUMN IF NOT EXISTS image varchar(500)`)
+		return err
+	}},
+	{3, "unique instance names", func(ctx context.Context, tx pgx.Tx) error {
+		// postgraas_server only checked names in code, so a legacy meta DB
+		// may hold duplicates. Say which instead of failing on the index.
+		rows, err := tx.Query(ctx, `SELECT postgraas_instance_name, array_agg(id ORDER BY id)
+			FROM db_instance WHERE postgraas_instance_name IS NOT NULL
+			GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 20`)
+		if err != nil {
+			return err
+		}
+		var dups []string
+		for rows.Next() {
+			var name string
+			var ids []int64
+			if err := rows.Scan(&name, &ids); err != nil {
+				return err
+			}
+			dups = append(dups, fmt.Sprintf("%q (ids %v)", name, ids))
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(dups) > 0 {
+			return fmt.Errorf("the db_instance table holds instance names used more than once, "+
+				"so instance names cannot be made unique: %s; delete or rename the stale rows, then retry",
+				strings.Join(dups, ", "))
+		}
+		_, err = tx.Exec(ctx, `CREATE UNIQUE INDEX IF NOT EXISTS db_instance_postgraas_instance_name_key
+			ON db_instance (postgraas_instance_name)`)
+		return err
+	}},
+}
+
+// latestVersion is the schema version this provider needs.
+func latestVersion() int { return migrations[len(migrations)-1].version }
+
+// migrate brings the schema up to date. The common case, an up-to-date
+// schema, costs one query and takes no lock.
+func migrate(ctx context.Context, conn *pgx.Conn) error {
+	if v, err := currentVersion(ctx, conn); err == nil && v >= latestVersion() {
+		return nil
+	}
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey); err != nil {
+			return fmt.Errorf("taking the migration lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS postgraas_schema_migrations (
+			version integer PRIMARY KEY,
+			description text NOT NULL,
+			applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return fmt.Errorf("creating the migrations table: %w", err)
+		}
+		applied := map[int]bool{}
+		rows, err := tx.Query(ctx, `SELECT version FROM postgraas_schema_migrations`)
+		if err != nil {
+			return err
+		}
+		versions, err := pgx.CollectRows(rows, pgx.RowTo[int])
+		if err != nil {
+			return fmt.Errorf("reading applied migrations: %w", err)
+		}
+		for _, v := range versions {
+			applied[v] = true
+		}
+		for _, m := range migrations {
+			if applied[m.version] {
+				continue
+			}
+			if err := m.apply(ctx, tx); err != nil {
+				return fmt.Errorf("migration %d (%s): %w", m.version, m.description, err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO postgraas_schema_migrations (version, description) VALUES ($1, $2)`,
+				m.version, m.description); err != nil {
+				return fmt.Errorf("recording migration %d: %w", m.version, err)
+			}
+		}
+		return nil
+	})
+}
+
+func currentVersion(ctx context.Context, conn *pgx.Conn) (int, error) {
+	var v *int
+	err := conn.QueryRow(ctx, `SELECT max(version) FROM postgraas_schema_migrations`).Scan(&v)
+	if err != nil || v == nil {
+		return 0, err
+	}
+	return *v, nil
+}

@@ -1,0 +1,312 @@
+package metadb
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+// adminTarget is a superuser login on the test server (`make test` exports
+// it). Missing in CI or with TF_ACC it is a failure, never a skip.
+func adminTarget(t *testing.T) pgsql.Target {
+	t.Helper()
+	host := os.Getenv("POSTGRAAS_PG_CLUSTER_HOST")
+	if host == "" {
+		if os.Getenv("CI") != "" || os.Getenv("TF_ACC") != "" {
+			t.Fatal("POSTGRAAS_PG_CLUSTER_HOST is not set: run the tests with `make test`")
+		}
+		t.Skip("no test server: run with `make test`")
+	}
+	port, _ := strconv.Atoi(os.Getenv("POSTGRAAS_PG_CLUSTER_PORT"))
+	return pgsql.Target{Host: host, Port: port, Database: os.Getenv("POSTGRAAS_PG_CLUSTER_DATABASE"),
+		User: os.Getenv("POSTGRAAS_PG_CLUSTER_USERNAME"), Password: os.Getenv("POSTGRAAS_PG_CLUSTER_PASSWORD"), SSLMode: "disable"}
+}
+
+func exec(t *testing.T, target pgsql.Target, sqls ...string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := target.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	for _, s := range sqls {
+		if _, err := c.Exec(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
+
+// freshDB creates an empty database for one test and returns a login to it.
+func freshDB(t *testing.T) pgsql.Target {
+	t.Helper()
+	admin := adminTarget(t)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := "metadb_test_" + hex.EncodeToString(b)
+	exec(t, admin, "CREATE DATABASE "+pgsql.QuoteIdent(name))
+	t.Cleanup(func() { exec(t, admin, "DROP DATABASE IF EXISTS "+pgsql.QuoteIdent(name)+" WITH (FORCE)") })
+	target := admin
+	target.Database = name
+	return target
+}
+
+func newStore(t *testing.T, target pgsql.Target) *Store {
+	s := New(target, 4)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+// legacyDDL is the table exactly as postgraas_server's SQLAlchemy model
+// creates it.
+const legacyDDL = `CREATE TABLE db_instance (
+	id SERIAL NOT NULL,
+	postgraas_instance_name VARCHAR(100),
+	creation_timestamp TIMESTAMP WITHOUT TIME ZONE,
+	db_name VARCHAR(100),
+	username VARCHAR(500),
+	password VARCHAR(100),
+	hostname VARCHAR(500),
+	port INTEGER,
+	container_id VARCHAR(100),
+	PRIMARY KEY (id))`
+
+func scalar[T any](t *testing.T, target pgsql.Target, sql string) T {
+	t.Helper()
+	var v T
+	c, err := target.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if err := c.QueryRow(context.Background(), sql).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+func TestMigrateFromNothing(t *testing.T) {
+	t.Parallel()
+	target := freshDB(t)
+	s := newStore(t, target)
+	if err := s.Migrate(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	cols := scalar[string](t, target, `SELECT string_agg(column_name, ',' ORDER BY ordinal_position)
+		FROM information_schema.columns WHERE table_name = 'db_instance'`)
+	want := "id,postgraas_instance_name,creation_timestamp,db_name,username,password,hostname,port,container_id,backend,state,image"
+	if cols != want {
+		t.Fatalf("columns %s, want %s", cols, want)
+	}
+	if n := scalar[int64](t, target, `SELECT count(*) FROM postgraas_schema_migrations`); n != int64(latestVersion()) {
+		t.Fatalf("%d migrations recorded, want %d", n, latestVersion())
+	}
+	if !scalar[bool](t, target, `SELECT indisunique FROM pg_index WHERE indexrelid = 'db_instance_postgraas_instance_name_key'::regclass`) {
+		t.Fatal("name index is not unique")
+	}
+	// A second store (another Terraform run) finds nothing to do.
+	if err := newStore(t, target).Migrate(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMigrateKeepsLegacyRows(t *testing.T) {
+	t.Parallel()
+	target := freshDB(t)
+	exec(t, target, legacyDDL, `INSERT INTO db_instance
+		(postgraas_instance_name, creation_timestamp, db_name, username, password, hostname, port, container_id) VALUES
+		('my_postgraas', '2016-07-06 23:38:38.367493', 'my_db', 'db_user', '', 'not implemented yet', 54648, '193f0d94'),
+		('on_cluster', '2019-01-02 03:04:05', 'c_db', 'c_user@srv', '', 'pg.example.com', 5432, NULL)`)
+	before := scalar[string](t, target, `SELECT string_agg(t::text, ';' ORDER BY id) FROM db_instance t`)
+	s := newStore(t, target)
+	recs, err := s.List(ctx(t), Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := scalar[string](t, target, `SELECT string_agg((id, postgraas_instance_name, creation_timestamp, db_name, username,
+		password, hostname, port, container_id)::text, ';' ORDER BY id) FROM db_instance t`)
+	if before != after {
+		t.Fatalf("legacy rows changed:\n%s\n%s", before, after)
+	}
+	if len(recs) != 2 || recs[0].Backend != "docker" || recs[1].Backend != "pg_cluster" || recs[0].State != StateReady ||
+		recs[0].Port != 54648 || recs[1].Username != "c_user@srv" || !recs[0].CreatedAt.Equal(time.Date(2016, 7, 6, 23, 38, 38, 367493000, time.UTC)) {
+		t.Fatalf("legacy records read as %+v", recs)
+	}
+	got, err := s.Lookup(ctx(t), "on_cluster")
+	if err != nil || got.ID != recs[1].ID {
+		t.Fatalf("lookup by name: %+v, %v", got, err)
+	}
+	got, err = s.Lookup(ctx(t), strconv.FormatInt(recs[0].ID, 10))
+	if err != nil || got.Name != "my_postgraas" {
+		t.Fatalf("lookup by id: %+v, %v", got, err)
+	}
+	if _, err := s.Lookup(ctx(t), "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("lookup of a missing name: %v", err)
+	}
+}
+
+// postgraas_server's racy name check let duplicates in; the migration names
+// them instead of failing obscurely, and changes nothing.
+func TestMigrateRefusesDuplicateLegacyNames(t *testing.T) {
+	t.Parallel()
+	target := freshDB(t)
+	exec(t, target, legacyDDL, `INSERT INTO db_instance (postgraas_instance_name, password) VALUES ('twice', ''), ('twice', ''), ('once', '')`)
+	err := newStore(t, target).Migrate(ctx(t))
+	if err == nil || !strings.Contains(err.Error(), `"twice"`) || !strings.Contains(err.Error(), "rename") {
+		t.Fatalf("got %v", err)
+	}
+	if n := scalar[int64](t, target, `SELECT count(*) FROM db_instance`); n != 3 {
+		t.Fatalf("%d rows left, want 3", n)
+	}
+	// The failed migration rolled back entirely, the columns included.
+	if n := scalar[int64](t, target, `SELECT count(*) FROM information_schema.columns WHERE table_name = 'db_instance'`); n != 9 {
+		t.Fatalf("%d columns after a failed migration, want 9", n)
+	}
+}
+
+// Several Terraform runs starting at once on a new meta DB.
+func TestMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	target := freshDB(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = newStore(t, target).Migrate(ctx(t))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("run %d: %v", i, err)
+		}
+	}
+	if n := scalar[int64](t, target, `SELECT count(*) FROM postgraas_schema_migrations`); n != int64(latestVersion()) {
+		t.Fatalf("%d migrations recorded, want %d", n, latestVersion())
+	}
+}
+
+// Uniqueness is the database's: of concurrent reservations of one name from
+// separate processes exactly one wins.
+func TestReserveIsUniqueUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	target := freshDB(t)
+	const n = 10
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won, taken := 0, 0
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := newStore(t, target).Reserve(ctx(t), Record{Name: "contested", DBName: "d", Username: "u", Backend: "pg_cluster"})
+			var nt *NameTakenError
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				won++
+			case errors.As(err, &nt):
+				taken++
+			default:
+				t.Errorf("unexpected error: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if won != 1 || taken != n-1 {
+		t.Fatalf("%d won, %d refused; want 1 and %d", won, taken, n-1)
+	}
+}
+
+func TestReserveCompleteDelete(t *testing.T) {
+	t.Parallel()
+	s := newStore(t, freshDB(t))
+	c := ctx(t)
+	id, err := s.Reserve(c, Record{Name: "x", DBName: "d", Username: "u", Backend: "docker", Image: "postgres:17"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Get(c, id)
+	if err != nil || r.State != StateCreating || r.Image != "postgres:17" || time.Since(r.CreatedAt) > time.Minute || time.Since(r.CreatedAt) < -time.Minute {
+		t.Fatalf("reserved row %+v, %v", r, err)
+	}
+	_, err = s.Reserve(c, Record{Name: "x", DBName: "d2", Username: "u2", Backend: "docker"})
+	var nt *NameTakenError
+	if !errors.As(err, &nt) || nt.Existing.ID != id || nt.Existing.State != StateCreating {
+		t.Fatalf("second reserve: %v", err)
+	}
+	r, err = s.Complete(c, id, "h", 1234, "u", "cid", "postgres:17")
+	if err != nil || r.State != StateReady || r.Host != "h" || r.Port != 1234 || r.ContainerID != "cid" {
+		t.Fatalf("completed row %+v, %v", r, err)
+	}
+	list, err := s.List(c, Filter{Backend: "pg_cluster"})
+	if err != nil || len(list) != 0 {
+		t.Fatalf("backend filter: %v %v", list, err)
+	}
+	list, err = s.List(c, Filter{NameRegex: regexp.MustCompile("^x$")})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("name filter: %v %v", list, err)
+	}
+	if err := s.Delete(c, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(c, id); err != nil {
+		t.Fatalf("deleting twice: %v", err)
+	}
+	if _, err := s.Get(c, id); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+}
+
+// The meta DB login may be an Azure-style "user@server" name, and any
+// password survives: no URI is ever built from them (postgraas bug 8).
+func TestLoginWithAtSignAndSpecialPassword(t *testing.T) {
+	t.Parallel()
+	target := freshDB(t)
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	user := "meta_" + hex.EncodeToString(b) + "@srv"
+	password := `p@ss:w/rd'"\ é`
+	verifier, err := pgsql.ScramVerifier(password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := adminTarget(t)
+	exec(t, admin, "CREATE ROLE "+pgsql.QuoteIdent(user)+" LOGIN PASSWORD "+pgsql.QuoteLiteral(verifier),
+		"GRANT ALL ON DATABASE "+pgsql.QuoteIdent(target.Database)+" TO "+pgsql.QuoteIdent(user))
+	exec(t, target, "GRANT ALL ON SCHEMA public TO "+pgsql.QuoteIdent(user))
+	t.Cleanup(func() {
+		exec(t, target, "DROP OWNED BY "+pgsql.QuoteIdent(user))
+		exec(t, admin, "DROP ROLE IF EXISTS "+pgsql.QuoteIdent(user))
+	})
+	login := target
+	login.User, login.Password = user, password
+	s := newStore(t, login)
+	if _, err := s.Reserve(ctx(t), Record{Name: "a", Backend: "pg_cluster"}); err != nil {
+		t.Fatal(err)
+	}
+	login.Password = "wrong"
+	err = New(login, 1).Migrate(ctx(t))
+	if pgsql.Code(err) != pgsql.CodeInvalidPassword || strings.Contains(err.Error(), "wrong") {
+		t.Fatalf("wrong password: %v", err)
+	}
+}
