@@ -62,6 +62,10 @@ type Status struct {
 	// State is the docker container's state ("running", "exited", ...);
 	// "ready" on pg_cluster when everything exists.
 	State string
+	// Port is the port the instance listens on now, when the backend can
+	// change it (Docker publishes a new host port whenever a container
+	// starts again); 0 means unchanged from the recorded one.
+	Port int
 }
 
 // Backend creates, inspects, changes and removes instances.

@@ -1,0 +1,270 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-connections/nat"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+// Create implements backend.Backend.
+func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Created, error) {
+	img := spec.Image
+	if img == "" {
+		img = b.cfg.Image
+	}
+	// Checked before anything is pulled or made, so a conflict leaves no
+	// trace; the 409 from ContainerCreate below covers the race.
+	if existing, err := b.cli.ContainerInspect(ctx, spec.Name); err == nil {
+		// Inspect also matches ID prefixes: only the exact name conflicts.
+		if existing.Name == "/"+spec.Name {
+			return backend.Created{}, &backend.ConflictError{Kind: "container", Name: spec.Name}
+		}
+	} else if !cerrdefs.IsNotFound(err) {
+		return backend.Created{}, fmt.Errorf("checking for container %q: %w", spec.Name, err)
+	}
+	if err := b.ensureImage(ctx, img); err != nil {
+		return backend.Created{}, err
+	}
+
+	id, err := b.createContainer(ctx, spec, img)
+	if err != nil {
+		return backend.Created{}, err
+	}
+	port, err := b.startAndWait(ctx, id, spec)
+	if err != nil {
+		return backend.Created{}, fmt.Errorf("container %q did not become ready: %w%s", spec.Name, err, b.removeAfterFailure(ctx, id))
+	}
+	return backend.Created{
+		Host:        b.cfg.AdvertisedHost,
+		Port:        port,
+		Username:    spec.Username,
+		ContainerID: id,
+		Image:       img,
+	}, nil
+}
+
+// ensureImage pulls img unless the engine already has it.
+func (b *Backend) ensureImage(ctx context.Context, img string) error {
+	if _, err := b.cli.ImageInspect(ctx, img); err == nil {
+		return nil
+	} else if !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("inspecting image %q: %w", img, err)
+	}
+	if err := b.pull(ctx, img); err != nil {
+		return fmt.Errorf("image %q is not available locally and could not be pulled: %w", img, err)
+	}
+	return nil
+}
+
+func (b *Backend) pull(ctx context.Context, img string) error {
+	rc, err := b.cli.ImagePull(ctx, img, image.PullOptions{})
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	// The engine answers 200 and reports failures inside the progress
+	// stream, so the stream must be read to its end to know the outcome.
+	dec := json.NewDecoder(rc)
+	for {
+		var msg struct {
+			Error       string `json:"error"`
+			ErrorDetail struct {
+				Message string `json:"message"`
+			} `json:"errorDetail"`
+		}
+		if err := dec.Decode(&msg); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return fmt.Errorf("reading pull progress: %w", err)
+		}
+		if msg.ErrorDetail.Message != "" {
+			return errors.New(msg.ErrorDetail.Message)
+		}
+		if msg.Error != "" {
+			return errors.New(msg.Error)
+		}
+	}
+	// A stream that ends cleanly can still leave no image (e.g. cancelled).
+	if _, err := b.cli.ImageInspect(ctx, img); err != nil {
+		return fmt.Errorf("image missing after pull: %w", err)
+	}
+	return nil
+}
+
+func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img string) (string, error) {
+	port := nat.Port(pgPort)
+	cfg := &container.Config{
+		Image: img,
+		Env: []string{
+			"POSTGRES_USER=" + spec.Username,
+			"POSTGRES_PASSWORD=" + spec.Password,
+			"POSTGRES_DB=" + spec.DBName,
+		},
+		ExposedPorts: nat.PortSet{port: {}},
+		Labels: map[string]string{
+			LabelInstance:   "true",
+			LabelInstanceID: strconv.FormatInt(spec.InstanceID, 10),
+			LabelName:       spec.Name,
+			LabelImage:      img,
+		},
+	}
+	host := &container.HostConfig{
+		// HostPort "" lets Docker choose a free port atomically, unlike
+		// postgraas' bind-close-then-ask race.
+		PortBindings:  nat.PortMap{port: {{HostIP: b.cfg.BindAddress, HostPort: ""}}},
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
+	}
+	// The engine finishes a create even when the client gives up on it, so
+	// a create cut off by ctx could leave a container nobody knows about.
+	// Waiting for the answer on a detached context yields the ID to clean
+	// up; an expired ctx then fails the start that follows.
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	resp, err := b.cli.ContainerCreate(cctx, cfg, host, nil, nil, spec.Name)
+	if cerrdefs.IsConflict(err) {
+		return "", &backend.ConflictError{Kind: "container", Name: spec.Name}
+	}
+	if err != nil {
+		return "", fmt.Errorf("creating container %q from image %q: %w", spec.Name, img, err)
+	}
+	if b.created != nil {
+		b.created(resp.ID)
+	}
+	return resp.ID, nil
+}
+
+// startAndWait starts the container and waits until the tenant can log in,
+// returning the published host port.
+func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec) (int, error) {
+	if err := b.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return 0, fmt.Errorf("starting: %w", err)
+	}
+	return b.untilLogin(ctx, id, 0, func(port int) error {
+		return ping(ctx, b.target(port, spec.Username, spec.Password, spec.DBName))
+	})
+}
+
+// untilLogin calls attempt with the published port until it succeeds, the
+// credentials are refused, the container stops, or ctx ends. The official
+// image initialises with a server that listens only on its unix socket, so
+// a TCP login means the real server is up; before that docker-proxy
+// accepts and resets connections, which is expected. restarts is the
+// container's restart count when it was started: under unless-stopped a
+// crashing server is restarted, and a higher count means it exited.
+func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attempt func(port int) error) (int, error) {
+	var lastErr error
+	for {
+		c, err := b.cli.ContainerInspect(ctx, id)
+		if err != nil {
+			return 0, fmt.Errorf("inspecting: %w", err)
+		}
+		if c.State != nil && (!c.State.Running || c.State.Restarting || c.RestartCount > restarts) {
+			// The exit code is only a hint: the engine may report one in
+			// passing (0 while a restart begins); the logs tell more.
+			return 0, fmt.Errorf("container stopped (status %s, exit code %d)", c.State.Status, c.State.ExitCode)
+		}
+		port, err := hostPort(c)
+		if err != nil {
+			return 0, err
+		}
+		if lastErr = attempt(port); lastErr == nil {
+			return port, nil
+		}
+		if pgsql.IsAuthFailure(lastErr) {
+			// The server is up and refuses these credentials: waiting
+			// longer will not help.
+			return 0, fmt.Errorf("login refused: %w", lastErr)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("gave up waiting for a login on port %d (%w); last attempt: %v", port, context.Cause(ctx), lastErr)
+		case <-time.After(b.cfg.ReadyPollInterval):
+		}
+	}
+}
+
+func (b *Backend) target(port int, user, password, dbname string) pgsql.Target {
+	return pgsql.Target{
+		Host:           b.dialHost(),
+		Port:           port,
+		Database:       dbname,
+		User:           user,
+		Password:       password,
+		SSLMode:        "disable",
+		ConnectTimeout: attemptTimeout,
+	}
+}
+
+func ping(ctx context.Context, t pgsql.Target) error {
+	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	conn, err := t.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var one int
+	return conn.QueryRow(ctx, "SELECT 1").Scan(&one)
+}
+
+// removeAfterFailure removes a container this create made and returns its
+// last log lines, formatted to end the error message.
+func (b *Backend) removeAfterFailure(ctx context.Context, id string) string {
+	ctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	logs := b.tailLogs(ctx, id)
+	var suffix string
+	if err := b.remove(ctx, id); err != nil {
+		suffix = fmt.Sprintf("; removing it failed too: %v", err)
+	}
+	if logs == "" {
+		return suffix + "; no log output"
+	}
+	return suffix + "; last log lines:\n" + logs
+}
+
+func (b *Backend) tailLogs(ctx context.Context, id string) string {
+	rc, err := b.cli.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: logTail})
+	if err != nil {
+		return fmt.Sprintf("(could not read logs: %v)", err)
+	}
+	defer rc.Close()
+	// Containers without a TTY multiplex stdout and stderr in one stream.
+	var buf bytes.Buffer
+	if _, err := stdcopy.StdCopy(&buf, &buf, rc); err != nil {
+		fmt.Fprintf(&buf, "(reading logs: %v)", err)
+	}
+	return strings.TrimRight(buf.String(), "\n")
+}
+
+// remove deletes a container with its anonymous volumes (postgraas leaked
+// the data volume of every instance). Gone already is fine: a retry or
+// someone else finished the job.
+func (b *Backend) remove(ctx context.Context, id string) error {
+	err := b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// cleanupContext keeps the caller's values but not its deadline, which may
+// be the very thing that failed.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}

@@ -1,0 +1,167 @@
+// Package docker is the backend that gives every instance its own PostgreSQL
+// container on a Docker engine. The tenant is superuser inside their
+// container: they get a whole server, not a database on a shared one.
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+)
+
+// Labels put on every container, so instances (and orphans left by a
+// crashed provider) can be found from the Docker side alone.
+const (
+	LabelInstance   = "postgraas.instance" // "true"
+	LabelInstanceID = "postgraas.instance.id"
+	LabelName       = "postgraas.instance.name"
+	LabelImage      = "postgraas.image"
+)
+
+const (
+	defaultImage        = "postgres:17"
+	defaultBindAddress  = "0.0.0.0"
+	defaultPollInterval = 50 * time.Millisecond
+	pgPort              = "5432/tcp"
+	// attemptTimeout bounds one login attempt while waiting for readiness;
+	// docker-proxy accepts TCP before the server listens, so attempts
+	// mostly fail fast, and a hanging one must not eat the whole budget.
+	attemptTimeout = 2 * time.Second
+	// cleanupTimeout bounds removal after a failure; it runs on a context
+	// detached from the caller's, which may be the one that expired.
+	cleanupTimeout = 60 * time.Second
+	logTail        = "30"
+)
+
+// Config configures the backend. Zero values mean the documented defaults.
+type Config struct {
+	// Host is a DOCKER_HOST-style address (unix://, tcp://); "" takes
+	// DOCKER_HOST and friends from the environment. TLS settings always
+	// come from DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+	Host string
+	// Image is used when a spec names none; "" means postgres:17.
+	Image string
+	// BindAddress is where port 5432 is published; "" means 0.0.0.0.
+	BindAddress string
+	// AdvertisedHost is the host reported to users; "" derives it from
+	// Host (see DefaultAdvertisedHost).
+	AdvertisedHost string
+	// ReadyPollInterval is the pause between login attempts while a new
+	// container starts; 0 means 50ms.
+	ReadyPollInterval time.Duration
+}
+
+// Backend implements backend.Backend on a Docker engine. It is safe for
+// concurrent use.
+type Backend struct {
+	cli *client.Client
+	cfg Config
+	// created, when set (by tests), is called as soon as Create has made a
+	// container, so a test can learn its volumes before a failure removes it.
+	created func(id string)
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New builds the client without contacting the engine: a plan must work
+// while the engine is down, so the first API call is the first real use.
+func New(cfg Config) (*Backend, error) {
+	envHost := cfg.Host
+	if envHost == "" {
+		envHost = os.Getenv(client.EnvOverrideHost)
+	}
+	if strings.HasPrefix(envHost, "ssh://") {
+		// The ssh transport lives in the docker CLI module
+		// (cli/connhelper), which is not a dependency of this provider.
+		return nil, fmt.Errorf("docker host %q: ssh:// is not supported; forward the engine's socket (ssh -L /tmp/docker.sock:/var/run/docker.sock ...) and use unix:// or tcp://", envHost)
+	}
+	// FromEnv first so TLS settings apply, then an explicit Host wins.
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if cfg.Host != "" {
+		opts = append(opts, client.WithHost(cfg.Host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("configuring docker client for %q: %w", envHost, err)
+	}
+	if cfg.Image == "" {
+		cfg.Image = defaultImage
+	}
+	if cfg.BindAddress == "" {
+		cfg.BindAddress = defaultBindAddress
+	}
+	if cfg.AdvertisedHost == "" {
+		cfg.AdvertisedHost = DefaultAdvertisedHost(envHost)
+	}
+	if cfg.ReadyPollInterval <= 0 {
+		cfg.ReadyPollInterval = defaultPollInterval
+	}
+	return &Backend{cli: cli, cfg: cfg}, nil
+}
+
+// DefaultAdvertisedHost is the host users connect to when none is
+// configured: the engine's host for a remote engine, else localhost.
+func DefaultAdvertisedHost(dockerHost string) string {
+	u, err := url.Parse(dockerHost)
+	if err == nil && (u.Scheme == "tcp" || u.Scheme == "ssh") && u.Hostname() != "" {
+		return u.Hostname()
+	}
+	return "localhost"
+}
+
+// Kind implements backend.Backend.
+func (b *Backend) Kind() string { return backend.KindDocker }
+
+// Close implements backend.Backend.
+func (b *Backend) Close() { _ = b.cli.Close() }
+
+// ListContainers returns every container labelled as a postgraas instance,
+// running or not. Comparing their instance-id labels with the meta DB
+// finds orphans.
+func (b *Backend) ListContainers(ctx context.Context) ([]container.Summary, error) {
+	list, err := b.cli.ContainerList(ctx, container.ListOptions{
+		All:     true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelInstance+"=true")),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing postgraas containers: %w", err)
+	}
+	return list, nil
+}
+
+// dialHost is where the provider itself reaches a published port: the bind
+// address when it is a specific one, else the advertised host.
+func (b *Backend) dialHost() string {
+	ip := net.ParseIP(b.cfg.BindAddress)
+	if ip == nil || ip.IsUnspecified() {
+		return b.cfg.AdvertisedHost
+	}
+	return b.cfg.BindAddress
+}
+
+// hostPort reads the published host port of 5432 back from the engine. It
+// changes whenever the container starts again (Docker picks a fresh one),
+// so the one recorded at create time can be stale.
+func hostPort(c container.InspectResponse) (int, error) {
+	if c.NetworkSettings == nil {
+		return 0, errors.New("no network settings")
+	}
+	for _, pb := range c.NetworkSettings.Ports[pgPort] {
+		if port, err := strconv.Atoi(pb.HostPort); err == nil && port > 0 {
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("port %s is not published", pgPort)
+}

@@ -1,0 +1,651 @@
+package docker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"math/big"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+// Unit tests: no engine needed.
+
+func TestDefaultAdvertisedHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                            "localhost",
+		"unix:///var/run/docker.sock": "localhost",
+		"tcp://10.1.2.3:2376":         "10.1.2.3",
+		"tcp://docker.example.com":    "docker.example.com",
+		"tcp://[2001:db8::1]:2375":    "2001:db8::1",
+		"ssh://me@build-host:2222":    "build-host",
+		"npipe:////./pipe/docker":     "localhost",
+	} {
+		if got := DefaultAdvertisedHost(in); got != want {
+			t.Errorf("DefaultAdvertisedHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestNewIsLazy(t *testing.T) {
+	// Nothing listens there: New must still succeed, as a plan must.
+	b, err := New(Config{Host: "tcp://192.0.2.1:2375"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.cfg.AdvertisedHost != "192.0.2.1" || b.cfg.Image != "postgres:17" || b.cfg.BindAddress != "0.0.0.0" {
+		t.Errorf("defaults not applied: %+v", b.cfg)
+	}
+	if b.Kind() != backend.KindDocker {
+		t.Errorf("Kind() = %q", b.Kind())
+	}
+}
+
+func TestNewRejectsSSH(t *testing.T) {
+	_, err := New(Config{Host: "ssh://me@example.com"})
+	if err == nil || !strings.Contains(err.Error(), "ssh://") {
+		t.Fatalf("want a clear ssh error, got %v", err)
+	}
+}
+
+func TestDialHost(t *testing.T) {
+	for bind, want := range map[string]string{"0.0.0.0": "adv", "::": "adv", "127.0.0.1": "127.0.0.1", "::1": "::1"} {
+		b := &Backend{cfg: Config{BindAddress: bind, AdvertisedHost: "adv"}}
+		if got := b.dialHost(); got != want {
+			t.Errorf("bind %q: dialHost() = %q, want %q", bind, got, want)
+		}
+	}
+}
+
+// Integration tests: a real engine and a real image.
+
+type env struct {
+	b     *Backend
+	image string
+}
+
+func newEnv(t *testing.T, mod func(*Config)) env {
+	t.Helper()
+	host, img := os.Getenv("DOCKER_HOST"), os.Getenv("POSTGRAAS_TEST_IMAGE")
+	if host == "" || img == "" {
+		msg := "DOCKER_HOST and POSTGRAAS_TEST_IMAGE must be set (source /tmp/postgraas-testenv/env.sh after .ci/testenv.sh up)"
+		if os.Getenv("TF_ACC") != "" || os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	cfg := Config{Host: host, Image: img}
+	if mod != nil {
+		mod(&cfg)
+	}
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return env{b: b, image: img}
+}
+
+func randHex(n int) string {
+	buf := make([]byte, n)
+	_, _ = rand.Read(buf)
+	return hex.EncodeToString(buf)
+}
+
+// spec makes a unique instance and arranges for whatever carries its name
+// to be removed with its volumes when the test ends.
+func (e env) spec(t *testing.T) backend.Spec {
+	t.Helper()
+	id, _ := rand.Int(rand.Reader, big.NewInt(1<<40))
+	name := "pgtest-" + randHex(6)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err := e.b.cli.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		if err != nil && !cerrdefs.IsNotFound(err) {
+			t.Errorf("cleanup of %s: %v", name, err)
+		}
+	})
+	return backend.Spec{
+		InstanceID: id.Int64() + 1,
+		Name:       name,
+		DBName:     "app db",
+		Username:   "app_user",
+		// Quotes and URI delimiters must survive the env contract and DSNs.
+		Password: "pw'\"@/:" + randHex(4),
+	}
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func (e env) create(t *testing.T, spec backend.Spec) backend.Created {
+	t.Helper()
+	c, err := e.b.Create(ctxFor(t, 2*time.Minute), spec)
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	return c
+}
+
+func instanceOf(spec backend.Spec, c backend.Created) backend.Instance {
+	return backend.Instance{
+		ID: spec.InstanceID, Name: spec.Name, DBName: spec.DBName, Username: c.Username,
+		Host: c.Host, Port: c.Port, ContainerID: c.ContainerID,
+	}
+}
+
+func connect(ctx context.Context, c backend.Created, db, password string) (*pgx.Conn, error) {
+	return pgsql.Target{Host: c.Host, Port: c.Port, Database: db, User: c.Username, Password: password,
+		SSLMode: "disable", ConnectTimeout: 5 * time.Second}.Connect(ctx)
+}
+
+func (e env) inspect(t *testing.T, ref string) (container.InspectResponse, bool) {
+	t.Helper()
+	c, err := e.b.cli.ContainerInspect(ctxFor(t, 30*time.Second), ref)
+	if cerrdefs.IsNotFound(err) {
+		return c, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, true
+}
+
+func (e env) status(t *testing.T, inst backend.Instance) backend.Status {
+	t.Helper()
+	st, err := e.b.Inspect(ctxFor(t, 30*time.Second), inst)
+	if err != nil {
+		t.Fatalf("Inspect: %v", err)
+	}
+	return st
+}
+
+// made records what a Create made, read through the backend's hook before
+// a failure removes it. Other processes may use the same engine, so leak
+// checks look only at these objects, never at totals.
+type made struct {
+	mu         sync.Mutex
+	containers []string
+	volumes    []string
+}
+
+func (e env) watch(t *testing.T) *made {
+	m := &made{}
+	e.b.created = func(id string) {
+		c, err := e.b.cli.ContainerInspect(context.Background(), id)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.containers = append(m.containers, id)
+		if err != nil {
+			t.Errorf("inspecting new container: %v", err)
+			return
+		}
+		for _, mt := range c.Mounts {
+			if mt.Type == "volume" {
+				m.volumes = append(m.volumes, mt.Name)
+			}
+		}
+	}
+	return m
+}
+
+// assertNothingLeft checks a failed create left no container and no volume.
+func (e env) assertNothingLeft(t *testing.T, name string, m *made) {
+	t.Helper()
+	ctx := ctxFor(t, 30*time.Second)
+	if _, ok := e.inspect(t, name); ok {
+		t.Errorf("container %s left behind", name)
+	}
+	list, err := e.b.cli.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelName+"="+name))})
+	if err != nil || len(list) > 0 {
+		t.Errorf("labelled containers left: %d (%v)", len(list), err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, id := range m.containers {
+		if _, ok := e.inspect(t, id); ok {
+			t.Errorf("container %s left behind", id)
+		}
+	}
+	for _, v := range m.volumes {
+		if _, err := e.b.cli.VolumeInspect(ctx, v); !cerrdefs.IsNotFound(err) {
+			t.Errorf("volume %s left behind (%v)", v, err)
+		}
+	}
+}
+
+func TestCreateLoginLabelsAndPort(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	start := time.Now()
+	c := e.create(t, spec)
+	t.Logf("create to ready: %v", time.Since(start))
+
+	if want := DefaultAdvertisedHost(os.Getenv("DOCKER_HOST")); c.Host != want {
+		t.Errorf("Host = %q, want %q", c.Host, want)
+	}
+	if c.Username != spec.Username || c.Image != e.image || c.ContainerID == "" || c.Port == 0 {
+		t.Errorf("Created = %+v", c)
+	}
+
+	// No retry: Create returned, so the instance takes logins now.
+	ctx := ctxFor(t, time.Minute)
+	conn, err := connect(ctx, c, spec.DBName, spec.Password)
+	if err != nil {
+		t.Fatalf("login right after Create: %v", err)
+	}
+	defer conn.Close(ctx)
+	var got string
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (v text)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO t VALUES ($1)", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT v FROM t").Scan(&got); err != nil || got != "hello" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+
+	ci, _ := e.inspect(t, c.ContainerID)
+	wantLabels := map[string]string{
+		LabelInstance:   "true",
+		LabelInstanceID: strconv.FormatInt(spec.InstanceID, 10),
+		LabelName:       spec.Name,
+		LabelImage:      e.image,
+	}
+	for k, v := range wantLabels {
+		if ci.Config.Labels[k] != v {
+			t.Errorf("label %s = %q, want %q", k, ci.Config.Labels[k], v)
+		}
+	}
+	if port, err := hostPort(ci); err != nil || port != c.Port {
+		t.Errorf("published port %d (%v), Created.Port %d", port, err, c.Port)
+	}
+	if ci.HostConfig.RestartPolicy.Name != container.RestartPolicyUnlessStopped {
+		t.Errorf("restart policy %q", ci.HostConfig.RestartPolicy.Name)
+	}
+	if st := e.status(t, instanceOf(spec, c)); !st.Exists || st.State != "running" {
+		t.Errorf("Inspect = %+v", st)
+	}
+	found := false
+	list, err := e.b.ListContainers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list {
+		found = found || s.ID == c.ContainerID
+	}
+	if !found {
+		t.Error("ListContainers misses the new container")
+	}
+}
+
+func TestCreateConflictLeavesForeignContainer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	foreign, err := e.b.cli.ContainerCreate(ctx, &container.Config{
+		Image: e.image,
+		Env:   []string{"POSTGRES_PASSWORD=other"},
+	}, nil, nil, nil, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.cli.ContainerStart(ctx, foreign.ID, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = e.b.Create(ctx, spec)
+	var ce *backend.ConflictError
+	if !errors.As(err, &ce) || ce.Kind != "container" || ce.Name != spec.Name {
+		t.Fatalf("want container ConflictError, got %v", err)
+	}
+	after, ok := e.inspect(t, spec.Name)
+	if !ok || after.ID != foreign.ID || !after.State.Running {
+		t.Fatalf("foreign container touched: exists=%v id=%s state=%+v", ok, after.ID, after.State)
+	}
+	if after.Config.Labels[LabelInstance] != "" {
+		t.Error("foreign container got labels")
+	}
+	// Purge by name must not remove a container that is not ours either.
+	if err := e.b.Purge(ctx, backend.Instance{ID: spec.InstanceID, Name: spec.Name}); err == nil {
+		t.Error("Purge by name removed an unlabelled container")
+	}
+	if _, ok := e.inspect(t, foreign.ID); !ok {
+		t.Fatal("Purge removed the foreign container")
+	}
+}
+
+func TestConcurrentCreates(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	a, b := e.spec(t), e.spec(t)
+	same := b
+	same.InstanceID++ // same name as b, another row
+
+	var wg sync.WaitGroup
+	specs := []backend.Spec{a, b, same}
+	created := make([]backend.Created, len(specs))
+	errs := make([]error, len(specs))
+	ctx := ctxFor(t, 2*time.Minute)
+	for i, s := range specs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			created[i], errs[i] = e.b.Create(ctx, s)
+		}()
+	}
+	wg.Wait()
+	if errs[0] != nil {
+		t.Fatalf("create a: %v", errs[0])
+	}
+	// Exactly one of the two with the same name wins; the loser must not
+	// have removed the winner.
+	var ce *backend.ConflictError
+	var winner backend.Created
+	switch {
+	case errs[1] == nil && errors.As(errs[2], &ce):
+		winner = created[1]
+	case errs[2] == nil && errors.As(errs[1], &ce):
+		winner = created[2]
+	default:
+		t.Fatalf("same-name creates: %v / %v", errs[1], errs[2])
+	}
+	for _, x := range []struct {
+		c  backend.Created
+		pw string
+	}{{created[0], a.Password}, {winner, b.Password}} {
+		conn, err := connect(ctx, x.c, a.DBName, x.pw)
+		if err != nil {
+			t.Fatalf("login to %s: %v", x.c.ContainerID[:12], err)
+		}
+		conn.Close(ctx)
+	}
+}
+
+func TestCreateReadyTime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	var times []time.Duration
+	for range 3 {
+		spec := e.spec(t)
+		start := time.Now()
+		c := e.create(t, spec)
+		times = append(times, time.Since(start))
+		if err := e.b.Delete(ctxFor(t, time.Minute), instanceOf(spec, c), spec.Password, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(times)
+	t.Logf("create to ready: %v (median %v)", times, times[len(times)/2])
+}
+
+func TestCreateMissingImage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	spec.Image = "postgraas-test/does-not-exist:" + randHex(4)
+	m := e.watch(t)
+	_, err := e.b.Create(ctxFor(t, 2*time.Minute), spec)
+	if err == nil || !strings.Contains(err.Error(), "is not available locally and could not be pulled") || !strings.Contains(err.Error(), spec.Image) {
+		t.Fatalf("want a clear image error, got %v", err)
+	}
+	t.Logf("error: %v", err)
+	e.assertNothingLeft(t, spec.Name, m)
+}
+
+func TestCreateStartFails(t *testing.T) {
+	t.Parallel()
+	// 192.0.2.1 (TEST-NET-1) is on no interface here: publishing fails at start.
+	e := newEnv(t, func(c *Config) { c.BindAddress = "192.0.2.1" })
+	spec := e.spec(t)
+	m := e.watch(t)
+	_, err := e.b.Create(ctxFor(t, 2*time.Minute), spec)
+	if err == nil || !strings.Contains(err.Error(), "did not become ready") {
+		t.Fatalf("want a start failure, got %v", err)
+	}
+	if strings.Contains(err.Error(), spec.Password) {
+		t.Error("error contains the password")
+	}
+	t.Logf("error: %v", err)
+	e.assertNothingLeft(t, spec.Name, m)
+	if len(m.volumes) == 0 {
+		t.Error("saw no volume: the leak check proved nothing")
+	}
+}
+
+func TestCreateContainerExitsDuringInit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := ctxFor(t, 2*time.Minute)
+	// An image whose entrypoint fails like a broken initialisation.
+	tmp, err := e.b.cli.ContainerCreate(ctx, &container.Config{Image: e.image}, nil, nil, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := "pgtest-exits:" + randHex(4)
+	_, err = e.b.cli.ContainerCommit(ctx, tmp.ID, container.CommitOptions{
+		Reference: ref,
+		Changes:   []string{`ENTRYPOINT ["/bin/sh", "-c", "echo initdb: simulated failure >&2; exit 3"]`},
+	})
+	_ = e.b.cli.ContainerRemove(ctx, tmp.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = e.b.cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true})
+	})
+
+	spec := e.spec(t)
+	spec.Image = ref
+	m := e.watch(t)
+	start := time.Now()
+	_, err = e.b.Create(ctx, spec)
+	if err == nil || !strings.Contains(err.Error(), "container stopped") || !strings.Contains(err.Error(), "simulated failure") {
+		t.Fatalf("want exit with logs, got %v", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("noticing the exit took %v", d)
+	}
+	t.Logf("error after %v: %v", time.Since(start), err)
+	e.assertNothingLeft(t, spec.Name, m)
+}
+
+func TestCreateTimeout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	// The deadline hits before anything exists, while starting, or while
+	// waiting for logins, depending on the machine's speed.
+	for _, d := range []time.Duration{time.Millisecond, 300 * time.Millisecond, 2 * time.Second} {
+		spec := e.spec(t)
+		m := e.watch(t)
+		_, err := e.b.Create(ctxFor(t, d), spec)
+		if err == nil {
+			t.Fatalf("%v: create succeeded", d)
+		}
+		t.Logf("%v: %v", d, err)
+		e.assertNothingLeft(t, spec.Name, m)
+	}
+}
+
+func TestDelete(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	inst := instanceOf(spec, c)
+	ctx := ctxFor(t, 2*time.Minute)
+
+	err := e.b.Delete(ctx, inst, "wrong", false)
+	if !errors.Is(err, backend.ErrWrongPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if ci, ok := e.inspect(t, c.ContainerID); !ok || !ci.State.Running {
+		t.Fatal("container gone or stopped after a refused delete")
+	}
+
+	other, err := connect(ctx, c, "postgres", spec.Password) // another database counts too
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.b.Delete(ctx, inst, spec.Password, false)
+	var se *backend.SessionsError
+	if !errors.As(err, &se) || se.Count != 1 || se.DBName != spec.DBName {
+		t.Fatalf("want SessionsError for 1 session, got %v", err)
+	}
+	ci, ok := e.inspect(t, c.ContainerID)
+	if !ok {
+		t.Fatal("container removed despite sessions")
+	}
+	var vols []string
+	for _, m := range ci.Mounts {
+		if m.Type == "volume" {
+			vols = append(vols, m.Name)
+		}
+	}
+	if len(vols) == 0 {
+		t.Fatal("the image declares no volume: the volume check would prove nothing")
+	}
+
+	if err := e.b.Delete(ctx, inst, spec.Password, true); err != nil {
+		t.Fatalf("forced delete: %v", err)
+	}
+	other.Close(ctx)
+	if _, ok := e.inspect(t, c.ContainerID); ok {
+		t.Fatal("container still there")
+	}
+	for _, v := range vols {
+		if _, err := e.b.cli.VolumeInspect(ctx, v); !cerrdefs.IsNotFound(err) {
+			t.Errorf("volume %s: want not found, got %v", v, err)
+		}
+	}
+	if err := e.b.Delete(ctx, inst, spec.Password, false); err != nil {
+		t.Errorf("second delete: %v", err)
+	}
+	if st := e.status(t, inst); st.Exists {
+		t.Errorf("Inspect after delete: %+v", st)
+	}
+	if err := e.b.Purge(ctx, inst); err != nil {
+		t.Errorf("Purge of nothing: %v", err)
+	}
+}
+
+func TestStoppedContainer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	inst := instanceOf(spec, c)
+	ctx := ctxFor(t, 2*time.Minute)
+	if err := e.b.cli.ContainerStop(ctx, c.ContainerID, container.StopOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.status(t, inst); !st.Exists || st.State != "exited" {
+		t.Fatalf("Inspect of stopped container: %+v", st)
+	}
+
+	// Delete starts it to check the password, and leaves it stopped when
+	// the password is wrong.
+	if err := e.b.Delete(ctx, inst, "wrong", false); !errors.Is(err, backend.ErrWrongPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if st := e.status(t, inst); !st.Exists || st.State != "exited" {
+		t.Fatalf("after refused delete: %+v", st)
+	}
+	// RotatePassword also starts it and stops it again.
+	newPW := "rotated-" + randHex(4)
+	if err := e.b.RotatePassword(ctx, inst, spec.Password, newPW); err != nil {
+		t.Fatalf("rotate on stopped container: %v", err)
+	}
+	if st := e.status(t, inst); st.State != "exited" {
+		t.Fatalf("after rotate: %+v", st)
+	}
+	start := time.Now()
+	if err := e.b.Delete(ctx, inst, newPW, false); err != nil {
+		t.Fatalf("delete of stopped container: %v", err)
+	}
+	t.Logf("delete of a stopped container took %v", time.Since(start))
+	if st := e.status(t, inst); st.Exists {
+		t.Fatalf("after delete: %+v", st)
+	}
+}
+
+func TestInspectAfterOutOfBandRemoval(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	inst := instanceOf(spec, c)
+	ctx := ctxFor(t, time.Minute)
+	if err := e.b.cli.ContainerRemove(ctx, c.ContainerID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.status(t, inst); st.Exists {
+		t.Fatalf("Inspect: %+v", st)
+	}
+	inst.ContainerID = "" // by name too
+	if st := e.status(t, inst); st.Exists {
+		t.Fatalf("Inspect by name: %+v", st)
+	}
+	if err := e.b.Delete(ctx, inst, spec.Password, false); err != nil {
+		t.Errorf("Delete of a removed container: %v", err)
+	}
+	if err := e.b.RotatePassword(ctx, inst, spec.Password, "x"); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("RotatePassword of a removed container: %v", err)
+	}
+}
+
+func TestRotatePassword(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	inst := instanceOf(spec, c)
+	ctx := ctxFor(t, 2*time.Minute)
+
+	if err := e.b.RotatePassword(ctx, inst, "wrong", "x"); !errors.Is(err, backend.ErrWrongPassword) {
+		t.Fatalf("rotate with wrong old password: %v", err)
+	}
+	newPW := "new'pw\\" + randHex(4)
+	if err := e.b.RotatePassword(ctx, inst, spec.Password, newPW); err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	if _, err := connect(ctx, c, spec.DBName, spec.Password); !pgsql.IsAuthFailure(err) {
+		t.Errorf("old password: want auth failure, got %v", err)
+	}
+	conn, err := connect(ctx, c, spec.DBName, newPW)
+	if err != nil {
+		t.Fatalf("new password: %v", err)
+	}
+	conn.Close(ctx)
+	// Purge (no auth) removes it by ID.
+	if err := e.b.Purge(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.inspect(t, c.ContainerID); ok {
+		t.Error("Purge left the container")
+	}
+}

@@ -1,0 +1,211 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+// existingReadyTimeout bounds the wait for the server of an existing
+// container (just started by us, or restarted by Docker) to take logins, so
+// an unreachable port fails in minutes rather than at the caller's deadline.
+const existingReadyTimeout = 2 * time.Minute
+
+// find looks the instance's container up by ID, or by exact name for rows
+// without one. ok is false when there is none.
+func (b *Backend) find(ctx context.Context, inst backend.Instance) (c container.InspectResponse, ok bool, err error) {
+	ref := inst.ContainerID
+	if ref == "" {
+		ref = inst.Name
+	}
+	c, err = b.cli.ContainerInspect(ctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return c, false, nil
+	}
+	if err != nil {
+		return c, false, fmt.Errorf("inspecting container %q: %w", inst.Name, err)
+	}
+	// By name, inspect also matches ID prefixes.
+	if inst.ContainerID == "" && c.Name != "/"+inst.Name {
+		return c, false, nil
+	}
+	return c, true, nil
+}
+
+// Inspect implements backend.Backend.
+func (b *Backend) Inspect(ctx context.Context, inst backend.Instance) (backend.Status, error) {
+	c, ok, err := b.find(ctx, inst)
+	if err != nil || !ok {
+		return backend.Status{}, err
+	}
+	st := backend.Status{Exists: true}
+	if c.State != nil {
+		st.State = c.State.Status
+	}
+	// A stopped container publishes no port; keep the recorded one then.
+	if port, err := hostPort(c); err == nil {
+		st.Port = port
+	}
+	return st, nil
+}
+
+// RotatePassword implements backend.Backend. The tenant's own login is the
+// only one there is, so the current password is required.
+func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, oldPassword, newPassword string) error {
+	verifier, err := pgsql.ScramVerifier(newPassword)
+	if err != nil {
+		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
+	}
+	s, err := b.login(ctx, inst, oldPassword)
+	if err != nil {
+		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
+	}
+	if s == nil {
+		return fmt.Errorf("changing password in container %q: container does not exist", inst.Name)
+	}
+	defer s.close(ctx, b, true)
+	// The verifier, not the plaintext, goes into the SQL text, so the new
+	// password cannot end up in server logs.
+	if _, err := s.conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier)); err != nil {
+		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
+	}
+	return nil
+}
+
+// Delete implements backend.Backend.
+func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password string, force bool) error {
+	s, err := b.login(ctx, inst, password)
+	if err != nil {
+		return fmt.Errorf("deleting container %q: %w", inst.Name, err)
+	}
+	if s == nil {
+		return nil // already gone
+	}
+	// The tenant owns the whole server, so sessions count in every
+	// database, not only inst.DBName.
+	var n int
+	err = s.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`).Scan(&n)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("counting sessions in container %q: %w", inst.Name, err)
+	case n > 0 && !force:
+		err = &backend.SessionsError{DBName: inst.DBName, Count: n}
+	}
+	if err != nil {
+		s.close(ctx, b, true)
+		return err
+	}
+	// Removing the container ends the other sessions when forced.
+	s.close(ctx, b, false)
+	if err := b.remove(ctx, s.id); err != nil {
+		return fmt.Errorf("removing container %q: %w", inst.Name, err)
+	}
+	return nil
+}
+
+// Purge implements backend.Backend. It authenticates nothing, so by name it
+// only removes a container that carries this instance's labels.
+func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
+	c, ok, err := b.find(ctx, inst)
+	if err != nil || !ok {
+		return err
+	}
+	if inst.ContainerID == "" && (c.Config == nil ||
+		c.Config.Labels[LabelInstance] != "true" ||
+		c.Config.Labels[LabelInstanceID] != strconv.FormatInt(inst.ID, 10)) {
+		return fmt.Errorf("purging container %q: it is not labelled as postgraas instance %d; leaving it alone", inst.Name, inst.ID)
+	}
+	if err := b.remove(ctx, c.ID); err != nil {
+		return fmt.Errorf("purging container %q: %w", inst.Name, err)
+	}
+	return nil
+}
+
+// session is a tenant login into an instance's server.
+type session struct {
+	conn *pgx.Conn
+	id   string
+	// started is set when the container was stopped and login started it.
+	started bool
+}
+
+// login connects as the instance's user. It returns nil, nil when the
+// container is gone, and an error wrapping backend.ErrWrongPassword when
+// the password is refused.
+//
+// A stopped container is started for the login and stopped again when the
+// session closes (unless it is about to be removed). Removing it without
+// authenticating would make the password check depend on whether the
+// container happens to run, and a container that cannot start any more is
+// exactly the case where a human should look before data goes: the error
+// carries its last log lines.
+func (b *Backend) login(ctx context.Context, inst backend.Instance, password string) (*session, error) {
+	c, ok, err := b.find(ctx, inst)
+	if err != nil || !ok {
+		return nil, err
+	}
+	s := &session{id: c.ID}
+	if c.State == nil || !c.State.Running {
+		s.started = true
+		if err := b.cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
+			// A start cut off by ctx may still happen: stop it anyway.
+			s.close(ctx, b, true)
+			return nil, fmt.Errorf("starting stopped container to log in: %w", err)
+		}
+	}
+	// Read after a start: a manual start may reset the count.
+	c, err = b.cli.ContainerInspect(ctx, c.ID)
+	if err != nil {
+		s.close(ctx, b, true)
+		return nil, fmt.Errorf("inspecting: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, existingReadyTimeout)
+	defer cancel()
+	_, err = b.untilLogin(wctx, c.ID, c.RestartCount, func(port int) error {
+		t := b.target(port, inst.Username, password, inst.DBName)
+		actx, cancel := context.WithTimeout(wctx, attemptTimeout)
+		defer cancel()
+		conn, err := t.Connect(actx)
+		if err == nil {
+			s.conn = conn
+		}
+		return err
+	})
+	if err == nil {
+		return s, nil
+	}
+	var logs string
+	if s.started {
+		lctx, cancel := cleanupContext(ctx)
+		logs = "; last log lines:\n" + b.tailLogs(lctx, c.ID)
+		cancel()
+	}
+	s.close(ctx, b, true)
+	if pgsql.IsAuthFailure(err) {
+		return nil, fmt.Errorf("logging in as %q: %w", inst.Username, backend.ErrWrongPassword)
+	}
+	return nil, fmt.Errorf("logging in as %q: %w%s", inst.Username, err, logs)
+}
+
+// close ends the login and, with restore, stops a container that login
+// started, leaving it as it was found.
+func (s *session) close(ctx context.Context, b *Backend, restore bool) {
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	if s.conn != nil {
+		_ = s.conn.Close(cctx)
+	}
+	if restore && s.started {
+		// Best effort: whatever the caller reports matters more.
+		_ = b.cli.ContainerStop(cctx, s.id, container.StopOptions{})
+	}
+}
