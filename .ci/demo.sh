@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# make demo: build the provider, start a meta DB (and a Docker engine or use the
+# same PostgreSQL as the shared cluster), apply examples/quickstart (docker) or
+# examples/quickstart-pg-cluster (BACKEND=pg_cluster), and show how to connect.
+# `demo.sh destroy` removes what it made.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+backend="${BACKEND:-docker}"
+case "$backend" in
+  docker) example=quickstart ;;
+  pg_cluster) example=quickstart-pg-cluster ;;
+  *) echo "BACKEND must be docker or pg_cluster, not '$backend'" >&2; exit 2 ;;
+esac
+
+env_file="$("$root/.ci/testenv.sh" up | tail -n 1)"
+# shellcheck disable=SC1090
+. "$env_file"
+
+demo="${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}/demo"
+work="$demo/$example"
+mkdir -p "$demo/bin" "$work"
+
+echo "==> building the provider" >&2
+(cd "$root" && go build -o "$demo/bin/terraform-provider-postgraas" .)
+
+# The registry is not needed: Terraform runs the provider just built.
+cat > "$demo/terraformrc" <<RC
+provider_installation {
+  dev_overrides {
+    "postgraas/postgraas" = "$demo/bin"
+  }
+  direct {}
+}
+RC
+export TF_CLI_CONFIG_FILE="$demo/terraformrc" CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1
+# No container registry may be reachable here: use the image the test
+# environment has (the official one when it could be pulled).
+export POSTGRAAS_DOCKER_IMAGE="${POSTGRAAS_DOCKER_IMAGE:-$POSTGRAAS_TEST_IMAGE}"
+export POSTGRAAS_DOCKER_BIND_ADDRESS="${POSTGRAAS_DOCKER_BIND_ADDRESS:-127.0.0.1}"
+
+# The example runs in a work directory of its own, so its state stays out of the tree.
+cp "$root/examples/$example/main.tf" "$work/main.tf"
+if [ ! -s "$demo/db_password" ]; then
+  (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' > "$demo/db_password")
+fi
+TF_VAR_db_password="$(cat "$demo/db_password")"
+export TF_VAR_db_password
+
+if [ "${1:-}" = destroy ]; then
+  terraform -chdir="$work" destroy -auto-approve -input=false
+  exit 0
+fi
+
+echo "==> terraform apply in $work ($backend backend)" >&2
+terraform -chdir="$work" apply -auto-approve -input=false
+
+uri="$(terraform -chdir="$work" output -raw connection_uri)"
+echo
+echo "==> connecting with psql, right after apply"
+psql "$uri" -c "SELECT current_user, current_database(), version()"
+echo
+echo "Connect yourself with (the password is in the connection_uri output):"
+echo "  psql \"\$(terraform -chdir=$work output -raw connection_uri)\""
+echo "or: $(terraform -chdir="$work" output -raw psql)   (password: $demo/db_password)"
+echo "Remove it with: make demo-destroy${BACKEND:+ BACKEND=$BACKEND}"

@@ -1,0 +1,101 @@
+#!/bin/bash
+# Entrypoint of the stand-in image postgraas-standin/postgres:15 (built by .ci/testenv.sh from
+# Debian's postgresql-15 package, because no container registry is reachable on the test machines).
+#
+# It honours the part of the official postgres image's contract that the provider relies on:
+#   POSTGRES_PASSWORD  superuser password (required unless POSTGRES_HOST_AUTH_METHOD=trust)
+#   POSTGRES_USER      superuser name (default: postgres)
+#   POSTGRES_DB        database created on first start (default: $POSTGRES_USER)
+#   POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD (default scram-sha-256)
+#   PGDATA             data directory (default /var/lib/postgresql/data, a VOLUME)
+#   /docker-entrypoint-initdb.d/*.sql and *.sh run once on first start
+# The database is initialised by a temporary server listening only on the unix socket; the
+# final server listens on '*' port 5432 only after initialisation is complete.
+set -Eeuo pipefail
+
+export PATH=/usr/lib/postgresql/15/bin:$PATH
+export PGDATA=${PGDATA:-/var/lib/postgresql/data}
+export LANG=${LANG:-C.UTF-8}
+
+log() { printf '%s [entrypoint] %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$*" >&2; }
+
+# `docker run IMAGE -c foo=bar` passes flags to postgres, like the official image.
+if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
+	set -- postgres "$@"
+fi
+
+if [ "$1" != postgres ]; then
+	exec "$@"
+fi
+shift
+
+if [ "$(id -u)" = 0 ]; then
+	mkdir -p "$PGDATA" /var/run/postgresql
+	chown postgres:postgres "$PGDATA" /var/run/postgresql
+	chmod 700 "$PGDATA"
+	chmod 2775 /var/run/postgresql
+	# setpriv execs (no intermediate process), so postgres stays PID 1 and gets docker's signals.
+	exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" postgres "$@"
+fi
+
+POSTGRES_USER=${POSTGRES_USER:-postgres}
+POSTGRES_DB=${POSTGRES_DB:-$POSTGRES_USER}
+POSTGRES_HOST_AUTH_METHOD=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
+
+# Initialisation is made all-or-nothing with a marker written last: a container stopped or
+# killed half-way through (PG_VERSION present, marker absent) is initialised afresh next start.
+INIT_MARKER=$PGDATA/.standin-initialised
+if [ -s "$PGDATA/PG_VERSION" ] && [ ! -e "$INIT_MARKER" ]; then
+	log "found a half-initialised $PGDATA: starting over"
+	find "$PGDATA" -mindepth 1 -delete
+fi
+
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+	if [ -z "${POSTGRES_PASSWORD:-}" ] && [ "$POSTGRES_HOST_AUTH_METHOD" != trust ]; then
+		cat >&2 <<-'EOM'
+		Error: Database is uninitialized and superuser password is not specified.
+		       You must specify POSTGRES_PASSWORD to a non-empty value for the
+		       superuser. For example, "-e POSTGRES_PASSWORD=password" on "docker run".
+		EOM
+		exit 1
+	fi
+	# `docker stop` during initialisation (bash is PID 1 until the final exec, and PID 1
+	# ignores signals it has no handler for): stop the temporary server and leave (the
+	# marker is not written, so the next start initialises again).
+	trap 'log "stopped during initialisation"; pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1; exit 143' INT TERM
+	log "initialising $PGDATA (superuser $POSTGRES_USER, database $POSTGRES_DB)"
+	pwfile=$(mktemp)
+	printf '%s\n' "${POSTGRES_PASSWORD:-}" >"$pwfile"
+	# shellcheck disable=SC2086
+	initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 \
+		--auth-local=trust --auth-host="$POSTGRES_HOST_AUTH_METHOD" --no-sync \
+		${POSTGRES_INITDB_ARGS:-} >/dev/null
+	rm -f "$pwfile"
+	printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
+
+	# Temporary server: unix socket only, so nothing can connect before initialisation is done.
+	# fsync=off only for this throw-away server (CREATE DATABASE fsyncs a lot); the final
+	# shutdown checkpoint below writes everything, and the real server runs with fsync=on.
+	pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p 5432 -c fsync=off" -w -t 60 start >/dev/null
+	psql_init=(psql -X -v ON_ERROR_STOP=1 -q --username "$POSTGRES_USER" --no-password --dbname postgres)
+	if [ "$POSTGRES_DB" != postgres ]; then
+		"${psql_init[@]}" -v db="$POSTGRES_DB" <<-'EOSQL'
+			CREATE DATABASE :"db";
+		EOSQL
+	fi
+	for f in /docker-entrypoint-initdb.d/*; do
+		[ -e "$f" ] || continue
+		# shellcheck disable=SC1090
+		case "$f" in
+		*.sh) log "running $f"; . "$f" ;;
+		*.sql) log "running $f"; "${psql_init[@]}" --dbname "$POSTGRES_DB" -f "$f" ;;
+		*) log "ignoring $f" ;;
+		esac
+	done
+	pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+	trap - INT TERM
+	: >"$INIT_MARKER"
+	log "initialisation complete; ready for start up"
+fi
+
+exec postgres -c listen_addresses='*' -p 5432 "$@"

@@ -1,0 +1,606 @@
+#!/usr/bin/env bash
+# Test environment of terraform-provider-postgraas: a PostgreSQL 15 server (meta DB + the
+# "pg_cluster" backend), a Docker engine and a PostgreSQL image (the "docker" backend).
+#
+#   .ci/testenv.sh up      idempotent: install/start what is missing, write the env file and
+#                          print its path on the last line of stdout (progress goes to stderr)
+#   .ci/testenv.sh env     print the env file path (after `up`)
+#   .ci/testenv.sh down    stop the PostgreSQL server and the dockerd that `up` started
+#   .ci/testenv.sh verify-image [IMAGE]
+#                          smoke-test a postgres image (login over a published port, bad tag,
+#                          missing POSTGRES_PASSWORD) and print timings
+#
+# Works from a fresh Debian 12 machine as root (CI): installs Debian packages only when a
+# thing is missing. No host name of any package mirror is written here: the mirror used to
+# build the stand-in image is read from the machine's apt sources at run time.
+#
+# Knobs: POSTGRAAS_TESTENV_DIR (state dir, default /tmp/postgraas-testenv),
+#        POSTGRAAS_TEST_PG_PORT (default 55432), POSTGRAAS_TEST_IMAGE (use this image),
+#        DOCKER_HOST (use this engine if it answers).
+set -euo pipefail
+
+STATE=${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}
+PG_PORT=${POSTGRAAS_TEST_PG_PORT:-55432}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ENV_FILE=$STATE/env.sh
+
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_DIR=$STATE/pg            # owned by the postgres OS user
+PGDATA_DIR=$PG_DIR/data
+PG_SOCK=$PG_DIR/sock
+PG_LOG=$PG_DIR/postgres.log
+SECRETS=$STATE/secrets      # root only
+
+DOCKERD_LOG=$STATE/dockerd.log
+DOCKERD_PID=$STATE/dockerd.pid
+STANDIN_IMAGE=postgraas-standin/postgres:15
+STANDIN_ROOTFS_IMAGE=postgraas-standin/postgres:15-rootfs # debootstrap + import, kept as base
+STANDIN_LABEL=org.postgraas.standin.entrypoint-sha256
+OFFICIAL_IMAGE=postgres:17
+
+export PATH="$PG_BIN:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
+export DEBIAN_FRONTEND=noninteractive
+unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSERVICE PGSSLMODE
+
+log() { printf '[testenv %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { printf '[testenv %s] ERROR: %s\n' "$(date +%T)" "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# POSIX-safe single quoting (the env file may be sourced by sh or bash).
+shquote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "$1 is missing and installing it needs root (run as root, or provide it)"; }
+
+APT_UPDATED=0
+apt_install() {
+	need_root "$*"
+	command -v apt-get >/dev/null || die "$* is missing and this is not a Debian-like system (no apt-get)"
+	local t
+	if [ "$APT_UPDATED" = 0 ]; then
+		t=$(now)
+		log "apt-get update"
+		apt-get update -q >&2 || die "apt-get update failed"
+		APT_UPDATED=1
+		log "apt-get update took $(since "$t") s"
+	fi
+	t=$(now)
+	log "apt-get install $*"
+	apt-get install -y -q --no-install-recommends "$@" >&2 || die "apt-get install $* failed"
+	log "apt-get install $* took $(since "$t") s"
+}
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+# ---------------------------------------------------------------- PostgreSQL server
+
+ensure_pg_binaries() {
+	local b missing=0
+	for b in initdb pg_ctl postgres psql; do
+		command -v "$b" >/dev/null || missing=1
+	done
+	if [ "$missing" = 1 ]; then
+		# Keep the package from creating and starting a "main" cluster we do not need.
+		if [ ! -e /etc/postgresql-common/createcluster.conf ] && [ "$(id -u)" = 0 ]; then
+			mkdir -p /etc/postgresql-common/createcluster.d
+			echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.d/postgraas-testenv.conf
+		fi
+		apt_install postgresql-15 postgresql-client-15
+	fi
+	for b in initdb pg_ctl postgres psql; do
+		command -v "$b" >/dev/null || die "$b not found after installing postgresql-15 (looked in $PG_BIN and PATH)"
+	done
+	if ! getent passwd postgres >/dev/null; then
+		need_root "the postgres OS user"
+		log "creating OS user postgres"
+		useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+	fi
+}
+
+# Random password from [A-Za-z0-9]; the meta DB one also carries @ / : ' to prove escaping.
+gen_password() {
+	local p
+	p=$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)
+	printf '%s%s' "${1:-}" "$p"
+}
+
+load_password() { # name [prefix]
+	local f=$SECRETS/$1
+	if [ ! -s "$f" ]; then
+		(umask 077 && gen_password "${2:-}" >"$f.tmp" && mv "$f.tmp" "$f")
+	fi
+	cat "$f"
+}
+
+pg_conf_content() {
+	cat <<EOF
+# Written by .ci/testenv.sh on each \`up\`; included from postgresql.conf.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCK'
+unix_socket_permissions = 0777
+password_encryption = 'scram-sha-256'
+max_connections = 300
+logging_collector = off
+log_connections = on
+log_line_prefix = '%m [%p] %q%u@%d '
+log_timezone = 'UTC'
+timezone = 'UTC'
+# A throw-away test server: trade durability for speed (CREATE/DROP DATABASE are frequent).
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+}
+
+pg_hba_content() {
+	cat <<'EOF'
+# Written by .ci/testenv.sh. Unix socket (state dir) for setup only; TCP needs a password.
+local all all trust
+host  all all 127.0.0.1/32 scram-sha-256
+EOF
+}
+
+pg_running() { as_postgres pg_ctl -D "$PGDATA_DIR" status >/dev/null 2>&1; }
+
+ensure_pg_server() {
+	ensure_pg_binaries
+	mkdir -p "$STATE"
+	chmod 755 "$STATE"
+	as_postgres test -x "$STATE" ||
+		die "the postgres OS user cannot reach $STATE (a parent directory is not searchable); choose another POSTGRAAS_TESTENV_DIR"
+	mkdir -p "$PG_DIR" "$PG_SOCK"
+	chown postgres: "$PG_DIR" "$PG_SOCK"
+	chmod 755 "$PG_DIR" "$PG_SOCK"
+
+	if [ ! -s "$PGDATA_DIR/PG_VERSION" ]; then
+		if [ -e "$PGDATA_DIR" ]; then
+			log "removing half-initialised data dir $PGDATA_DIR"
+			rm -rf "$PGDATA_DIR"
+		fi
+		local t; t=$(now)
+		log "initdb $PGDATA_DIR"
+		as_postgres initdb -D "$PGDATA_DIR" --username=postgres --encoding=UTF8 --locale=C.UTF-8 \
+			--auth-local=trust --auth-host=scram-sha-256 --no-sync >"$PG_DIR/initdb.log" 2>&1 ||
+			{ cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
+		log "initdb took $(since "$t") s"
+	fi
+
+	# Configuration (re-written each time; a change restarts a running server).
+	local conf=$PGDATA_DIR/postgraas-testenv.conf changed=0
+	if [ "$(cat "$conf" 2>/dev/null)" != "$(pg_conf_content)" ]; then
+		pg_conf_content >"$conf"; changed=1
+	fi
+	if [ "$(cat "$PGDATA_DIR/pg_hba.conf" 2>/dev/null)" != "$(pg_hba_content)" ]; then
+		pg_hba_content >"$PGDATA_DIR/pg_hba.conf"; changed=1
+	fi
+	grep -qx "include_if_exists = 'postgraas-testenv.conf'" "$PGDATA_DIR/postgresql.conf" ||
+		{ echo "include_if_exists = 'postgraas-testenv.conf'" >>"$PGDATA_DIR/postgresql.conf"; changed=1; }
+	chown postgres: "$conf" "$PGDATA_DIR/pg_hba.conf"
+	touch "$PG_LOG"
+	chown postgres: "$PG_LOG"
+
+	if pg_running; then
+		if [ "$changed" = 1 ]; then
+			log "configuration changed: restarting PostgreSQL"
+			as_postgres pg_ctl -D "$PGDATA_DIR" -l "$PG_LOG" -m fast -w -t 60 restart >&2 9>&- ||
+				{ tail -n 30 "$PG_LOG" >&2; die "PostgreSQL restart failed (log: $PG_LOG)"; }
+		else
+			log "PostgreSQL already running (data dir $PGDATA_DIR, port $PG_PORT)"
+		fi
+	else
+		local t; t=$(now)
+		log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+		# pg_ctl detaches the postmaster (setsid) and points its output at the log file.
+		as_postgres pg_ctl -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 start >&2 9>&- ||
+			{ tail -n 30 "$PG_LOG" >&2; die "PostgreSQL did not start (log: $PG_LOG)"; }
+		log "PostgreSQL started in $(since "$t") s"
+	fi
+
+	mkdir -p "$SECRETS"
+	chmod 700 "$SECRETS"
+	PW_POSTGRES=$(load_password postgres)
+	PW_META=$(load_password postgraas "M@t/a:'")
+	PW_ADMIN=$(load_password postgraas_admin)
+
+	# Roles and the meta DB, via the unix socket (trust). psql variables quote the passwords.
+	psql -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres \
+		-v pw_postgres="$PW_POSTGRES" -v pw_meta="$PW_META" -v pw_admin="$PW_ADMIN" >&2 <<'SQL' ||
+SET client_min_messages = warning;
+ALTER ROLE postgres WITH SUPERUSER LOGIN PASSWORD :'pw_postgres';
+SELECT 'CREATE ROLE postgraas' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'postgraas') \gexec
+ALTER ROLE postgraas WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'pw_meta';
+SELECT 'CREATE DATABASE postgraas OWNER postgraas' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'postgraas') \gexec
+SELECT 'CREATE ROLE postgraas_admin' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'postgraas_admin') \gexec
+ALTER ROLE postgraas_admin WITH LOGIN CREATEDB CREATEROLE NOSUPERUSER PASSWORD :'pw_admin';
+SQL
+		die "setting up roles / meta DB failed"
+
+	# Wait until each role can log in over TCP with its password.
+	local t; t=$(now)
+	wait_tcp_login postgres "$PW_POSTGRES" postgres
+	wait_tcp_login postgraas "$PW_META" postgraas
+	wait_tcp_login postgraas_admin "$PW_ADMIN" postgres
+	log "TCP password logins OK (postgres, postgraas, postgraas_admin) after $(since "$t") s"
+}
+
+wait_tcp_login() { # user password dbname
+	for _ in $(seq 1 300); do # 300 x 0.1 s
+		if PGPASSWORD=$2 psql -X -At -c 'SELECT 1' \
+			"host=127.0.0.1 port=$PG_PORT user=$1 dbname=$3 sslmode=disable connect_timeout=2" >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	PGPASSWORD=$2 psql -X -At -c 'SELECT 1' "host=127.0.0.1 port=$PG_PORT user=$1 dbname=$3 sslmode=disable" >&2 || true
+	die "no TCP password login as $1 to 127.0.0.1:$PG_PORT/$3 within 30 s (log: $PG_LOG)"
+}
+
+stop_pg() {
+	if [ -s "$PGDATA_DIR/PG_VERSION" ] && pg_running; then
+		log "stopping PostgreSQL ($PGDATA_DIR)"
+		as_postgres pg_ctl -D "$PGDATA_DIR" -m fast -w -t 60 stop >&2
+	else
+		log "PostgreSQL not running"
+	fi
+}
+
+# ---------------------------------------------------------------- Docker engine
+
+docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
+
+# Sets DOCKER_HOST_CHOSEN.
+ensure_docker() {
+	if ! command -v docker >/dev/null; then
+		apt_install docker.io
+	fi
+	if [ -n "${DOCKER_HOST:-}" ]; then
+		if docker_answers; then
+			log "using Docker engine at DOCKER_HOST=$DOCKER_HOST"
+			DOCKER_HOST_CHOSEN=$DOCKER_HOST
+			return
+		fi
+		log "DOCKER_HOST=$DOCKER_HOST does not answer; trying the default socket"
+	fi
+	export DOCKER_HOST=unix:///var/run/docker.sock
+	DOCKER_HOST_CHOSEN=$DOCKER_HOST
+	if docker_answers; then
+		log "using the Docker engine at $DOCKER_HOST"
+		return
+	fi
+
+	if ! command -v dockerd >/dev/null; then
+		apt_install docker.io
+	fi
+	command -v dockerd >/dev/null || die "no Docker engine answers and dockerd cannot be installed"
+	mkdir -p "$STATE"
+
+	if pgrep -x dockerd >/dev/null; then
+		log "a dockerd is already running (pid $(pgrep -x dockerd | tr '\n' ' ')); waiting for it to answer"
+	else
+		need_root "a running Docker engine"
+		local t; t=$(now)
+		log "starting dockerd (log: $DOCKERD_LOG)"
+		# Detach fully: no inherited stdout/stderr (callers read our stdout through a pipe).
+		setsid nohup dockerd "${DOCKERD_FLAGS[@]}" </dev/null >>"$DOCKERD_LOG" 2>&1 9>&- &
+		echo $! >"$DOCKERD_PID"
+		DOCKERD_STARTED_AT=$t
+	fi
+	for _ in $(seq 1 600); do # 600 x 0.1 s
+		if timeout 3 docker info >/dev/null 2>&1; then
+			[ -n "${DOCKERD_STARTED_AT:-}" ] && log "dockerd answered after $(since "$DOCKERD_STARTED_AT") s"
+			return
+		fi
+		if [ -n "${DOCKERD_STARTED_AT:-}" ] && ! kill -0 "$(cat "$DOCKERD_PID")" 2>/dev/null; then
+			tail -n 40 "$DOCKERD_LOG" >&2 || true
+			die "dockerd exited during start-up (log: $DOCKERD_LOG); the docker backend cannot be tested"
+		fi
+		sleep 0.1
+	done
+	tail -n 40 "$DOCKERD_LOG" >&2 || true
+	die "the Docker engine did not answer within 60 s (log: $DOCKERD_LOG); the docker backend cannot be tested"
+}
+
+# Flags for the dockerd we start ourselves. None needed on these machines (Debian 12, kernel
+# with nf_tables, cgroup v1, ext4 root): docker.io 20.10 picks overlay2 and the cgroupfs driver,
+# its iptables rules (iptables-nft) work, and published ports answer on 127.0.0.1 through
+# docker-proxy. Do not add --iptables=false: it would leave ip_forward/NAT unset.
+DOCKERD_FLAGS=()
+
+stop_dockerd() {
+	local pid
+	if [ -s "$DOCKERD_PID" ] && pid=$(cat "$DOCKERD_PID") && kill -0 "$pid" 2>/dev/null &&
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+		log "stopping dockerd (pid $pid)"
+		kill -TERM "$pid"
+			for _ in $(seq 1 300); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -0 "$pid" 2>/dev/null && log "dockerd (pid $pid) still running after 30 s"
+		rm -f "$DOCKERD_PID"
+	else
+		log "no dockerd started by this script is running"
+	fi
+}
+
+# ---------------------------------------------------------------- test image
+
+# Mirror of the main Debian archive, from the machine's apt sources: deb822 stanzas
+# (/etc/apt/sources.list.d/*.sources, "URIs:" lines, Debian 12's default) or one-line entries
+# (/etc/apt/sources.list, *.list: "deb [opts] URI suite components"). Prefers an entry for
+# bookworm itself; else any main-archive entry (a suite without "-", e.g. trixie), never the
+# security archive. APT_SOURCES_GLOB overrides the files read (for testing this function).
+debian_mirror() {
+	local f files=()
+	# shellcheck disable=SC2206
+	for f in ${APT_SOURCES_GLOB:-/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources}; do
+		[ -r "$f" ] && [ -f "$f" ] && files+=("$f")
+	done
+	[ "${#files[@]}" -gt 0 ] || return 0
+	awk '
+		function consider(uri, suites,    n, i, sfx) {
+			if (uri == "" || uri ~ /security/) return
+			n = split(suites, sfx, /[ \t]+/)
+			for (i = 1; i <= n; i++) {
+				if (sfx[i] == "bookworm" && strict == "") strict = uri
+				if (sfx[i] != "" && sfx[i] !~ /-/ && relaxed == "") relaxed = uri
+			}
+		}
+		function flush(    u) {
+			if (types ~ /(^|[ \t])deb([ \t]|$)/ && tolower(enabled) != "no") { split(uris, u, /[ \t]+/); consider(u[1], suites) }
+			types = ""; suites = ""; uris = ""; enabled = ""
+		}
+		FNR == 1 { flush(); deb822 = (FILENAME ~ /\.sources$/) }
+		/^[ \t]*#/ { next }
+		deb822 && /^[ \t]*$/ { flush(); next }
+		deb822 {
+			key = tolower($1); val = $0; sub(/^[^:]*:[ \t]*/, "", val)
+			if (key == "types:") types = val
+			else if (key == "suites:") suites = val
+			else if (key == "uris:") uris = val
+			else if (key == "enabled:") enabled = val
+			next
+		}
+		$1 == "deb" {
+			i = 2
+			if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+			consider($i, $(i + 1))
+		}
+		END { flush(); if (strict != "") print strict; else if (relaxed != "") print relaxed }
+	' "${files[@]}" 2>/dev/null
+}
+
+build_standin() {
+	command -v debootstrap >/dev/null || apt_install debootstrap
+	local mirror rootfs t
+	mirror=$(debian_mirror || true)
+	[ -n "$mirror" ] || die "no Debian archive found in the apt sources (needed to debootstrap the stand-in image); set POSTGRAAS_TEST_IMAGE"
+	# debootstrap does not read apt's proxy settings: pass them on if there are any.
+	if [ -z "${http_proxy:-}" ]; then
+		local proxy=""
+		eval "$(apt-config shell proxy Acquire::http::Proxy)"
+		[ -n "$proxy" ] && export http_proxy=$proxy
+	fi
+	rootfs=$STATE/standin-rootfs
+	rm -rf "$rootfs"
+	t=$(now)
+	log "debootstrap bookworm with postgresql-15 (mirror from the apt sources) into $rootfs"
+	debootstrap --variant=minbase --include=postgresql-15 bookworm "$rootfs" "$mirror" \
+		>"$STATE/debootstrap.log" 2>&1 ||
+		{ tail -n 30 "$STATE/debootstrap.log" >&2; die "debootstrap failed (log: $STATE/debootstrap.log)"; }
+	log "debootstrap took $(since "$t") s"
+
+	install -m 0755 "$HERE/standin/docker-entrypoint.sh" "$rootfs/usr/local/bin/docker-entrypoint.sh"
+	# The package's "main" cluster, caches and docs are dead weight in the image.
+	rm -rf "$rootfs/var/lib/postgresql/15" "$rootfs/etc/postgresql/15/main" \
+		"$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+		"$rootfs/usr/share/doc" "$rootfs/usr/share/man" "$rootfs/usr/share/info"
+	mkdir -p "$rootfs/var/lib/postgresql/data" "$rootfs/var/run/postgresql" "$rootfs/docker-entrypoint-initdb.d"
+	chroot "$rootfs" chown postgres:postgres /var/lib/postgresql/data /var/run/postgresql
+	chmod 700 "$rootfs/var/lib/postgresql/data"
+
+	t=$(now)
+	log "docker import $STANDIN_ROOTFS_IMAGE"
+	tar -C "$rootfs" -c . | docker import \
+		-c 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' \
+		-c 'CMD ["postgres"]' \
+		-c 'EXPOSE 5432' \
+		-c 'VOLUME /var/lib/postgresql/data' \
+		-c 'ENV PGDATA=/var/lib/postgresql/data' \
+		-c 'ENV LANG=C.UTF-8' \
+		-c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		- "$STANDIN_ROOTFS_IMAGE" >&2 || die "docker import failed"
+	log "docker import took $(since "$t") s"
+	rm -rf "$rootfs"
+}
+
+entrypoint_sha() { sha256sum "$HERE/standin/docker-entrypoint.sh" | cut -c1-64; }
+
+# The final stand-in image is a thin layer on top of the imported rootfs: the current
+# entrypoint (a change to .ci/standin/docker-entrypoint.sh rebuilds only this layer, in
+# seconds, no debootstrap) and STOPSIGNAL SIGINT, which `docker import` of engine 20.10
+# rejects (the official image stops postgres with SIGINT, a fast shutdown, rather than
+# SIGTERM, a smart shutdown that waits for clients). A local base: no registry needed.
+build_standin_layer() {
+	local ctx t sha old
+	sha=$(entrypoint_sha)
+	old=$(docker image inspect --format '{{.Id}}' "$STANDIN_IMAGE" 2>/dev/null || true)
+	ctx=$(mktemp -d)
+	install -m 0755 "$HERE/standin/docker-entrypoint.sh" "$ctx/docker-entrypoint.sh"
+	printf '%s\n' "FROM $STANDIN_ROOTFS_IMAGE" \
+		"COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh" \
+		"LABEL $STANDIN_LABEL=$sha" \
+		"STOPSIGNAL SIGINT" >"$ctx/Dockerfile"
+	t=$(now)
+	if DOCKER_BUILDKIT=0 docker build -q -t "$STANDIN_IMAGE" "$ctx" >"$STATE/build.log" 2>&1; then
+		log "docker build of the entrypoint layer took $(since "$t") s"
+	else
+		log "docker build failed ($(tail -n 1 "$STATE/build.log")); using the imported image without STOPSIGNAL"
+		docker tag "$STANDIN_ROOTFS_IMAGE" "$STANDIN_IMAGE"
+	fi
+	rm -rf "$ctx"
+	# Drop the previous top layer if nothing uses it any more (fails harmlessly otherwise).
+	if [ -n "$old" ] && [ "$old" != "$(docker image inspect --format '{{.Id}}' "$STANDIN_IMAGE")" ]; then
+		docker rmi "$old" >/dev/null 2>&1 || true
+	fi
+}
+
+# Sets TEST_IMAGE.
+ensure_image() {
+	if [ -n "${POSTGRAAS_TEST_IMAGE:-}" ]; then
+		TEST_IMAGE=$POSTGRAAS_TEST_IMAGE
+		if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
+			log "pulling POSTGRAAS_TEST_IMAGE=$TEST_IMAGE"
+			timeout 300 docker pull "$TEST_IMAGE" >&2 || die "POSTGRAAS_TEST_IMAGE=$TEST_IMAGE is not available"
+		fi
+		log "test image: $TEST_IMAGE (from POSTGRAAS_TEST_IMAGE)"
+		return
+	fi
+	if docker image inspect "$OFFICIAL_IMAGE" >/dev/null 2>&1; then
+		TEST_IMAGE=$OFFICIAL_IMAGE
+		log "test image: $TEST_IMAGE (present locally)"
+		return
+	fi
+	if [ ! -e "$STATE/pull-failed" ]; then
+		local t; t=$(now)
+		if timeout 30 docker pull "$OFFICIAL_IMAGE" >&2 2>"$STATE/pull.log"; then
+			TEST_IMAGE=$OFFICIAL_IMAGE
+			log "test image: $TEST_IMAGE (pulled in $(since "$t") s)"
+			return
+		fi
+		log "docker pull $OFFICIAL_IMAGE failed after $(since "$t") s: $(tail -n 1 "$STATE/pull.log")"
+		touch "$STATE/pull-failed" # do not retry on every `up`; delete the file to retry
+	fi
+	TEST_IMAGE=$STANDIN_IMAGE
+	local have
+	have=$(docker image inspect --format "{{index .Config.Labels \"$STANDIN_LABEL\"}}" "$STANDIN_IMAGE" 2>/dev/null || true)
+	if [ "$have" = "$(entrypoint_sha)" ]; then
+		log "test image: $TEST_IMAGE (stand-in, already built)"
+		return
+	fi
+	if ! docker image inspect "$STANDIN_ROOTFS_IMAGE" >/dev/null 2>&1; then
+		build_standin
+	else
+		log "stand-in entrypoint changed or image missing: rebuilding its top layer"
+	fi
+	build_standin_layer
+	log "test image: $TEST_IMAGE (stand-in, built now)"
+	verify_image "$TEST_IMAGE" quick
+}
+
+# verify_image IMAGE [quick]
+verify_image() {
+	local image=$1 mode=${2:-full} cid port t ok=0
+	t=$(now)
+	cid=$(docker run -d -e POSTGRES_USER=u -e POSTGRES_PASSWORD=p -e POSTGRES_DB=d -p 127.0.0.1::5432 "$image")
+	port=$(docker port "$cid" 5432/tcp | head -n 1)
+	port=${port##*:}
+	for _ in $(seq 1 300); do
+		if PGPASSWORD=p psql -X -At "host=127.0.0.1 port=$port user=u dbname=d sslmode=disable connect_timeout=2" \
+			-c 'SELECT 1' >/dev/null 2>&1; then
+			ok=1
+			break
+		fi
+		sleep 0.1
+	done
+	if [ "$ok" = 1 ]; then
+		log "verify $image: password login over 127.0.0.1:$port $(since "$t") s after docker run"
+	else
+		docker logs "$cid" >&2 || true
+	fi
+	docker rm -f -v "$cid" >/dev/null
+	[ "$ok" = 1 ] || die "verify $image: no password login within 30 s"
+	[ "$mode" = quick ] && return 0
+
+	t=$(now)
+	if docker run -d --rm "${image%:*}:does-not-exist" >/dev/null 2>&1; then
+		die "verify: a bad tag started a container"
+	fi
+	log "verify: a bad tag failed in $(since "$t") s"
+
+	t=$(now)
+	cid=$(docker run -d "$image")
+	local code
+	code=$(timeout 30 docker wait "$cid")
+	local logs; logs=$(docker logs "$cid" 2>&1 || true)
+	if [ "$code" != 0 ] && [[ $logs == *"superuser password is not specified"* ]]; then
+		log "verify: missing POSTGRES_PASSWORD -> exit $code in $(since "$t") s, log: ${logs%%$'\n'*}"
+	else
+		docker logs "$cid" >&2 || true
+		docker rm -f -v "$cid" >/dev/null
+		die "verify: a container without POSTGRES_PASSWORD did not fail as expected (exit $code)"
+	fi
+	docker rm -f -v "$cid" >/dev/null
+}
+
+# ---------------------------------------------------------------- env file
+
+write_env() {
+	local tmp=$ENV_FILE.tmp.$$
+	{
+		echo "# Written by .ci/testenv.sh up at $(date -u '+%Y-%m-%dT%H:%M:%SZ'). Source it: . $ENV_FILE"
+		kv() { printf 'export %s=%s\n' "$1" "$(shquote "$2")"; }
+		kv POSTGRAAS_METADB_HOST 127.0.0.1
+		kv POSTGRAAS_METADB_PORT "$PG_PORT"
+		kv POSTGRAAS_METADB_DB_NAME postgraas
+		kv POSTGRAAS_METADB_USERNAME postgraas
+		kv POSTGRAAS_METADB_PASSWORD "$PW_META"
+		kv POSTGRAAS_METADB_SSLMODE disable
+		kv POSTGRAAS_PG_CLUSTER_HOST 127.0.0.1
+		kv POSTGRAAS_PG_CLUSTER_PORT "$PG_PORT"
+		kv POSTGRAAS_PG_CLUSTER_DATABASE postgres
+		kv POSTGRAAS_PG_CLUSTER_USERNAME postgres
+		kv POSTGRAAS_PG_CLUSTER_PASSWORD "$PW_POSTGRES"
+		kv POSTGRAAS_PG_CLUSTER_SSLMODE disable
+		kv POSTGRAAS_TEST_LIMITED_ADMIN_USERNAME postgraas_admin
+		kv POSTGRAAS_TEST_LIMITED_ADMIN_PASSWORD "$PW_ADMIN"
+		kv POSTGRAAS_TEST_PG_LOG "$PG_LOG"
+		kv POSTGRAAS_TEST_PG_SOCKET_DIR "$PG_SOCK"
+		kv DOCKER_HOST "$DOCKER_HOST_CHOSEN"
+		kv POSTGRAAS_TEST_IMAGE "$TEST_IMAGE"
+		kv CHECKPOINT_DISABLE 1
+	} >"$tmp"
+	chmod 600 "$tmp"
+	mv "$tmp" "$ENV_FILE"
+}
+
+# ---------------------------------------------------------------- main
+
+cmd_up() {
+	local t0; t0=$(now)
+	mkdir -p "$STATE"
+	# One `up` at a time per state dir (several people may run `make test` at once). The
+	# daemons we start must not inherit this fd, or they would hold the lock forever.
+	exec 9>"$STATE/up.lock"
+	if ! flock -n 9; then
+		log "another '$0 up' is running for $STATE: waiting for it (at most 20 min)"
+		flock -w 1200 9 || die "timed out waiting for the lock $STATE/up.lock"
+	fi
+	ensure_pg_server
+	ensure_docker
+	ensure_image
+	write_env
+	log "test environment ready in $(since "$t0") s; env file: $ENV_FILE"
+	printf '%s\n' "$ENV_FILE"
+}
+
+case "${1:-}" in
+up) cmd_up ;;
+env)
+	[ -s "$ENV_FILE" ] || die "no env file at $ENV_FILE: run '$0 up' first"
+	printf '%s\n' "$ENV_FILE"
+	;;
+down)
+	stop_pg
+	stop_dockerd
+	;;
+verify-image)
+	ensure_docker
+	verify_image "${2:-$STANDIN_IMAGE}"
+	;;
+*)
+	echo "usage: $0 up|env|down|verify-image [IMAGE]" >&2
+	exit 2
+	;;
+esac
