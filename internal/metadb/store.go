@@ -262,6 +262,19 @@ func (s *Store) Complete(ctx context.Context, id int64, host string, port int, u
 	return r, nil
 }
 
+// SetPort records the port an instance listens on now (Docker publishes a
+// new host port whenever a container starts again).
+func (s *Store) SetPort(ctx context.Context, id int64, port int) error {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `UPDATE db_instance SET port = $2 WHERE id = $1`, id, port); err != nil {
+		return fmt.Errorf("updating the port of meta DB row %d: %w", id, err)
+	}
+	return nil
+}
+
 // Delete removes the row; a row already gone is not an error.
 func (s *Store) Delete(ctx context.Context, id int64) error {
 	pool, err := s.db(ctx)

@@ -1,0 +1,12 @@
+# Every instance in the meta DB, whoever created it.
+data "postgraas_instances" "all" {}
+
+# Only the CI databases on the shared cluster.
+data "postgraas_instances" "ci" {
+  backend    = "pg_cluster"
+  name_regex = "^ci-"
+}
+
+output "ci_instance_names" {
+  value = data.postgraas_instances.ci.instances[*].name
+}

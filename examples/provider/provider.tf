@@ -1,0 +1,46 @@
+# Docker backend (the default): every instance is a whole PostgreSQL server in
+# its own container. Secrets usually come from the environment
+# (POSTGRAAS_METADB_PASSWORD, ...), so CI needs none in HCL.
+provider "postgraas" {
+  metadb = {
+    host     = "127.0.0.1"
+    port     = 5432
+    db_name  = "postgraas"
+    username = "postgraas"
+    password = var.metadb_password
+  }
+  docker = {
+    host            = "unix:///var/run/docker.sock"
+    image           = "postgres:17"
+    bind_address    = "0.0.0.0"
+    advertised_host = "db.example.internal"
+  }
+}
+
+# pg_cluster backend: a role and a database per instance on a shared cluster.
+provider "postgraas" {
+  alias   = "cluster"
+  backend = "pg_cluster"
+  metadb = {
+    host     = "127.0.0.1"
+    password = var.metadb_password
+  }
+  pg_cluster = {
+    host     = "pg.example.internal"
+    port     = 5432
+    database = "postgres"
+    username = "postgres"
+    password = var.cluster_admin_password
+    sslmode  = "require"
+  }
+}
+
+variable "metadb_password" {
+  type      = string
+  sensitive = true
+}
+
+variable "cluster_admin_password" {
+  type      = string
+  sensitive = true
+}

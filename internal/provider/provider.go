@@ -1,0 +1,338 @@
+// Package provider translates between Terraform and the meta DB store and
+// backends; it holds no database or Docker logic of its own.
+package provider
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
+	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/datasource"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
+	"github.com/hashicorp/terraform-plugin-framework/path"
+	"github.com/hashicorp/terraform-plugin-framework/provider"
+	"github.com/hashicorp/terraform-plugin-framework/provider/schema"
+	"github.com/hashicorp/terraform-plugin-framework/resource"
+	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
+	"github.com/hashicorp/terraform-plugin-framework/types"
+	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+var _ provider.Provider = (*postgraasProvider)(nil)
+
+type postgraasProvider struct {
+	version string
+}
+
+// New returns the provider factory main.go and the tests serve.
+func New(version string) func() provider.Provider {
+	return func() provider.Provider { return &postgraasProvider{version: version} }
+}
+
+type providerModel struct {
+	Backend   types.String `tfsdk:"backend"`
+	MetaDB    types.Object `tfsdk:"metadb"`
+	PGCluster types.Object `tfsdk:"pg_cluster"`
+	Docker    types.Object `tfsdk:"docker"`
+}
+
+type metaDBModel struct {
+	Host     types.String `tfsdk:"host"`
+	Port     types.Int64  `tfsdk:"port"`
+	DBName   types.String `tfsdk:"db_name"`
+	Username types.String `tfsdk:"username"`
+	Password types.String `tfsdk:"password"`
+	SSLMode  types.String `tfsdk:"sslmode"`
+	Server   types.String `tfsdk:"server"`
+}
+
+type pgClusterModel struct {
+	Host     types.String `tfsdk:"host"`
+	Port     types.Int64  `tfsdk:"port"`
+	Database types.String `tfsdk:"database"`
+	Username types.String `tfsdk:"username"`
+	Password types.String `tfsdk:"password"`
+	SSLMode  types.String `tfsdk:"sslmode"`
+	Server   types.String `tfsdk:"server"`
+}
+
+type dockerModel struct {
+	Host           types.String `tfsdk:"host"`
+	Image          types.String `tfsdk:"image"`
+	BindAddress    types.String `tfsdk:"bind_address"`
+	AdvertisedHost types.String `tfsdk:"advertised_host"`
+}
+
+func (p *postgraasProvider) Metadata(_ context.Context, _ provider.MetadataRequest, resp *provider.MetadataResponse) {
+	resp.TypeName = "postgraas"
+	resp.Version = p.version
+}
+
+func envDoc(env, def string) string {
+	if def == "" {
+		return fmt.Sprintf(" Environment variable: `%s`.", env)
+	}
+	return fmt.Sprintf(" Environment variable: `%s`. Default: `%s`.", env, def)
+}
+
+func portAttribute(what, env string) schema.Int64Attribute {
+	return schema.Int64Attribute{
+		MarkdownDescription: "TCP port of " + what + "." + envDoc(env, "5432"),
+		Optional:            true,
+		Validators:          []validator.Int64{int64validator.Between(1, 65535)},
+	}
+}
+
+func sslmodeAttribute(env string) schema.StringAttribute {
+	return schema.StringAttribute{
+		MarkdownDescription: "libpq `sslmode`: one of `disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`." + envDoc(env, "prefer"),
+		Optional:            true,
+		Validators:          []validator.String{stringvalidator.OneOf(pgsql.SSLModes...)},
+	}
+}
+
+func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, resp *provider.SchemaResponse) {
+	nonEmpty := []validator.String{stringvalidator.LengthAtLeast(1)}
+	resp.Schema = schema.Schema{
+		MarkdownDescription: "Hands out PostgreSQL databases on demand, as postgraas_server did: a whole PostgreSQL " +
+			"instance in its own Docker container (`docker` backend), or a database with its own role on a shared " +
+			"cluster (`pg_cluster` backend). Every instance is recorded in a shared meta DB, so every pipeline sees " +
+			"every instance. Every attribute can also be set through the environment variable named in its description.",
+		Attributes: map[string]schema.Attribute{
+			"backend": schema.StringAttribute{
+				MarkdownDescription: "Where new instances are created: `docker` or `pg_cluster`." + envDoc("POSTGRAAS_BACKEND", backend.KindDocker),
+				Optional:            true,
+				Validators:          []validator.String{stringvalidator.OneOf(backend.KindDocker, backend.KindPGCluster)},
+			},
+			"metadb": schema.SingleNestedAttribute{
+				MarkdownDescription: "The PostgreSQL database that records every instance (postgraas_server's `db_instance` table). " +
+					"It is connected to on first use, so it may be created in the same configuration.",
+				Optional: true,
+				Attributes: map[string]schema.Attribute{
+					"host": schema.StringAttribute{
+						MarkdownDescription: "Host name or address of the meta DB server." + envDoc("POSTGRAAS_METADB_HOST", "127.0.0.1"),
+						Optional:            true, Validators: nonEmpty,
+					},
+					"port": portAttribute("the meta DB server", "POSTGRAAS_METADB_PORT"),
+					"db_name": schema.StringAttribute{
+						MarkdownDescription: "Database that holds the `db_instance` table." + envDoc("POSTGRAAS_METADB_DB_NAME", "postgraas"),
+						Optional:            true, Validators: nonEmpty,
+					},
+					"username": schema.StringAttribute{
+						MarkdownDescription: "Login of the meta DB. It needs to create tables in `db_name` on first use." + envDoc("POSTGRAAS_METADB_USERNAME", "postgraas"),
+						Optional:            true, Validators: nonEmpty,
+					},
+					"password": schema.StringAttribute{
+						MarkdownDescription: "Password of the meta DB login." + envDoc("POSTGRAAS_METADB_PASSWORD", ""),
+						Optional:            true, Sensitive: true,
+					},
+					"sslmode": sslmodeAttribute("POSTGRAAS_METADB_SSLMODE"),
+					"server": schema.StringAttribute{
+						MarkdownDescription: "Server name for Azure-style `user@server` logins: the login becomes `username@server`." + envDoc("POSTGRAAS_METADB_SERVER", ""),
+						Optional:            true,
+					},
+				},
+			},
+			"pg_cluster": schema.SingleNestedAttribute{
+				MarkdownDescription: "The shared PostgreSQL cluster that the `pg_cluster` backend creates roles and databases on. " +
+					"The login must be a superuser or have `CREATEDB` and `CREATEROLE`.",
+				Optional: true,
+				Attributes: map[string]schema.Attribute{
+					"host": schema.StringAttribute{
+						MarkdownDescription: "Host name or address of the cluster; also the `host` reported for its instances." + envDoc("POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1"),
+						Optional:            true, Validators: nonEmpty,
+					},
+					"port": portAttribute("the cluster", "POSTGRAAS_PG_CLUSTER_PORT"),
+					"database": schema.StringAttribute{
+						MarkdownDescription: "Maintenance database the admin logs into." + envDoc("POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
+						Optional:            true, Validators: nonEmpty,
+					},
+					"username": schema.StringAttribute{
+						MarkdownDescription: "Admin login (without `@server`)." + envDoc("POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),
+						Optional:            true, Validators: nonEmpty,
+					},
+					"password": schema.StringAttribute{
+						MarkdownDescription: "Admin password." + envDoc("POSTGRAAS_PG_CLUSTER_PASSWORD", ""),
+						Optional:            true, Sensitive: true,
+					},
+					"sslmode": sslmodeAttribute("POSTGRAAS_PG_CLUSTER_SSLMODE"),
+					"server": schema.StringAttribute{
+						MarkdownDescription: "Server name for Azure-style logins: the admin logs in as `username@server`, instances' " +
+							"`db_username` may be `user` or `user@server`, the role created is `user` and the login reported is `user@server`." +
+							envDoc("POSTGRAAS_PG_CLUSTER_SERVER", ""),
+						Optional: true,
+					},
+				},
+			},
+			"docker": schema.SingleNestedAttribute{
+				MarkdownDescription: "The Docker engine that the `docker` backend runs one PostgreSQL container per instance on.",
+				Optional:            true,
+				Attributes: map[string]schema.Attribute{
+					"host": schema.StringAttribute{
+						MarkdownDescription: "Docker engine address: `unix://`, `tcp://` or `ssh://`. TLS settings come from " +
+							"`DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`." + envDoc("DOCKER_HOST", "unix:///var/run/docker.sock"),
+						Optional: true, Validators: nonEmpty,
+					},
+					"image": schema.StringAttribute{
+						MarkdownDescription: "Default image for new instances; any image honouring the official `postgres` image's " +
+							"`POSTGRES_USER`/`POSTGRES_PASSWORD`/`POSTGRES_DB` contract." + envDoc("POSTGRAAS_DOCKER_IMAGE", "postgres:17"),
+						Optional: true, Validators: nonEmpty,
+					},
+					"bind_address": schema.StringAttribute{
+						MarkdownDescription: "Host address that port 5432 of each container is published on." + envDoc("POSTGRAAS_DOCKER_BIND_ADDRESS", "0.0.0.0"),
+						Optional:            true, Validators: nonEmpty,
+					},
+					"advertised_host": schema.StringAttribute{
+						MarkdownDescription: "Host name reported as instances' `host`. Defaults to the host of a `tcp://` or `ssh://` " +
+							"Docker host, else `localhost`." + envDoc("POSTGRAAS_DOCKER_ADVERTISED_HOST", ""),
+						Optional: true, Validators: nonEmpty,
+					},
+				},
+			},
+		},
+	}
+}
+
+// setting resolves configuration values: the attribute when set, else the
+// environment variable, else the default. anyUnknown records a value that
+// comes from something not created yet (during plan).
+type setting struct {
+	diags      *diag.Diagnostics
+	anyUnknown bool
+}
+
+func (s *setting) str(v types.String, env, def string) string {
+	if v.IsUnknown() {
+		s.anyUnknown = true
+		return ""
+	}
+	if !v.IsNull() {
+		return v.ValueString()
+	}
+	if e, ok := os.LookupEnv(env); ok && e != "" {
+		return e
+	}
+	return def
+}
+
+func (s *setting) port(v types.Int64, p path.Path, env string) int {
+	if v.IsUnknown() {
+		s.anyUnknown = true
+		return 0
+	}
+	if !v.IsNull() {
+		return int(v.ValueInt64())
+	}
+	if e, ok := os.LookupEnv(env); ok && e != "" {
+		n, err := strconv.Atoi(e)
+		if err != nil || n < 1 || n > 65535 {
+			s.diags.AddAttributeError(p, "Invalid provider setting",
+				fmt.Sprintf("Environment variable %s is %q, which is not a TCP port (1-65535).", env, e))
+			return 0
+		}
+		return n
+	}
+	return 5432
+}
+
+func (s *setting) oneOf(val string, p path.Path, env string, allowed ...string) {
+	for _, a := range allowed {
+		if val == a {
+			return
+		}
+	}
+	s.diags.AddAttributeError(p, "Invalid provider setting",
+		fmt.Sprintf("%q is not one of %v; check the attribute or the environment variable %s.", val, allowed, env))
+}
+
+func objectAs(ctx context.Context, obj types.Object, target any) bool {
+	if obj.IsUnknown() {
+		return false
+	}
+	diags := obj.As(ctx, target, basetypes.ObjectAsOptions{UnhandledNullAsEmpty: true, UnhandledUnknownAsEmpty: true})
+	return !diags.HasError()
+}
+
+func (p *postgraasProvider) Configure(ctx context.Context, req provider.ConfigureRequest, resp *provider.ConfigureResponse) {
+	var cfg providerModel
+	resp.Diagnostics.Append(req.Config.Get(ctx, &cfg)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	var meta metaDBModel
+	var cluster pgClusterModel
+	var dock dockerModel
+	s := &setting{diags: &resp.Diagnostics}
+	if !objectAs(ctx, cfg.MetaDB, &meta) || !objectAs(ctx, cfg.PGCluster, &cluster) || !objectAs(ctx, cfg.Docker, &dock) {
+		s.anyUnknown = true
+	}
+
+	settings := clientSettings{}
+	settings.kind = s.str(cfg.Backend, "POSTGRAAS_BACKEND", backend.KindDocker)
+	s.oneOf(settings.kind, path.Root("backend"), "POSTGRAAS_BACKEND", backend.KindDocker, backend.KindPGCluster)
+
+	mp := path.Root("metadb")
+	settings.metaDB = pgsql.Target{
+		Host:     s.str(meta.Host, "POSTGRAAS_METADB_HOST", "127.0.0.1"),
+		Port:     s.port(meta.Port, mp.AtName("port"), "POSTGRAAS_METADB_PORT"),
+		Database: s.str(meta.DBName, "POSTGRAAS_METADB_DB_NAME", "postgraas"),
+		User:     s.str(meta.Username, "POSTGRAAS_METADB_USERNAME", "postgraas"),
+		Password: s.str(meta.Password, "POSTGRAAS_METADB_PASSWORD", ""),
+		SSLMode:  s.str(meta.SSLMode, "POSTGRAAS_METADB_SSLMODE", "prefer"),
+	}
+	s.oneOf(settings.metaDB.SSLMode, mp.AtName("sslmode"), "POSTGRAAS_METADB_SSLMODE", pgsql.SSLModes...)
+	if server := s.str(meta.Server, "POSTGRAAS_METADB_SERVER", ""); server != "" {
+		settings.metaDB.User += "@" + server
+	}
+
+	cp := path.Root("pg_cluster")
+	settings.cluster = pgsql.Target{
+		Host:     s.str(cluster.Host, "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1"),
+		Port:     s.port(cluster.Port, cp.AtName("port"), "POSTGRAAS_PG_CLUSTER_PORT"),
+		Database: s.str(cluster.Database, "POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
+		User:     s.str(cluster.Username, "POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),
+		Password: s.str(cluster.Password, "POSTGRAAS_PG_CLUSTER_PASSWORD", ""),
+		SSLMode:  s.str(cluster.SSLMode, "POSTGRAAS_PG_CLUSTER_SSLMODE", "prefer"),
+	}
+	s.oneOf(settings.cluster.SSLMode, cp.AtName("sslmode"), "POSTGRAAS_PG_CLUSTER_SSLMODE", pgsql.SSLModes...)
+	settings.clusterServer = s.str(cluster.Server, "POSTGRAAS_PG_CLUSTER_SERVER", "")
+
+	settings.docker = dockerSettings{
+		host:           s.str(dock.Host, "DOCKER_HOST", ""),
+		image:          s.str(dock.Image, "POSTGRAAS_DOCKER_IMAGE", ""),
+		bindAddress:    s.str(dock.BindAddress, "POSTGRAAS_DOCKER_BIND_ADDRESS", ""),
+		advertisedHost: s.str(dock.AdvertisedHost, "POSTGRAAS_DOCKER_ADVERTISED_HOST", ""),
+	}
+
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	if s.anyUnknown {
+		// A value depends on something not created yet. Resources see no
+		// client during this plan and skip their provider-dependent checks;
+		// the apply gets the known values.
+		return
+	}
+	c, err := newClient(settings)
+	if err != nil {
+		resp.Diagnostics.AddError("Cannot set up the "+settings.kind+" backend",
+			fmt.Sprintf("%s. Check the provider's %s settings.", err, settings.kind))
+		return
+	}
+	resp.ResourceData = c
+	resp.DataSourceData = c
+}
+
+func (p *postgraasProvider) Resources(context.Context) []func() resource.Resource {
+	return []func() resource.Resource{NewInstanceResource}
+}
+
+func (p *postgraasProvider) DataSources(context.Context) []func() datasource.DataSource {
+	return []func() datasource.DataSource{NewInstanceDataSource, NewInstancesDataSource}
+}

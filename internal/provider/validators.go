@@ -1,0 +1,126 @@
+package provider
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
+	"golang.org/x/text/secure/precis"
+	"golang.org/x/text/unicode/norm"
+)
+
+// maxIdentifierBytes is PostgreSQL's NAMEDATALEN-1: longer names are cut
+// silently by the server (postgraas_server bug 3), so they are refused here.
+const maxIdentifierBytes = 63
+
+var (
+	instanceNameRegexp = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	// No NUL (PostgreSQL cannot store it) and no control characters, which
+	// only cause trouble in logs, psql and shell scripts.
+	noControlRegexp = regexp.MustCompile(`^[^\x00-\x1f\x7f]*$`)
+	noNULRegexp     = regexp.MustCompile(`^[^\x00]*$`)
+)
+
+func instanceNameValidators() []validator.String {
+	return []validator.String{
+		stringvalidator.LengthBetween(1, maxIdentifierBytes),
+		stringvalidator.RegexMatches(instanceNameRegexp,
+			"must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"),
+	}
+}
+
+func identifierValidators() []validator.String {
+	return []validator.String{
+		stringvalidator.LengthBetween(1, maxIdentifierBytes),
+		stringvalidator.RegexMatches(noControlRegexp, "must not contain NUL or other control characters"),
+	}
+}
+
+func usernameValidators() []validator.String {
+	return append(identifierValidators(),
+		stringvalidator.NoneOfCaseInsensitive("postgres", "public", "none", "current_user", "session_user", "current_role"),
+		reservedPrefixes{"postgres@", "pg_"},
+	)
+}
+
+func passwordValidators() []validator.String {
+	return []validator.String{
+		stringvalidator.LengthAtLeast(1),
+		stringvalidator.RegexMatches(noNULRegexp, "must not contain a NUL character"),
+		saslprepStable{},
+	}
+}
+
+// saslprepStable refuses passwords that SCRAM clients would change before
+// hashing. libpq applies SASLprep (NFKC plus mappings), pgx applies PRECIS
+// OpaqueString (NFC); for a password either of them changes, a verifier
+// computed by the provider would match one kind of client and not the other.
+// A password both leave alone logs in from every client.
+type saslprepStable struct{}
+
+// mappedToNothing is RFC 3454 table B.1, which SASLprep deletes.
+var mappedToNothing = regexp.MustCompile(`[\x{00AD}\x{034F}\x{1806}\x{180B}-\x{180D}\x{200B}-\x{200D}\x{2060}\x{FE00}-\x{FE0F}\x{FEFF}]`)
+
+func (saslprepStable) Description(context.Context) string {
+	return "must be in Unicode normal form (unchanged by NFKC and SASLprep)"
+}
+
+func (v saslprepStable) MarkdownDescription(ctx context.Context) string { return v.Description(ctx) }
+
+func (v saslprepStable) ValidateString(ctx context.Context, req validator.StringRequest, resp *validator.StringResponse) {
+	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() {
+		return
+	}
+	pw := req.ConfigValue.ValueString()
+	if isASCII(pw) {
+		return
+	}
+	prepped, err := precis.OpaqueString.String(pw)
+	if err == nil && prepped == pw && norm.NFKC.String(pw) == pw && !mappedToNothing.MatchString(pw) {
+		return
+	}
+	// The detail must not quote the password.
+	resp.Diagnostics.AddAttributeError(req.Path, "Password not in normal form",
+		fmt.Sprintf("Attribute %s %s: it contains characters (such as ligatures, compatibility forms, non-ASCII "+
+			"spaces or invisible ones) that PostgreSQL clients rewrite before hashing, so some clients could not log in. "+
+			"Use a password without them.", req.Path, v.Description(ctx)))
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// reservedPrefixes refuses values starting with any of the prefixes, in any
+// case: "pg_" names are reserved for PostgreSQL's own roles, and
+// "postgres@host" would log in as the cluster's superuser on Azure-style
+// servers. The framework's validators have no case-insensitive prefix check.
+type reservedPrefixes []string
+
+func (r reservedPrefixes) Description(context.Context) string {
+	return fmt.Sprintf("must not start with %s (in any case)", strings.Join(r, " or "))
+}
+
+func (r reservedPrefixes) MarkdownDescription(ctx context.Context) string { return r.Description(ctx) }
+
+func (r reservedPrefixes) ValidateString(ctx context.Context, req validator.StringRequest, resp *validator.StringResponse) {
+	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() {
+		return
+	}
+	v := strings.ToLower(req.ConfigValue.ValueString())
+	for _, p := range r {
+		if strings.HasPrefix(v, p) {
+			resp.Diagnostics.AddAttributeError(req.Path, "Reserved user name",
+				fmt.Sprintf("Attribute %s %s, got %q: that name is reserved by PostgreSQL or would log in as the "+
+					"cluster's superuser. Choose another user name.", req.Path, r.Description(ctx), req.ConfigValue.ValueString()))
+			return
+		}
+	}
+}
