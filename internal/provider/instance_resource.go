@@ -485,7 +485,14 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 		return
 	}
 	if !plan.DBPassword.Equal(state.DBPassword) {
-		err := r.client.backend.RotatePassword(ctx, instanceOf(rec), state.DBPassword.ValueString(), plan.DBPassword.ValueString())
+		old := state.DBPassword.ValueString()
+		if state.DBPassword.IsNull() {
+			// After an import the state has no password and the
+			// configuration's must be the instance's current one: a docker
+			// instance can only be logged into with it.
+			old = plan.DBPassword.ValueString()
+		}
+		err := r.client.backend.RotatePassword(ctx, instanceOf(rec), old, plan.DBPassword.ValueString())
 		if err != nil {
 			addError(&resp.Diagnostics, "change the password of", rec.Name, err, timeout)
 			return

@@ -201,6 +201,33 @@ func TestAccInstance_dockerLifecycle(t *testing.T) {
 					return writeAndRead(current)
 				},
 			},
+			{
+				// Forget b without destroying it...
+				Config: dockerConfig("", rotated) + `
+removed {
+  from = postgraas_instance.b
+  lifecycle {
+    destroy = false
+  }
+}
+`,
+			},
+			{
+				// ...import it for good: its password comes from the
+				// configuration again on the next apply.
+				Config:             dockerConfig("", rotated, b),
+				ResourceName:       b.address(),
+				ImportState:        true,
+				ImportStateId:      b.name,
+				ImportStatePersist: true,
+			},
+			{
+				Config: dockerConfig("", rotated, b),
+				Check: resource.ComposeAggregateTestCheckFunc(
+					resource.TestCheckResourceAttr(b.address(), "db_password", b.password),
+					checkDockerInstance(t, &b, nil),
+				),
+			},
 		},
 	})
 }
