@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Test environment of terraform-provider-postgraas: a PostgreSQL 15 server (meta DB + the
-# "pg_cluster" backend), a Docker engine and a PostgreSQL image (the "docker" backend).
+# "pg_cluster" backend), a Docker engine and a PostgreSQL image (the "docker" backend), and
+# an sshd on loopback through which the same engine is reached as ssh://postgraas-testenv-ssh.
 #
 #   .ci/testenv.sh up      idempotent: install/start what is missing, write the env file and
 #                          print its path on the last line of stdout (progress goes to stderr)
 #   .ci/testenv.sh env     print the env file path (after `up`)
-#   .ci/testenv.sh down    stop the PostgreSQL server and the dockerd that `up` started
+#   .ci/testenv.sh down    stop the PostgreSQL server, the sshd and the dockerd that `up` started
 #   .ci/testenv.sh verify-image [IMAGE]
 #                          smoke-test a postgres image (login over a published port, bad tag,
 #                          missing POSTGRES_PASSWORD) and print timings
@@ -16,7 +17,7 @@
 #
 # Knobs: POSTGRAAS_TESTENV_DIR (state dir, default /tmp/postgraas-testenv),
 #        POSTGRAAS_TEST_PG_PORT (default 55432), POSTGRAAS_TEST_IMAGE (use this image),
-#        DOCKER_HOST (use this engine if it answers).
+#        DOCKER_HOST (use this engine if it answers), POSTGRAAS_TEST_SSH_PORT (default 2222).
 set -euo pipefail
 
 STATE=${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}
@@ -37,6 +38,12 @@ STANDIN_IMAGE=postgraas-standin/postgres:15
 STANDIN_ROOTFS_IMAGE=postgraas-standin/postgres:15-rootfs # debootstrap + import, kept as base
 STANDIN_LABEL=org.postgraas.standin.entrypoint-sha256
 OFFICIAL_IMAGE=postgres:17
+
+SSH_PORT=${POSTGRAAS_TEST_SSH_PORT:-2222}
+SSH_DIR=$STATE/ssh          # root only: sshd config, host key, client key, known_hosts, log
+SSH_ALIAS=postgraas-testenv-ssh
+SSHD_PID=$SSH_DIR/sshd.pid
+SSHD_LOG=$SSH_DIR/sshd.log
 
 export PATH="$PG_BIN:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 export DEBIAN_FRONTEND=noninteractive
@@ -324,6 +331,199 @@ stop_dockerd() {
 	fi
 }
 
+# ---------------------------------------------------------------- sshd (ssh:// Docker host)
+
+# The provider reaches an ssh:// engine by running the system ssh client, which runs
+# `docker system dial-stdio` on the far side. The far side here is this machine: a dedicated
+# sshd on 127.0.0.1:$SSH_PORT (never the system one) that lets root in with a key from the
+# state dir, and a Host alias in the ssh client config, so ssh://$SSH_ALIAS works like a
+# remote engine set up the usual way.
+
+ensure_ssh_binaries() {
+	if command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && [ -x /usr/sbin/sshd ]; then
+		return
+	fi
+	need_root "openssh-server/openssh-client"
+	# The package would start the system sshd on port 22: keep it from doing so, unless the
+	# machine already has a policy (e.g. a container's "start nothing").
+	local policy=/usr/sbin/policy-rc.d own_policy=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\n# Temporary, from .ci/testenv.sh (postgraas): start no service.\nexit 101\n' >"$policy"
+		chmod 755 "$policy"
+		own_policy=1
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
+	apt_install openssh-server openssh-client
+	if [ "$own_policy" = 1 ]; then
+		rm -f "$policy"
+		trap - EXIT
+	fi
+	command -v ssh >/dev/null && [ -x /usr/sbin/sshd ] || die "ssh/sshd not found after installing openssh"
+}
+
+sshd_conf_content() {
+	cat <<EOF
+# Written by .ci/testenv.sh on each \`up\`: the test sshd for ssh:// Docker hosts.
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $SSH_DIR/ssh_host_ed25519_key
+PidFile $SSHD_PID
+AuthorizedKeysFile $SSH_DIR/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+# No PAM in a sandbox or a container. The state dir may live under world-writable /tmp,
+# which StrictModes refuses on the way to authorized_keys.
+UsePAM no
+StrictModes no
+# Tests open many connections at once (one ssh per Docker API connection).
+MaxStartups 100:30:200
+X11Forwarding no
+PrintMotd no
+# The remote \`docker system dial-stdio\` must reach the engine the tests use.
+SetEnv DOCKER_HOST=$DOCKER_HOST_CHOSEN
+EOF
+}
+
+ssh_client_block() {
+	cat <<EOF
+Host $SSH_ALIAS
+    HostName 127.0.0.1
+    Port $SSH_PORT
+    User root
+    IdentityFile $SSH_DIR/id_ed25519
+    IdentitiesOnly yes
+    BatchMode yes
+    StrictHostKeyChecking accept-new
+    UserKnownHostsFile $SSH_DIR/known_hosts
+EOF
+}
+
+SSH_MARK_BEGIN="# >>> postgraas testenv (written by .ci/testenv.sh up; edits between the markers are lost) >>>"
+SSH_MARK_END="# <<< postgraas testenv <<<"
+
+# Puts the Host block into the ssh client config of the current user, in the home directory
+# of its passwd entry (where ssh looks, whatever $HOME says). A new block goes first in the
+# file, as ssh takes the first value it finds; an existing one is replaced in place.
+ensure_ssh_client_config() {
+	local home dir cfg tmp block
+	home=$(getent passwd "$(id -u)" | cut -d: -f6)
+	[ -n "$home" ] || die "no home directory for uid $(id -u)"
+	dir=$home/.ssh
+	cfg=$dir/config
+	if [ ! -d "$dir" ]; then
+		mkdir -p "$dir"
+		chmod 700 "$dir"
+	fi
+	[ -e "$cfg" ] || (umask 077 && : >"$cfg")
+	block="$SSH_MARK_BEGIN
+$(ssh_client_block)
+$SSH_MARK_END"
+	tmp=$cfg.tmp.$$
+	if grep -qxF "$SSH_MARK_BEGIN" "$cfg"; then
+		awk -v begin="$SSH_MARK_BEGIN" -v end="$SSH_MARK_END" -v block="$block" '
+			$0 == begin { print block; skip = 1; next }
+			skip { if ($0 == end) skip = 0; next }
+			{ print }
+		' "$cfg" >"$tmp"
+	else
+		{ printf '%s\n\n' "$block"; cat "$cfg"; } >"$tmp"
+	fi
+	if cmp -s "$tmp" "$cfg"; then
+		rm -f "$tmp"
+	else
+		log "writing Host $SSH_ALIAS into $cfg"
+		chmod 600 "$tmp"
+		mv "$tmp" "$cfg"
+	fi
+	# ssh refuses a config that others can write.
+	chmod go-w "$cfg"
+}
+
+sshd_running() {
+	local pid
+	[ -s "$SSHD_PID" ] && pid=$(cat "$SSHD_PID") && kill -0 "$pid" 2>/dev/null &&
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ]
+}
+
+stop_sshd() {
+	local pid
+	if sshd_running; then
+		pid=$(cat "$SSHD_PID")
+		log "stopping the test sshd (pid $pid)"
+		# The listener only: sessions in progress end on their own.
+		kill -TERM "$pid"
+		for _ in $(seq 1 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		rm -f "$SSHD_PID"
+	else
+		log "no test sshd is running"
+	fi
+}
+
+ensure_sshd() {
+	ensure_ssh_binaries
+	mkdir -p "$SSH_DIR"
+	chmod 700 "$SSH_DIR"
+	if [ ! -s "$SSH_DIR/ssh_host_ed25519_key" ]; then
+		rm -f "$SSH_DIR/ssh_host_ed25519_key" "$SSH_DIR/ssh_host_ed25519_key.pub" "$SSH_DIR/known_hosts"
+		ssh-keygen -q -t ed25519 -N '' -C postgraas-testenv-host -f "$SSH_DIR/ssh_host_ed25519_key" </dev/null >&2 ||
+			die "ssh-keygen (host key) failed"
+	fi
+	if [ ! -s "$SSH_DIR/id_ed25519" ]; then
+		rm -f "$SSH_DIR/id_ed25519" "$SSH_DIR/id_ed25519.pub"
+		ssh-keygen -q -t ed25519 -N '' -C postgraas-testenv-client -f "$SSH_DIR/id_ed25519" </dev/null >&2 ||
+			die "ssh-keygen (client key) failed"
+	fi
+	cmp -s "$SSH_DIR/id_ed25519.pub" "$SSH_DIR/authorized_keys" ||
+		install -m 600 "$SSH_DIR/id_ed25519.pub" "$SSH_DIR/authorized_keys"
+
+	local conf=$SSH_DIR/sshd_config changed=0 out
+	if [ "$(cat "$conf" 2>/dev/null)" != "$(sshd_conf_content)" ]; then
+		(umask 077 && sshd_conf_content >"$conf")
+		changed=1
+	fi
+	# The privilege separation directory; /run is a tmpfs that loses it on reboot.
+	mkdir -p /run/sshd
+	chmod 755 /run/sshd
+	out=$(/usr/sbin/sshd -t -f "$conf" 2>&1) || { printf '%s\n' "$out" >&2; die "the test sshd configuration $conf is invalid"; }
+
+	if [ "$changed" = 1 ] && sshd_running; then
+		log "test sshd configuration changed: restarting it"
+		stop_sshd
+	fi
+	if sshd_running; then
+		log "test sshd already running (pid $(cat "$SSHD_PID"), 127.0.0.1:$SSH_PORT)"
+	else
+		local t; t=$(now)
+		log "starting the test sshd on 127.0.0.1:$SSH_PORT (log: $SSHD_LOG)"
+		rm -f "$SSHD_PID"
+		# sshd detaches itself; it must keep neither our stdout (a pipe) nor the lock fd.
+		/usr/sbin/sshd -f "$conf" -E "$SSHD_LOG" </dev/null >/dev/null 2>>"$SSHD_LOG" 9>&- ||
+			{ tail -n 20 "$SSHD_LOG" >&2; die "the test sshd did not start (log: $SSHD_LOG)"; }
+		for _ in $(seq 1 50); do # 50 x 0.1 s
+			sshd_running && break
+			sleep 0.1
+		done
+		sshd_running || { tail -n 20 "$SSHD_LOG" >&2; die "the test sshd is not running (port $SSH_PORT taken? log: $SSHD_LOG)"; }
+		log "test sshd started in $(since "$t") s"
+	fi
+	ensure_ssh_client_config
+
+	# End to end, the way the provider goes: the engine answers through the alias.
+	local t; t=$(now)
+	if ! out=$(timeout 60 ssh -o ConnectTimeout=10 -T -- "$SSH_ALIAS" docker version --format '{{.Server.Version}}' \
+		</dev/null 2>"$SSH_DIR/check.err"); then
+		cat "$SSH_DIR/check.err" >&2
+		tail -n 20 "$SSHD_LOG" >&2 || true
+		die "no Docker engine answers through ssh $SSH_ALIAS (log: $SSHD_LOG)"
+	fi
+	log "Docker engine $out answers through ssh://$SSH_ALIAS ($(since "$t") s)"
+}
+
 # ---------------------------------------------------------------- test image
 
 # Mirror of the main Debian archive, from the machine's apt sources: deb822 stanzas
@@ -559,6 +759,7 @@ write_env() {
 		kv POSTGRAAS_TEST_PG_SOCKET_DIR "$PG_SOCK"
 		kv DOCKER_HOST "$DOCKER_HOST_CHOSEN"
 		kv POSTGRAAS_TEST_IMAGE "$TEST_IMAGE"
+		kv POSTGRAAS_TEST_SSH_DOCKER_HOST "ssh://$SSH_ALIAS"
 		kv CHECKPOINT_DISABLE 1
 	} >"$tmp"
 	chmod 600 "$tmp"
@@ -580,6 +781,7 @@ cmd_up() {
 	ensure_pg_server
 	ensure_docker
 	ensure_image
+	ensure_sshd
 	write_env
 	log "test environment ready in $(since "$t0") s; env file: $ENV_FILE"
 	printf '%s\n' "$ENV_FILE"
@@ -593,6 +795,7 @@ env)
 	;;
 down)
 	stop_pg
+	stop_sshd
 	stop_dockerd
 	;;
 verify-image)
