@@ -47,9 +47,10 @@ const (
 
 // Config configures the backend. Zero values mean the documented defaults.
 type Config struct {
-	// Host is a DOCKER_HOST-style address (unix://, tcp://); "" takes
-	// DOCKER_HOST and friends from the environment. TLS settings always
-	// come from DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+	// Host is a DOCKER_HOST-style address (unix://, tcp://, ssh://); ""
+	// takes DOCKER_HOST and friends from the environment. TLS settings of
+	// tcp:// always come from DOCKER_TLS_VERIFY / DOCKER_CERT_PATH; ssh://
+	// runs the system ssh client (see ssh.go).
 	Host string
 	// Image is used when a spec names none; "" means postgres:17.
 	Image string
@@ -82,15 +83,19 @@ func New(cfg Config) (*Backend, error) {
 	if envHost == "" {
 		envHost = os.Getenv(client.EnvOverrideHost)
 	}
+	var opts []client.Opt
 	if strings.HasPrefix(envHost, "ssh://") {
-		// The ssh transport lives in the docker CLI module
-		// (cli/connhelper), which is not a dependency of this provider.
-		return nil, fmt.Errorf("docker host %q: ssh:// is not supported; forward the engine's socket (ssh -L /tmp/docker.sock:/var/run/docker.sock ...) and use unix:// or tcp://", envHost)
-	}
-	// FromEnv first so TLS settings apply, then an explicit Host wins.
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
-	if cfg.Host != "" {
-		opts = append(opts, client.WithHost(cfg.Host))
+		sshOpts, err := sshClientOpts(envHost)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(sshOpts, client.WithAPIVersionNegotiation())
+	} else {
+		// FromEnv first so TLS settings apply, then an explicit Host wins.
+		opts = []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+		if cfg.Host != "" {
+			opts = append(opts, client.WithHost(cfg.Host))
+		}
 	}
 	cli, err := client.NewClientWithOpts(opts...)
 	if err != nil {
@@ -124,7 +129,8 @@ func DefaultAdvertisedHost(dockerHost string) string {
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return backend.KindDocker }
 
-// Close implements backend.Backend.
+// Close implements backend.Backend. It closes idle connections, which
+// ends their ssh processes on an ssh:// host.
 func (b *Backend) Close() { _ = b.cli.Close() }
 
 // ListContainers returns every container labelled as a postgraas instance,

@@ -57,13 +57,6 @@ func TestNewIsLazy(t *testing.T) {
 	}
 }
 
-func TestNewRejectsSSH(t *testing.T) {
-	_, err := New(Config{Host: "ssh://me@example.com"})
-	if err == nil || !strings.Contains(err.Error(), "ssh://") {
-		t.Fatalf("want a clear ssh error, got %v", err)
-	}
-}
-
 func TestDialHost(t *testing.T) {
 	for bind, want := range map[string]string{"0.0.0.0": "adv", "::": "adv", "127.0.0.1": "127.0.0.1", "::1": "::1"} {
 		b := &Backend{cfg: Config{BindAddress: bind, AdvertisedHost: "adv"}}
