@@ -175,8 +175,11 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 				Optional:            true,
 				Attributes: map[string]schema.Attribute{
 					"host": schema.StringAttribute{
-						MarkdownDescription: "Docker engine address: `unix://`, `tcp://` or `ssh://`. TLS settings come from " +
-							"`DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`." + envDoc("DOCKER_HOST", "unix:///var/run/docker.sock"),
+						MarkdownDescription: "Docker engine address: `unix://`, `tcp://` or `ssh://[user@]host[:port][/socket-path]`. " +
+							"TLS settings of `tcp://` come from `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`. `ssh://` works as with the " +
+							"docker CLI: each connection runs the system `ssh` client, with its configuration (`~/.ssh/config`, " +
+							"ssh-agent, `known_hosts`; no password prompts), and `docker system dial-stdio` on the remote host, " +
+							"which needs the docker CLI there." + envDoc("DOCKER_HOST", "unix:///var/run/docker.sock"),
 						Optional: true, Validators: nonEmpty,
 					},
 					"image": schema.StringAttribute{
