@@ -252,15 +252,52 @@ func (b *Backend) tailLogs(ctx context.Context, id string) string {
 	return strings.TrimRight(buf.String(), "\n")
 }
 
+// Retries of a removal that raced with the container changing state:
+// removeAttempts in all, pausing removeBackoff, then twice as long each
+// time (20+40+80+160+320 ms at most, well under a second).
+const (
+	removeAttempts = 6
+	removeBackoff  = 20 * time.Millisecond
+)
+
 // remove deletes a container with its anonymous volumes (postgraas leaked
 // the data volume of every instance). Gone already is fine: a retry or
 // someone else finished the job.
+//
+// A forced removal is not atomic in the engine: it kills the container,
+// then removes it. A container that exits by itself in between (a failed
+// init, the case removeAfterFailure handles) makes dockerd 20.10 answer
+// 409 "Could not kill running container …, cannot remove - Container … is
+// not running" (seen in CI: TestCreateContainerExitsDuringInit), and a
+// removal running concurrently (a parallel destroy, Docker's own cleanup)
+// gives 409 "removal of container … is already in progress". Both settle
+// within moments, so those two are retried a few times; the retry after an
+// "in progress" normally finds the container gone, which counts as done.
 func (b *Backend) remove(ctx context.Context, id string) error {
-	err := b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err != nil && !cerrdefs.IsNotFound(err) {
-		return err
+	delay := removeBackoff
+	for attempt := 1; ; attempt++ {
+		err := b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		if err == nil || cerrdefs.IsNotFound(err) {
+			return nil
+		}
+		if attempt >= removeAttempts || !removalRaced(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay *= 2
 	}
-	return nil
+}
+
+// removalRaced tells the two transient removal conflicts from lasting ones
+// (the engine reports all of them as conflicts, so the text decides).
+func removalRaced(err error) bool {
+	msg := err.Error()
+	return (strings.Contains(msg, "cannot remove") && strings.Contains(msg, "is not running")) ||
+		(strings.Contains(msg, "removal of container") && strings.Contains(msg, "already in progress"))
 }
 
 // cleanupContext keeps the caller's values but not its deadline, which may

@@ -57,6 +57,21 @@ func TestNewIsLazy(t *testing.T) {
 	}
 }
 
+func TestRemovalRaced(t *testing.T) {
+	for msg, want := range map[string]bool{
+		// dockerd 20.10, container exiting while a forced removal kills it.
+		"Error response from daemon: Could not kill running container 0123abcd, cannot remove - Container 0123abcd is not running":                 true,
+		"Error response from daemon: removal of container 0123abcd is already in progress":                                                         true,
+		"Error response from daemon: You cannot remove a running container 0123abcd. Stop the container before attempting removal or force remove": false,
+		"Error response from daemon: Could not kill running container 0123abcd, cannot remove - permission denied":                                 false,
+		"Error response from daemon: No such container: 0123abcd":                                                                                  false,
+	} {
+		if got := removalRaced(errors.New(msg)); got != want {
+			t.Errorf("removalRaced(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}
+
 func TestDialHost(t *testing.T) {
 	for bind, want := range map[string]string{"0.0.0.0": "adv", "::": "adv", "127.0.0.1": "127.0.0.1", "::1": "::1"} {
 		b := &Backend{cfg: Config{BindAddress: bind, AdvertisedHost: "adv"}}
@@ -110,8 +125,8 @@ func (e env) spec(t *testing.T) backend.Spec {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		err := e.b.cli.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true})
-		if err != nil && !cerrdefs.IsNotFound(err) {
+		// remove: gone is fine, and it rides out removal races.
+		if err := e.b.remove(ctx, name); err != nil {
 			t.Errorf("cleanup of %s: %v", name, err)
 		}
 	})
