@@ -1,0 +1,419 @@
+// Command bench measures what `terraform apply`, `plan` and `destroy` of
+// postgraas_instance resources cost against the raw floor: the same SQL or
+// Docker API calls issued directly, without Terraform and the provider.
+// Run it with `make bench` (it needs the test environment's env file
+// sourced); it is not part of `make test`.
+//
+// Every row is measured in the same run, as the median of -reps
+// repetitions; no warm-up run is reported and nothing is cached. With -md
+// the table replaces the marked section of BENCHMARKS.md.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/client"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+const benchAppName = "postgraas-bench"
+
+var (
+	flagReps  = flag.Int("reps", 3, "repetitions per row (the median is reported); at least 3")
+	flagMD    = flag.String("md", "", "replace the generated section of this markdown file (BENCHMARKS.md) with the results")
+	flagKeep  = flag.Bool("keep", false, "keep the temporary directory (terraform logs, configurations)")
+	flagOnly  = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker (default all)")
+	flagPGNs  = flag.String("pg-n", "1,20,100", "instance counts for pg_cluster create/destroy")
+	flagRefNs = flag.String("refresh-n", "20,200", "instance counts for refresh")
+	flagDocNs = flag.String("docker-n", "1,5", "instance counts for docker create/destroy")
+)
+
+func main() {
+	flag.Parse()
+	if *flagReps < 3 {
+		fatalf("-reps must be at least 3")
+	}
+	ctx := context.Background()
+	b, err := setup(ctx)
+	if err != nil {
+		fatalf("setup: %v", err)
+	}
+	start := time.Now()
+	runErr := b.run(ctx)
+	b.cleanup(ctx)
+	if !*flagKeep {
+		_ = os.RemoveAll(b.tmp)
+	} else {
+		logf("kept %s", b.tmp)
+	}
+	if runErr != nil {
+		fatalf("%v", runErr)
+	}
+	out := b.report(time.Since(start))
+	fmt.Print(out)
+	if *flagMD != "" {
+		if err := replaceSection(*flagMD, out); err != nil {
+			fatalf("writing %s: %v", *flagMD, err)
+		}
+		logf("wrote the results into %s", *flagMD)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[bench %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// bench holds the settings and the measurements of one run.
+type bench struct {
+	tmp      string
+	bin      string // the provider binary built for this run
+	tfEnv    []string
+	runID    string // makes every name of this run unique
+	password string
+	cluster  pgsql.Target
+	metaDB   pgsql.Target
+	image    string
+	bindAddr string
+	pgLog    string
+	docker   *client.Client
+
+	// live records what exists and must be removed if the run stops early.
+	mu       sync.Mutex
+	liveDirs map[string]bool // terraform work dirs with resources in state
+	liveSQL  map[string]bool // floor instances (role = db = name)
+	liveCtrs map[string]bool // floor containers
+
+	rows []*row
+}
+
+// setup builds the provider, writes the CLI configuration and checks that
+// every server answers.
+func setup(ctx context.Context) (*bench, error) {
+	for _, v := range []string{"POSTGRAAS_METADB_PASSWORD", "POSTGRAAS_PG_CLUSTER_PASSWORD", "POSTGRAAS_TEST_PG_LOG", "POSTGRAAS_TEST_IMAGE"} {
+		if os.Getenv(v) == "" {
+			return nil, fmt.Errorf("%s is not set: source the test environment's env file (.ci/testenv.sh up prints its path)", v)
+		}
+	}
+	if _, err := exec.LookPath("terraform"); err != nil {
+		return nil, errors.New("terraform is not on PATH")
+	}
+	tmp, err := os.MkdirTemp("", "postgraas-bench-")
+	if err != nil {
+		return nil, err
+	}
+	b := &bench{
+		tmp:      tmp,
+		bin:      filepath.Join(tmp, "bin", "terraform-provider-postgraas"),
+		runID:    randHex(3),
+		password: "Bp-" + randHex(12),
+		cluster:  targetFromEnv("POSTGRAAS_PG_CLUSTER", "postgres"),
+		metaDB:   targetFromEnv("POSTGRAAS_METADB", "postgraas"),
+		image:    envOr("POSTGRAAS_DOCKER_IMAGE", os.Getenv("POSTGRAAS_TEST_IMAGE")),
+		bindAddr: envOr("POSTGRAAS_DOCKER_BIND_ADDRESS", "127.0.0.1"),
+		pgLog:    os.Getenv("POSTGRAAS_TEST_PG_LOG"),
+		liveDirs: map[string]bool{},
+		liveSQL:  map[string]bool{},
+		liveCtrs: map[string]bool{},
+	}
+	b.metaDB.Database = envOr("POSTGRAAS_METADB_DB_NAME", "postgraas")
+	b.cluster.Database = envOr("POSTGRAAS_PG_CLUSTER_DATABASE", "postgres")
+
+	logf("building the provider into %s", b.bin)
+	build := exec.Command("go", "build", "-o", b.bin, ".")
+	build.Dir = repoRoot()
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("go build: %w", err)
+	}
+	rc := filepath.Join(tmp, "terraformrc")
+	rcText := fmt.Sprintf("provider_installation {\n  dev_overrides {\n    \"postgraas/postgraas\" = %q\n  }\n  direct {}\n}\n", filepath.Dir(b.bin))
+	if err := os.WriteFile(rc, []byte(rcText), 0o600); err != nil {
+		return nil, err
+	}
+	b.tfEnv = append(os.Environ(),
+		"TF_CLI_CONFIG_FILE="+rc,
+		"CHECKPOINT_DISABLE=1",
+		"TF_IN_AUTOMATION=1",
+		"TF_LOG=", // a debug log would distort every timing
+		"POSTGRAAS_DOCKER_IMAGE="+b.image,
+		"POSTGRAAS_DOCKER_BIND_ADDRESS="+b.bindAddr,
+	)
+
+	for _, t := range []pgsql.Target{b.cluster, b.metaDB} {
+		conn, err := b.connect(ctx, t)
+		if err != nil {
+			return nil, fmt.Errorf("connecting to %s: %w", t, err)
+		}
+		conn.Close(ctx)
+	}
+	b.docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	if _, err := b.docker.ImageInspect(ctx, b.image); err != nil {
+		return nil, fmt.Errorf("image %s: %w", b.image, err)
+	}
+	return b, nil
+}
+
+func targetFromEnv(prefix, defUser string) pgsql.Target {
+	port, _ := strconv.Atoi(envOr(prefix+"_PORT", "5432"))
+	return pgsql.Target{
+		Host:     envOr(prefix+"_HOST", "127.0.0.1"),
+		Port:     port,
+		User:     envOr(prefix+"_USERNAME", defUser),
+		Password: os.Getenv(prefix + "_PASSWORD"),
+		SSLMode:  envOr(prefix+"_SSLMODE", "prefer"),
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func repoRoot() string {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		return "."
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// connect opens one connection named postgraas-bench, so the connection
+// counts (which look for the provider's application_name) leave it out.
+func (b *bench) connect(ctx context.Context, t pgsql.Target) (*pgx.Conn, error) {
+	cfg, err := t.ConnConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["application_name"] = benchAppName
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func wanted(group string) bool {
+	if *flagOnly == "" {
+		return true
+	}
+	return slices.Contains(strings.Split(*flagOnly, ","), group)
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (b *bench) run(ctx context.Context) error {
+	reps := *flagReps
+	logf("run %s, %d repetitions, %d cores", b.runID, reps, runtime.NumCPU())
+
+	// The empty configuration: Terraform's own cost with the provider
+	// configured and nothing to manage. pg_cluster rows add it to their floor.
+	var emptyApply, emptyPlan, emptyDestroy *row
+	if wanted("empty") || wanted("pg") || wanted("refresh") {
+		emptyApply = b.newRow("empty config: apply", "empty", 0, "")
+		emptyPlan = b.newRow("empty config: plan", "empty", 0, "")
+		emptyDestroy = b.newRow("empty config: destroy", "empty", 0, "")
+		dir, err := b.workdir("empty", "pg_cluster", 0, "x")
+		if err != nil {
+			return err
+		}
+		for r := 0; r < reps; r++ {
+			if err := b.measureTF(ctx, emptyApply, dir, 0, "apply"); err != nil {
+				return err
+			}
+			if err := b.measureTF(ctx, emptyPlan, dir, 0, "plan"); err != nil {
+				return err
+			}
+			if err := b.measureTF(ctx, emptyDestroy, dir, 0, "destroy"); err != nil {
+				return err
+			}
+		}
+	}
+
+	if wanted("pg") {
+		for _, n := range ints(*flagPGNs) {
+			create := b.newRow("pg_cluster create", "pg", n, "<= 1.5 x (floor + empty apply)")
+			destroy := b.newRow("pg_cluster destroy", "pg", n, "<= 1.5 x (floor + empty destroy)")
+			create.overhead, destroy.overhead = emptyApply, emptyDestroy
+			for r := 0; r < reps; r++ {
+				tag := fmt.Sprintf("c%d-%d", n, r)
+				names := b.names(tag, n)
+				// Floor and provider alternate, so a drift in the machine's
+				// load hits both.
+				d, err := b.floorPGCreate(ctx, names)
+				if err != nil {
+					return err
+				}
+				create.floor = append(create.floor, d)
+				d, err = b.floorPGDestroy(ctx, names)
+				if err != nil {
+					return err
+				}
+				destroy.floor = append(destroy.floor, d)
+
+				dir, err := b.workdir(tag, "pg_cluster", n, tag)
+				if err != nil {
+					return err
+				}
+				if err := b.measureTF(ctx, create, dir, n, "apply"); err != nil {
+					return err
+				}
+				if err := b.measureTF(ctx, destroy, dir, n, "destroy"); err != nil {
+					return err
+				}
+			}
+		}
+	}
+
+	if wanted("refresh") {
+		for _, n := range ints(*flagRefNs) {
+			refresh := b.newRow("refresh (plan, no changes)", "refresh", n, refreshTarget(n))
+			tag := fmt.Sprintf("r%d", n)
+			dir, err := b.workdir(tag, "pg_cluster", n, tag)
+			if err != nil {
+				return err
+			}
+			logf("refresh N=%d: applying %d instances (not measured)", n, n)
+			if _, err := b.terraform(ctx, dir, "apply", nil); err != nil {
+				return err
+			}
+			for r := 0; r < reps; r++ {
+				plan, query, err := b.floorRefresh(ctx, tag, n)
+				if err != nil {
+					return err
+				}
+				refresh.floor = append(refresh.floor, plan+query)
+				refresh.floorQuery = append(refresh.floorQuery, query)
+				refresh.floorPlan = append(refresh.floorPlan, plan)
+				if err := b.measureTF(ctx, refresh, dir, n, "plan"); err != nil {
+					return err
+				}
+			}
+			if _, err := b.terraform(ctx, dir, "destroy", nil); err != nil {
+				return err
+			}
+		}
+	}
+
+	if wanted("docker") {
+		for _, n := range ints(*flagDocNs) {
+			create := b.newRow("docker create-to-ready", "docker", n, "<= 1.2 x floor")
+			destroy := b.newRow("docker destroy", "docker", n, "")
+			for r := 0; r < reps; r++ {
+				tag := fmt.Sprintf("d%d-%d", n, r)
+				names := b.names(tag, n)
+				d, err := b.floorDockerCreate(ctx, names)
+				if err != nil {
+					return err
+				}
+				create.floor = append(create.floor, d)
+				d, err = b.floorDockerDestroy(ctx, names)
+				if err != nil {
+					return err
+				}
+				destroy.floor = append(destroy.floor, d)
+
+				dir, err := b.workdir(tag, "docker", n, tag)
+				if err != nil {
+					return err
+				}
+				if err := b.measureTF(ctx, create, dir, n, "apply"); err != nil {
+					return err
+				}
+				if err := b.measureTF(ctx, destroy, dir, n, "destroy"); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func refreshTarget(n int) string {
+	if n >= 200 {
+		return "< 3 s; per instance flat"
+	}
+	return "per instance flat"
+}
+
+// names are the instance names of one repetition: also the role, the
+// database and the container name.
+func (b *bench) names(tag string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = instanceName(b.runID, tag, i)
+	}
+	return out
+}
+
+func instanceName(runID, tag string, i int) string {
+	return fmt.Sprintf("pgb-%s-%s-%d", runID, tag, i)
+}
+
+// workdir writes a configuration of n instances named like names(tag, n).
+func (b *bench) workdir(name, kind string, n int, tag string) (string, error) {
+	dir := filepath.Join(b.tmp, "work", name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, `terraform {
+  required_providers {
+    postgraas = { source = "postgraas/postgraas" }
+  }
+}
+
+provider "postgraas" {
+  backend = %q
+}
+`, kind)
+	if n > 0 {
+		fmt.Fprintf(&sb, `
+resource "postgraas_instance" "i" {
+  count       = %d
+  name        = "pgb-%s-%s-${count.index}"
+  db_name     = "pgb-%s-%s-${count.index}"
+  db_username = "pgb-%s-%s-${count.index}"
+  db_password = %q
+}
+`, n, b.runID, tag, b.runID, tag, b.runID, tag, b.password)
+	}
+	return dir, os.WriteFile(filepath.Join(dir, "main.tf"), []byte(sb.String()), 0o600)
+}
