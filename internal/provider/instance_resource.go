@@ -204,17 +204,22 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	if req.Plan.Raw.IsNull() || r.client == nil {
 		return
 	}
+	if !req.State.Raw.IsNull() {
+		// An existing instance: only a new password changes what is
+		// planned. Two attributes are read rather than the whole model, so
+		// the refresh of a large configuration does not pay for converting
+		// every resource three times over (plan, config, state).
+		r.modifyExistingPlan(ctx, req, resp)
+		return
+	}
 	var plan, config instanceResourceModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.Config.Get(ctx, &config)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	creating := req.State.Raw.IsNull()
-	if creating {
-		plan.Backend = types.StringValue(r.client.kind)
-	}
-	if r.client.kind == backend.KindPGCluster && creating {
+	plan.Backend = types.StringValue(r.client.kind)
+	if r.client.kind == backend.KindPGCluster {
 		if !config.Image.IsNull() {
 			resp.Diagnostics.AddAttributeError(path.Root("image"), "image is for the docker backend",
 				"The provider creates instances on the pg_cluster backend, which has no images. Remove image, or set "+
@@ -230,14 +235,18 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 			}
 		}
 	}
-	if !creating {
-		var state instanceResourceModel
-		resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
-		if !plan.DBPassword.Equal(state.DBPassword) {
-			plan.ConnectionURI = types.StringUnknown()
-		}
-	}
 	resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
+}
+
+// modifyExistingPlan marks connection_uri unknown when db_password changes.
+func (r *instanceResource) modifyExistingPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
+	var planned, current types.String
+	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("db_password"), &planned)...)
+	resp.Diagnostics.Append(req.State.GetAttribute(ctx, path.Root("db_password"), &current)...)
+	if resp.Diagnostics.HasError() || planned.Equal(current) {
+		return
+	}
+	resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("connection_uri"), types.StringUnknown())...)
 }
 
 func (r *instanceResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
