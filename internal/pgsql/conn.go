@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -79,6 +80,33 @@ func (t Target) Connect(ctx context.Context) (*pgx.Conn, error) {
 		return nil, err
 	}
 	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// CloseAndWait ends a session and returns once its server process has left:
+// it sends Terminate and reads until the server closes the socket, which
+// PostgreSQL does only after the process has left the process array and
+// pg_stat_activity. A plain Close returns at once, so a DROP DATABASE right
+// after it could still see the session and sleep (in 100 ms steps) until it
+// went. Waiting is bounded by wait and ctx; past them the session is simply
+// closed.
+func CloseAndWait(ctx context.Context, conn *pgx.Conn, wait time.Duration) {
+	hc, err := conn.PgConn().Hijack()
+	if err != nil {
+		_ = conn.Close(ctx)
+		return
+	}
+	nc := hc.Conn
+	defer nc.Close()
+	deadline := time.Now().Add(wait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = nc.SetDeadline(deadline)
+	// Terminate: type 'X', length 4, no body.
+	if _, err := nc.Write([]byte{'X', 0, 0, 0, 4}); err != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, nc)
 }
 
 // PoolConfig is a bounded pool that never keeps a connection idle in a

@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -18,14 +19,15 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 	if err != nil {
 		return err
 	}
-	conn, err := b.acquire(ctx)
+	p, err := b.adminPool(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Release()
-
+	// No admin connection is held across the tenant login below: with
+	// Terraform destroying 10 instances at once, a small pool would
+	// otherwise spend most of its time waiting for logins.
 	var roleExists, dbExists bool
-	err = conn.QueryRow(ctx, `
+	err = p.QueryRow(ctx, `
 SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
        EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`, role, inst.DBName).Scan(&roleExists, &dbExists)
 	if err != nil {
@@ -39,6 +41,14 @@ SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
 			return err
 		}
 	}
+	if !dbExists && !roleExists {
+		return nil
+	}
+	conn, err := b.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
 	if dbExists {
 		if err := dropDatabase(ctx, conn.Conn(), inst.DBName, force); err != nil {
 			return err
@@ -80,8 +90,9 @@ func (b *Backend) authenticate(ctx context.Context, role, db, password string) e
 	conn, err := t.Connect(ctx)
 	switch {
 	case err == nil:
-		// Closed before the drop, where it would count as a session.
-		conn.Close(ctx)
+		// Gone before the drop, where it would count as a session: DROP
+		// DATABASE would wait for it in 100 ms steps.
+		pgsql.CloseAndWait(ctx, conn, authCloseWait)
 		return nil
 	case pgsql.IsAuthFailure(err):
 		return backend.ErrWrongPassword
@@ -91,6 +102,9 @@ func (b *Backend) authenticate(ctx context.Context, role, db, password string) e
 		return fmt.Errorf("logging in as %q to authenticate the delete: %w", t.User, err)
 	}
 }
+
+// authCloseWait bounds the wait for the authenticating session to end.
+const authCloseWait = 2 * time.Second
 
 // codeDependentObjects is dependent_objects_still_exist.
 const codeDependentObjects = "2BP01"
