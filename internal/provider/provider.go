@@ -81,6 +81,16 @@ func envDoc(env, def string) string {
 	return fmt.Sprintf(" Environment variable: `%s`. Default: `%s`.", env, def)
 }
 
+// stringSetting is an optional, non-empty setting with an environment
+// variable fallback.
+func stringSetting(desc, env, def string) schema.StringAttribute {
+	return schema.StringAttribute{
+		MarkdownDescription: desc + envDoc(env, def),
+		Optional:            true,
+		Validators:          []validator.String{stringvalidator.LengthAtLeast(1)},
+	}
+}
+
 func portAttribute(what, env string) schema.Int64Attribute {
 	return schema.Int64Attribute{
 		MarkdownDescription: "TCP port of " + what + "." + envDoc(env, "5432"),
@@ -98,7 +108,6 @@ func sslmodeAttribute(env string) schema.StringAttribute {
 }
 
 func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, resp *provider.SchemaResponse) {
-	nonEmpty := []validator.String{stringvalidator.LengthAtLeast(1)}
 	resp.Schema = schema.Schema{
 		MarkdownDescription: "Hands out PostgreSQL databases on demand, as postgraas_server did: a whole PostgreSQL " +
 			"instance in its own Docker container (`docker` backend), or a database with its own role on a shared " +
@@ -115,19 +124,10 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 					"It is connected to on first use, so it may be created in the same configuration.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
-					"host": schema.StringAttribute{
-						MarkdownDescription: "Host name or address of the meta DB server." + envDoc("POSTGRAAS_METADB_HOST", "127.0.0.1"),
-						Optional:            true, Validators: nonEmpty,
-					},
-					"port": portAttribute("the meta DB server", "POSTGRAAS_METADB_PORT"),
-					"db_name": schema.StringAttribute{
-						MarkdownDescription: "Database that holds the `db_instance` table." + envDoc("POSTGRAAS_METADB_DB_NAME", "postgraas"),
-						Optional:            true, Validators: nonEmpty,
-					},
-					"username": schema.StringAttribute{
-						MarkdownDescription: "Login of the meta DB. It needs to create tables in `db_name` on first use." + envDoc("POSTGRAAS_METADB_USERNAME", "postgraas"),
-						Optional:            true, Validators: nonEmpty,
-					},
+					"host":     stringSetting("Host name or address of the meta DB server.", "POSTGRAAS_METADB_HOST", "127.0.0.1"),
+					"port":     portAttribute("the meta DB server", "POSTGRAAS_METADB_PORT"),
+					"db_name":  stringSetting("Database that holds the `db_instance` table.", "POSTGRAAS_METADB_DB_NAME", "postgraas"),
+					"username": stringSetting("Login of the meta DB. It needs to create tables in `db_name` on first use.", "POSTGRAAS_METADB_USERNAME", "postgraas"),
 					"password": schema.StringAttribute{
 						MarkdownDescription: "Password of the meta DB login." + envDoc("POSTGRAAS_METADB_PASSWORD", ""),
 						Optional:            true, Sensitive: true,
@@ -144,19 +144,10 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 					"The login must be a superuser or have `CREATEDB` and `CREATEROLE`.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
-					"host": schema.StringAttribute{
-						MarkdownDescription: "Host name or address of the cluster; also the `host` reported for its instances." + envDoc("POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1"),
-						Optional:            true, Validators: nonEmpty,
-					},
-					"port": portAttribute("the cluster", "POSTGRAAS_PG_CLUSTER_PORT"),
-					"database": schema.StringAttribute{
-						MarkdownDescription: "Maintenance database the admin logs into." + envDoc("POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
-						Optional:            true, Validators: nonEmpty,
-					},
-					"username": schema.StringAttribute{
-						MarkdownDescription: "Admin login (without `@server`)." + envDoc("POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),
-						Optional:            true, Validators: nonEmpty,
-					},
+					"host":     stringSetting("Host name or address of the cluster; also the `host` reported for its instances.", "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1"),
+					"port":     portAttribute("the cluster", "POSTGRAAS_PG_CLUSTER_PORT"),
+					"database": stringSetting("Maintenance database the admin logs into.", "POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
+					"username": stringSetting("Admin login (without `@server`).", "POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),
 					"password": schema.StringAttribute{
 						MarkdownDescription: "Admin password." + envDoc("POSTGRAAS_PG_CLUSTER_PASSWORD", ""),
 						Optional:            true, Sensitive: true,
@@ -174,28 +165,16 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 				MarkdownDescription: "The Docker engine that the `docker` backend runs one PostgreSQL container per instance on.",
 				Optional:            true,
 				Attributes: map[string]schema.Attribute{
-					"host": schema.StringAttribute{
-						MarkdownDescription: "Docker engine address: `unix://`, `tcp://` or `ssh://[user@]host[:port][/socket-path]`. " +
-							"TLS settings of `tcp://` come from `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`. `ssh://` works as with the " +
-							"docker CLI: each connection runs the system `ssh` client, with its configuration (`~/.ssh/config`, " +
-							"ssh-agent, `known_hosts`; no password prompts), and `docker system dial-stdio` on the remote host, " +
-							"which needs the docker CLI there." + envDoc("DOCKER_HOST", "unix:///var/run/docker.sock"),
-						Optional: true, Validators: nonEmpty,
-					},
-					"image": schema.StringAttribute{
-						MarkdownDescription: "Default image for new instances; any image honouring the official `postgres` image's " +
-							"`POSTGRES_USER`/`POSTGRES_PASSWORD`/`POSTGRES_DB` contract." + envDoc("POSTGRAAS_DOCKER_IMAGE", "postgres:17"),
-						Optional: true, Validators: nonEmpty,
-					},
-					"bind_address": schema.StringAttribute{
-						MarkdownDescription: "Host address that port 5432 of each container is published on." + envDoc("POSTGRAAS_DOCKER_BIND_ADDRESS", "0.0.0.0"),
-						Optional:            true, Validators: nonEmpty,
-					},
-					"advertised_host": schema.StringAttribute{
-						MarkdownDescription: "Host name reported as instances' `host`. Defaults to the host of a `tcp://` or `ssh://` " +
-							"Docker host, else `localhost`." + envDoc("POSTGRAAS_DOCKER_ADVERTISED_HOST", ""),
-						Optional: true, Validators: nonEmpty,
-					},
+					"host": stringSetting("Docker engine address: `unix://`, `tcp://` or `ssh://[user@]host[:port][/socket-path]`. "+
+						"TLS settings of `tcp://` come from `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`. `ssh://` works as with the "+
+						"docker CLI: each connection runs the system `ssh` client, with its configuration (`~/.ssh/config`, "+
+						"ssh-agent, `known_hosts`; no password prompts), and `docker system dial-stdio` on the remote host, "+
+						"which needs the docker CLI there.", "DOCKER_HOST", "unix:///var/run/docker.sock"),
+					"image": stringSetting("Default image for new instances; any image honouring the official `postgres` image's "+
+						"`POSTGRES_USER`/`POSTGRES_PASSWORD`/`POSTGRES_DB` contract.", "POSTGRAAS_DOCKER_IMAGE", "postgres:17"),
+					"bind_address": stringSetting("Host address that port 5432 of each container is published on.", "POSTGRAAS_DOCKER_BIND_ADDRESS", "0.0.0.0"),
+					"advertised_host": stringSetting("Host name reported as instances' `host`. Defaults to the host of a `tcp://` or `ssh://` "+
+						"Docker host, else `localhost`.", "POSTGRAAS_DOCKER_ADVERTISED_HOST", ""),
 				},
 			},
 		},
