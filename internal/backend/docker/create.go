@@ -168,21 +168,41 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 // crashing server is restarted, and a higher count means it exited.
 func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attempt func(port int) error) (int, error) {
 	var lastErr error
-	for {
+	var port int
+	var inspected time.Time
+	// check reads the container's state and port. It runs every
+	// inspectInterval rather than before every attempt: attempts are tens
+	// of milliseconds apart, and an API call each time would cost the
+	// engine more than the attempt itself.
+	check := func() error {
 		c, err := b.cli.ContainerInspect(ctx, id)
 		if err != nil {
-			return 0, fmt.Errorf("inspecting: %w", err)
+			return fmt.Errorf("inspecting: %w", err)
 		}
 		if c.State != nil && (!c.State.Running || c.State.Restarting || c.RestartCount > restarts) {
 			// The exit code is only a hint: the engine may report one in
 			// passing (0 while a restart begins); the logs tell more.
-			return 0, fmt.Errorf("container stopped (status %s, exit code %d)", c.State.Status, c.State.ExitCode)
+			return fmt.Errorf("container stopped (status %s, exit code %d)", c.State.Status, c.State.ExitCode)
 		}
-		port, err := hostPort(c)
+		p, err := hostPort(c)
 		if err != nil {
-			return 0, err
+			return err
+		}
+		port, inspected = p, time.Now()
+		return nil
+	}
+	for {
+		if port == 0 || time.Since(inspected) >= inspectInterval {
+			if err := check(); err != nil {
+				return 0, err
+			}
 		}
 		if lastErr = attempt(port); lastErr == nil {
+			// Only a login to the server that was started counts: make
+			// sure the container has not restarted since it was looked at.
+			if err := check(); err != nil {
+				return 0, err
+			}
 			return port, nil
 		}
 		if pgsql.IsAuthFailure(lastErr) {

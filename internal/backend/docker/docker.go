@@ -33,7 +33,10 @@ const (
 const (
 	defaultImage        = "postgres:17"
 	defaultBindAddress  = "0.0.0.0"
-	defaultPollInterval = 50 * time.Millisecond
+	defaultPollInterval = 20 * time.Millisecond
+	// inspectInterval is how often the engine is asked, while waiting for
+	// a login, whether the container still runs.
+	inspectInterval = 250 * time.Millisecond
 	pgPort              = "5432/tcp"
 	// attemptTimeout bounds one login attempt while waiting for readiness;
 	// docker-proxy accepts TCP before the server listens, so attempts
@@ -60,7 +63,7 @@ type Config struct {
 	// Host (see DefaultAdvertisedHost).
 	AdvertisedHost string
 	// ReadyPollInterval is the pause between login attempts while a new
-	// container starts; 0 means 50ms.
+	// container starts; 0 means 20ms.
 	ReadyPollInterval time.Duration
 }
 
