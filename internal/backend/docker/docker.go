@@ -37,7 +37,7 @@ const (
 	// inspectInterval is how often the engine is asked, while waiting for
 	// a login, whether the container still runs.
 	inspectInterval = 250 * time.Millisecond
-	pgPort              = "5432/tcp"
+	pgPort          = "5432/tcp"
 	// attemptTimeout bounds one login attempt while waiting for readiness;
 	// docker-proxy accepts TCP before the server listens, so attempts
 	// mostly fail fast, and a hanging one must not eat the whole budget.
