@@ -89,9 +89,11 @@ type Backend interface {
 	// (after an import) when the backend does not need it.
 	RotatePassword(ctx context.Context, inst Instance, oldPassword, newPassword string) error
 
-	// Delete removes the instance. It first authenticates by logging in as
-	// the instance's user with password (ErrWrongPassword when refused,
-	// nothing removed). With other sessions connected it returns
+	// Delete removes the instance. It first authenticates password as the
+	// instance user's, deciding as a login would (ErrWrongPassword when
+	// refused, nothing removed): docker logs in; pg_cluster checks it
+	// against the role's SCRAM verifier when the admin may read pg_authid,
+	// and logs in otherwise. With other sessions connected it returns
 	// *SessionsError and removes nothing, unless force is set, in which case
 	// they are terminated. Delete is idempotent: a delete interrupted half-way
 	// can be called again and finishes the job; objects already gone are not

@@ -6,7 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"golang.org/x/text/secure/precis"
 )
@@ -37,6 +40,43 @@ func scramVerifierWithSalt(password string, salt []byte, iterations int) (string
 	enc := base64.StdEncoding
 	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations,
 		enc.EncodeToString(salt), enc.EncodeToString(storedKey[:]), enc.EncodeToString(serverKey)), nil
+}
+
+// ErrNotScram: a stored role secret is not a SCRAM-SHA-256 verifier (md5,
+// or malformed), so ScramMatches cannot check a password against it.
+var ErrNotScram = errors.New("not a SCRAM-SHA-256 verifier")
+
+// maxScramIterations bounds the work a stored verifier can ask for.
+const maxScramIterations = 1 << 20
+
+// ScramMatches reports whether password is the one a SCRAM-SHA-256 verifier
+// (pg_authid.rolpassword) was made from. It derives the StoredKey as a
+// client logging in does (SASLprep as pgx applies it, then PBKDF2 with the
+// verifier's salt and iterations) and compares it with the stored one, which
+// is the check the server makes at login.
+func ScramMatches(verifier, password string) (bool, error) {
+	rest, ok := strings.CutPrefix(verifier, "SCRAM-SHA-256$")
+	if !ok {
+		return false, ErrNotScram
+	}
+	iterSalt, keys, ok1 := strings.Cut(rest, "$")
+	iterStr, saltB64, ok2 := strings.Cut(iterSalt, ":")
+	storedB64, _, ok3 := strings.Cut(keys, ":")
+	iterations, err := strconv.Atoi(iterStr)
+	if !ok1 || !ok2 || !ok3 || err != nil || iterations < 1 || iterations > maxScramIterations {
+		return false, ErrNotScram
+	}
+	salt, err1 := base64.StdEncoding.DecodeString(saltB64)
+	stored, err2 := base64.StdEncoding.DecodeString(storedB64)
+	if err1 != nil || err2 != nil || len(stored) != sha256.Size {
+		return false, ErrNotScram
+	}
+	salted, err := pbkdf2.Key(sha256.New, normalizePassword(password), salt, iterations, sha256.Size)
+	if err != nil {
+		return false, fmt.Errorf("deriving SCRAM key: %w", err)
+	}
+	storedKey := sha256.Sum256(hmacSHA256(salted, "Client Key"))
+	return hmac.Equal(storedKey[:], stored), nil
 }
 
 func hmacSHA256(key []byte, msg string) []byte {

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"regexp"
 	"testing"
 	"time"
@@ -137,5 +138,39 @@ func TestScramVerifierLogin(t *testing.T) {
 				t.Fatalf("wrong password: got %v, want SQLSTATE %s", err, CodeInvalidPassword)
 			}
 		})
+	}
+}
+
+func TestScramMatches(t *testing.T) {
+	for _, pw := range []string{"secret", "pw'@:/x", "I\u2168"} {
+		v, err := ScramVerifier(pw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := ScramMatches(v, pw); !ok || err != nil {
+			t.Errorf("ScramMatches(verifier of %q, same) = %v, %v; want true", pw, ok, err)
+		}
+		if ok, err := ScramMatches(v, pw+"x"); ok || err != nil {
+			t.Errorf("ScramMatches(verifier of %q, other) = %v, %v; want false, nil", pw, ok, err)
+		}
+	}
+	// RFC 7677's verifier for "pencil" (as PostgreSQL would store it).
+	salt, _ := base64.StdEncoding.DecodeString("W22ZaJ0SNY7soEsUEjb6gQ==")
+	v, err := scramVerifierWithSalt("pencil", salt, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := ScramMatches(v, "pencil"); !ok {
+		t.Errorf("ScramMatches(RFC 7677 verifier, pencil) = false")
+	}
+	for _, bad := range []string{
+		"", "md5" + hex.EncodeToString(make([]byte, 16)), "SCRAM-SHA-256$", "SCRAM-SHA-256$x:c2FsdA==$a:b",
+		"SCRAM-SHA-256$0:c2FsdA==$" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + ":x",
+		"SCRAM-SHA-256$99999999:c2FsdA==$" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + ":x",
+		"SCRAM-SHA-256$4096:c2FsdA==$c2hvcnQ=:x",
+	} {
+		if ok, err := ScramMatches(bad, "pencil"); ok || !errors.Is(err, ErrNotScram) {
+			t.Errorf("ScramMatches(%q) = %v, %v; want ErrNotScram", bad, ok, err)
+		}
 	}
 }

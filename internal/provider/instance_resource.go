@@ -72,9 +72,9 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 	resp.Schema = schema.Schema{
 		MarkdownDescription: "A PostgreSQL database for one user, recorded in the meta DB: a whole PostgreSQL server in " +
 			"its own container on the `docker` backend, or a role and a database on the shared cluster on the " +
-			"`pg_cluster` backend. `terraform apply` returns when the database accepts logins; destroy logs in with " +
-			"`db_password` first, as postgraas_server's delete did, and refuses while other sessions are connected " +
-			"unless `force_destroy` is set.",
+			"`pg_cluster` backend. `terraform apply` returns when the database accepts logins; destroy first checks " +
+			"`db_password` as a login would, as postgraas_server's delete did, and refuses while other sessions are " +
+			"connected unless `force_destroy` is set.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "The meta DB row id (postgraas_server's `postgraas_instance_id`).",

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
@@ -26,10 +27,7 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 	// No admin connection is held across the tenant login below: with
 	// Terraform destroying 10 instances at once, a small pool would
 	// otherwise spend most of its time waiting for logins.
-	var roleExists, dbExists bool
-	err = p.QueryRow(ctx, `
-SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
-       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`, role, inst.DBName).Scan(&roleExists, &dbExists)
+	roleExists, dbExists, secret, err := b.deleteCheck(ctx, p, role, inst.DBName)
 	if err != nil {
 		return fmt.Errorf("checking for role %q and database %q: %w", role, inst.DBName, err)
 	}
@@ -37,7 +35,7 @@ SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
 	// Without the role there is nothing to log into, hence nothing to
 	// authenticate against.
 	if roleExists {
-		if err := b.authenticate(ctx, role, inst.DBName, password); err != nil {
+		if err := b.authenticate(ctx, role, inst.DBName, password, secret); err != nil {
 			return err
 		}
 	}
@@ -77,12 +75,53 @@ func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
 	return dropRole(ctx, conn.Conn(), role)
 }
 
-// authenticate logs in as the tenant, as postgraas_server did: the meta DB
-// does not store passwords. PostgreSQL authenticates before it looks up the
+const deleteCheckSQL = `
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
+       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`
+
+// deleteCheckSecretSQL also reads the role's stored secret when the role may
+// log in now (LOGIN, password not expired); pg_authid is readable by
+// superusers only.
+const deleteCheckSecretSQL = deleteCheckSQL + `,
+       (SELECT rolpassword FROM pg_authid WHERE rolname = $1
+        AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now()))`
+
+// deleteCheck finds out what is left of an instance and, when the admin may
+// read it, the role's stored secret (nil otherwise).
+func (b *Backend) deleteCheck(ctx context.Context, p *pgxpool.Pool, role, db string) (roleExists, dbExists bool, secret *string, err error) {
+	if !b.authidDenied.Load() {
+		err = p.QueryRow(ctx, deleteCheckSecretSQL, role, db).Scan(&roleExists, &dbExists, &secret)
+		if pgsql.Code(err) != pgsql.CodeInsufficientPrivilege {
+			return roleExists, dbExists, secret, err
+		}
+		// Not a superuser: authenticate by logging in, from now on.
+		b.authidDenied.Store(true)
+	}
+	err = p.QueryRow(ctx, deleteCheckSQL, role, db).Scan(&roleExists, &dbExists)
+	return roleExists, dbExists, nil, err
+}
+
+// authenticate checks password as the tenant's, as postgraas_server did by
+// logging in: the meta DB does not store passwords.
+//
+// When the admin could read the role's SCRAM verifier (secret), the
+// password is checked against it locally, exactly as the server checks a
+// login, so destroying an instance opens no connection of its own. Without
+// one (a non-superuser admin, an md5 secret, a role that may not log in
+// now), it logs in. PostgreSQL authenticates before it looks up the
 // database or checks CONNECT, so "database does not exist" or "permission
 // denied for database" can only come after the password was accepted; a
 // retried delete whose database is already gone still authenticates.
-func (b *Backend) authenticate(ctx context.Context, role, db, password string) error {
+func (b *Backend) authenticate(ctx context.Context, role, db, password string, secret *string) error {
+	if secret != nil {
+		ok, err := pgsql.ScramMatches(*secret, password)
+		if err == nil {
+			if !ok {
+				return backend.ErrWrongPassword
+			}
+			return nil
+		}
+	}
 	t := b.admin
 	t.Database = db
 	t.User = StoredUsername(role, b.server)

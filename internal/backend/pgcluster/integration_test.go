@@ -477,3 +477,36 @@ func TestServerLoginNames(t *testing.T) {
 		t.Errorf("Inspect with server login = %v", err)
 	}
 }
+
+// TestDeleteChecksPasswordLikeALogin: whether the password is checked
+// against the stored verifier (superuser admin) or by logging in (limited
+// admin), a role that may not log in now refuses the delete as a login
+// would, and the verifier path authenticates the same passwords the server
+// accepts.
+func TestDeleteChecksPasswordLikeALogin(t *testing.T) {
+	forEachAdmin(t, func(t *testing.T, env testEnv, b *Backend) {
+		ctx := testCtx(t)
+		super := connect(t, env.super)
+		for _, change := range []string{"NOLOGIN", "VALID UNTIL '2000-01-01'"} {
+			a := create(t, b, newSpec(t, env))
+			if _, err := super.Exec(ctx, "ALTER ROLE "+pgsql.QuoteIdent(a.spec.Username)+" "+change); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Delete(ctx, a.inst, a.spec.Password, false); !errors.Is(err, backend.ErrWrongPassword) {
+				t.Errorf("Delete of a role altered %s = %v, want ErrWrongPassword", change, err)
+			}
+			if r, d := exists(t, super, a.spec.Username, a.spec.DBName); !r || !d {
+				t.Fatalf("after refused delete: role %v, database %v", r, d)
+			}
+			if _, err := super.Exec(ctx, "ALTER ROLE "+pgsql.QuoteIdent(a.spec.Username)+" LOGIN VALID UNTIL 'infinity'"); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Delete(ctx, a.inst, a.spec.Password, false); err != nil {
+				t.Fatalf("Delete after %s was undone: %v", change, err)
+			}
+			if r, d := exists(t, super, a.spec.Username, a.spec.DBName); r || d {
+				t.Errorf("after delete: role %v, database %v", r, d)
+			}
+		}
+	})
+}

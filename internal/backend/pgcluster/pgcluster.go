@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -43,6 +44,10 @@ type Backend struct {
 	mu     sync.Mutex
 	pool   *pgxpool.Pool
 	closed bool
+
+	// authidDenied is set once the admin turned out unable to read
+	// pg_authid (not a superuser): deletes then authenticate by logging in.
+	authidDenied atomic.Bool
 }
 
 var _ backend.Backend = (*Backend)(nil)
