@@ -42,6 +42,7 @@ var (
 	flagPGNs  = flag.String("pg-n", "1,20,100", "instance counts for pg_cluster create/destroy")
 	flagRefNs = flag.String("refresh-n", "20,200", "instance counts for refresh")
 	flagDocNs = flag.String("docker-n", "1,5", "instance counts for docker create/destroy")
+	flagSrc   = flag.String("src", "", "build the provider from this source tree instead of this module (e.g. a git worktree of an older commit, for before/after numbers)")
 )
 
 func main() {
@@ -142,6 +143,9 @@ func setup(ctx context.Context) (*bench, error) {
 	logf("building the provider into %s", b.bin)
 	build := exec.Command("go", "build", "-o", b.bin, ".")
 	build.Dir = repoRoot()
+	if *flagSrc != "" {
+		build.Dir = *flagSrc
+	}
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return nil, fmt.Errorf("go build: %w", err)
@@ -272,6 +276,13 @@ func (b *bench) run(ctx context.Context) error {
 			create := b.newRow("pg_cluster create", "pg", n, "<= 1.5 x (floor + empty apply)")
 			destroy := b.newRow("pg_cluster destroy", "pg", n, "<= 1.5 x (floor + empty destroy)")
 			create.overhead, destroy.overhead = emptyApply, emptyDestroy
+			// At N=20, also destroy without the refresh that terraform
+			// destroy runs first, to show what that refresh costs.
+			var noRefresh *row
+			if n == 20 {
+				noRefresh = b.newRow("pg_cluster destroy -refresh=false", "pg-info", n, "")
+				noRefresh.overhead = emptyDestroy
+			}
 			for r := 0; r < reps; r++ {
 				tag := fmt.Sprintf("c%d-%d", n, r)
 				names := b.names(tag, n)
@@ -298,6 +309,15 @@ func (b *bench) run(ctx context.Context) error {
 				if err := b.measureTF(ctx, destroy, dir, n, "destroy"); err != nil {
 					return err
 				}
+				if noRefresh != nil {
+					noRefresh.floor = append(noRefresh.floor, destroy.floor[len(destroy.floor)-1])
+					if _, err := b.terraform(ctx, dir, "apply", nil); err != nil {
+						return err
+					}
+					if err := b.measureTF(ctx, noRefresh, dir, n, "destroy", "-refresh=false"); err != nil {
+						return err
+					}
+				}
 			}
 		}
 	}
@@ -310,10 +330,12 @@ func (b *bench) run(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			logf("refresh N=%d: applying %d instances (not measured)", n, n)
-			if _, err := b.terraform(ctx, dir, "apply", nil); err != nil {
+			logf("refresh N=%d: applying %d instances (not timed; its peak RSS counts)", n, n)
+			res, err := b.terraform(ctx, dir, "apply", nil)
+			if err != nil {
 				return err
 			}
+			refresh.rssKB = max(refresh.rssKB, res.rssKB)
 			for r := 0; r < reps; r++ {
 				plan, query, err := b.floorRefresh(ctx, tag, n)
 				if err != nil {
@@ -326,9 +348,10 @@ func (b *bench) run(ctx context.Context) error {
 					return err
 				}
 			}
-			if _, err := b.terraform(ctx, dir, "destroy", nil); err != nil {
+			if res, err = b.terraform(ctx, dir, "destroy", nil); err != nil {
 				return err
 			}
+			refresh.rssKB = max(refresh.rssKB, res.rssKB)
 		}
 	}
 

@@ -29,7 +29,7 @@ type tfResult struct {
 
 // terraform runs one command in dir. plan uses -detailed-exitcode and
 // fails when the plan is not empty: a refresh must find nothing to change.
-func (b *bench) terraform(ctx context.Context, dir, cmd string, _ *row) (tfResult, error) {
+func (b *bench) terraform(ctx context.Context, dir, cmd string, _ *row, extra ...string) (tfResult, error) {
 	var args []string
 	switch cmd {
 	case "apply", "destroy":
@@ -39,6 +39,7 @@ func (b *bench) terraform(ctx context.Context, dir, cmd string, _ *row) (tfResul
 	default:
 		return tfResult{}, fmt.Errorf("unknown terraform command %q", cmd)
 	}
+	args = append(args, extra...)
 	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
 	defer cancel()
 	c := exec.CommandContext(ctx, "terraform", args...)
@@ -76,8 +77,8 @@ func (b *bench) terraform(ctx context.Context, dir, cmd string, _ *row) (tfResul
 }
 
 // measureTF runs one terraform command as a measured repetition of r.
-func (b *bench) measureTF(ctx context.Context, r *row, dir string, n int, cmd string) error {
-	res, err := b.terraform(ctx, dir, cmd, r)
+func (b *bench) measureTF(ctx context.Context, r *row, dir string, n int, cmd string, extra ...string) error {
+	res, err := b.terraform(ctx, dir, cmd, r, extra...)
 	if err != nil {
 		return err
 	}
