@@ -78,9 +78,6 @@ func New(target pgsql.Target, maxConns int32) *Store {
 	return &Store{target: target, maxConns: maxConns}
 }
 
-// Target is where the store keeps its records (for diagnostics).
-func (s *Store) Target() pgsql.Target { return s.target }
-
 // db returns the pool, creating it and migrating the schema on first use.
 // A failure is not remembered, so a later call retries.
 func (s *Store) db(ctx context.Context) (*pgxpool.Pool, error) {

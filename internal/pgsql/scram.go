@@ -8,10 +8,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 
 	"golang.org/x/text/secure/precis"
+	"golang.org/x/text/unicode/norm"
 )
 
 // ScramIterations matches PostgreSQL's default scram_iterations.
@@ -30,13 +32,10 @@ func ScramVerifier(password string) (string, error) {
 }
 
 func scramVerifierWithSalt(password string, salt []byte, iterations int) (string, error) {
-	salted, err := pbkdf2.Key(sha256.New, normalizePassword(password), salt, iterations, sha256.Size)
+	storedKey, serverKey, err := scramKeys(password, salt, iterations)
 	if err != nil {
-		return "", fmt.Errorf("deriving SCRAM key: %w", err)
+		return "", err
 	}
-	clientKey := hmacSHA256(salted, "Client Key")
-	storedKey := sha256.Sum256(clientKey)
-	serverKey := hmacSHA256(salted, "Server Key")
 	enc := base64.StdEncoding
 	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations,
 		enc.EncodeToString(salt), enc.EncodeToString(storedKey[:]), enc.EncodeToString(serverKey)), nil
@@ -71,12 +70,21 @@ func ScramMatches(verifier, password string) (bool, error) {
 	if err1 != nil || err2 != nil || len(stored) != sha256.Size {
 		return false, ErrNotScram
 	}
+	storedKey, _, err := scramKeys(password, salt, iterations)
+	if err != nil {
+		return false, err
+	}
+	return hmac.Equal(storedKey[:], stored), nil
+}
+
+// scramKeys derives the StoredKey and ServerKey of RFC 5802 from the
+// password as clients send it (normalised).
+func scramKeys(password string, salt []byte, iterations int) (storedKey [sha256.Size]byte, serverKey []byte, err error) {
 	salted, err := pbkdf2.Key(sha256.New, normalizePassword(password), salt, iterations, sha256.Size)
 	if err != nil {
-		return false, fmt.Errorf("deriving SCRAM key: %w", err)
+		return storedKey, nil, fmt.Errorf("deriving SCRAM key: %w", err)
 	}
-	storedKey := sha256.Sum256(hmacSHA256(salted, "Client Key"))
-	return hmac.Equal(storedKey[:], stored), nil
+	return sha256.Sum256(hmacSHA256(salted, "Client Key")), hmacSHA256(salted, "Server Key"), nil
 }
 
 func hmacSHA256(key []byte, msg string) []byte {
@@ -90,14 +98,7 @@ func hmacSHA256(key []byte, msg string) []byte {
 // what clients send. Like PostgreSQL, a password that SASLprep rejects is
 // used as it is. ASCII passwords are their own SASLprep form.
 func normalizePassword(password string) string {
-	ascii := true
-	for i := 0; i < len(password); i++ {
-		if password[i] >= 0x80 {
-			ascii = false
-			break
-		}
-	}
-	if ascii {
+	if isASCII(password) {
 		return password
 	}
 	normalized, err := precis.OpaqueString.String(password)
@@ -105,4 +106,28 @@ func normalizePassword(password string) string {
 		return password
 	}
 	return normalized
+}
+
+// mappedToNothing is RFC 3454 table B.1, which SASLprep deletes.
+var mappedToNothing = regexp.MustCompile(`[\x{00AD}\x{034F}\x{1806}\x{180B}-\x{180D}\x{200B}-\x{200D}\x{2060}\x{FE00}-\x{FE0F}\x{FEFF}]`)
+
+// PasswordIsNormalized reports whether every SCRAM client hashes password as
+// it is. libpq applies SASLprep (NFKC plus mappings), pgx and this package
+// PRECIS OpaqueString (NFC); for a password either of them changes, a
+// verifier made here would match one kind of client and not the other.
+func PasswordIsNormalized(password string) bool {
+	if isASCII(password) {
+		return true
+	}
+	return normalizePassword(password) == password && norm.NFKC.String(password) == password &&
+		!mappedToNothing.MatchString(password)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

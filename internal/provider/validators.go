@@ -8,8 +8,8 @@ import (
 
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
-	"golang.org/x/text/secure/precis"
-	"golang.org/x/text/unicode/norm"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
 // maxIdentifierBytes is PostgreSQL's NAMEDATALEN-1: longer names are cut
@@ -55,14 +55,9 @@ func passwordValidators() []validator.String {
 }
 
 // saslprepStable refuses passwords that SCRAM clients would change before
-// hashing. libpq applies SASLprep (NFKC plus mappings), pgx applies PRECIS
-// OpaqueString (NFC); for a password either of them changes, a verifier
-// computed by the provider would match one kind of client and not the other.
-// A password both leave alone logs in from every client.
+// hashing, so that every client can log in with them (see
+// pgsql.PasswordIsNormalized).
 type saslprepStable struct{}
-
-// mappedToNothing is RFC 3454 table B.1, which SASLprep deletes.
-var mappedToNothing = regexp.MustCompile(`[\x{00AD}\x{034F}\x{1806}\x{180B}-\x{180D}\x{200B}-\x{200D}\x{2060}\x{FE00}-\x{FE0F}\x{FEFF}]`)
 
 func (saslprepStable) Description(context.Context) string {
 	return "must be in Unicode normal form (unchanged by NFKC and SASLprep)"
@@ -74,12 +69,7 @@ func (v saslprepStable) ValidateString(ctx context.Context, req validator.String
 	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() {
 		return
 	}
-	pw := req.ConfigValue.ValueString()
-	if isASCII(pw) {
-		return
-	}
-	prepped, err := precis.OpaqueString.String(pw)
-	if err == nil && prepped == pw && norm.NFKC.String(pw) == pw && !mappedToNothing.MatchString(pw) {
+	if pgsql.PasswordIsNormalized(req.ConfigValue.ValueString()) {
 		return
 	}
 	// The detail must not quote the password.
@@ -87,15 +77,6 @@ func (v saslprepStable) ValidateString(ctx context.Context, req validator.String
 		fmt.Sprintf("Attribute %s %s: it contains characters (such as ligatures, compatibility forms, non-ASCII "+
 			"spaces or invisible ones) that PostgreSQL clients rewrite before hashing, so some clients could not log in. "+
 			"Use a password without them.", req.Path, v.Description(ctx)))
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
 
 // reservedPrefixes refuses values starting with any of the prefixes, in any
