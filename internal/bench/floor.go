@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -154,6 +155,12 @@ FROM db_instance WHERE postgraas_instance_name LIKE $1 ORDER BY id`, instanceNam
 // backend's container settings, starts it, and logs in as the tenant every
 // 10 ms until SELECT 1 answers. It returns when all are ready.
 func (b *bench) floorDockerCreate(ctx context.Context, names []string) (time.Duration, error) {
+	return allAtOnce(names, func(i int, name string) error { return b.dockerCreateOne(ctx, i, name) })
+}
+
+// allAtOnce runs one(i, names[i]) for every name concurrently and times
+// the whole, as Terraform's parallel apply and destroy do the same work.
+func allAtOnce(names []string, one func(i int, name string) error) (time.Duration, error) {
 	start := time.Now()
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
@@ -161,15 +168,13 @@ func (b *bench) floorDockerCreate(ctx context.Context, names []string) (time.Dur
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = b.dockerCreateOne(ctx, i, name)
+			errs[i] = one(i, name)
 		}()
 	}
 	wg.Wait()
 	took := time.Since(start)
-	for _, err := range errs {
-		if err != nil {
-			return 0, err
-		}
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
 	}
 	return took, nil
 }
@@ -238,25 +243,11 @@ func (b *bench) dockerCreateOne(ctx context.Context, i int, name string) error {
 
 // floorDockerDestroy removes every container with its volumes, all at once.
 func (b *bench) floorDockerDestroy(ctx context.Context, names []string) (time.Duration, error) {
-	start := time.Now()
-	errs := make([]error, len(names))
-	var wg sync.WaitGroup
-	for i, name := range names {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = b.docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true})
-			if errs[i] == nil {
-				b.setLive(b.liveCtrs, name, false)
-			}
-		}()
-	}
-	wg.Wait()
-	took := time.Since(start)
-	for _, err := range errs {
-		if err != nil {
-			return 0, fmt.Errorf("floor: removing container: %w", err)
+	return allAtOnce(names, func(_ int, name string) error {
+		if err := b.docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
+			return fmt.Errorf("floor: removing container: %w", err)
 		}
-	}
-	return took, nil
+		b.setLive(b.liveCtrs, name, false)
+		return nil
+	})
 }

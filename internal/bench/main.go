@@ -285,28 +285,8 @@ func (b *bench) run(ctx context.Context) error {
 			}
 			for r := 0; r < reps; r++ {
 				tag := fmt.Sprintf("c%d-%d", n, r)
-				names := b.names(tag, n)
-				// Floor and provider alternate, so a drift in the machine's
-				// load hits both.
-				d, err := b.floorPGCreate(ctx, names)
+				dir, err := b.createDestroyRep(ctx, create, destroy, "pg_cluster", tag, n, b.floorPGCreate, b.floorPGDestroy)
 				if err != nil {
-					return err
-				}
-				create.floor = append(create.floor, d)
-				d, err = b.floorPGDestroy(ctx, names)
-				if err != nil {
-					return err
-				}
-				destroy.floor = append(destroy.floor, d)
-
-				dir, err := b.workdir(tag, "pg_cluster", n, tag)
-				if err != nil {
-					return err
-				}
-				if err := b.measureTF(ctx, create, dir, n, "apply"); err != nil {
-					return err
-				}
-				if err := b.measureTF(ctx, destroy, dir, n, "destroy"); err != nil {
 					return err
 				}
 				if noRefresh != nil {
@@ -361,26 +341,7 @@ func (b *bench) run(ctx context.Context) error {
 			destroy := b.newRow("docker destroy", "docker", n, "")
 			for r := 0; r < reps; r++ {
 				tag := fmt.Sprintf("d%d-%d", n, r)
-				names := b.names(tag, n)
-				d, err := b.floorDockerCreate(ctx, names)
-				if err != nil {
-					return err
-				}
-				create.floor = append(create.floor, d)
-				d, err = b.floorDockerDestroy(ctx, names)
-				if err != nil {
-					return err
-				}
-				destroy.floor = append(destroy.floor, d)
-
-				dir, err := b.workdir(tag, "docker", n, tag)
-				if err != nil {
-					return err
-				}
-				if err := b.measureTF(ctx, create, dir, n, "apply"); err != nil {
-					return err
-				}
-				if err := b.measureTF(ctx, destroy, dir, n, "destroy"); err != nil {
+				if _, err := b.createDestroyRep(ctx, create, destroy, "docker", tag, n, b.floorDockerCreate, b.floorDockerDestroy); err != nil {
 					return err
 				}
 			}
@@ -398,6 +359,33 @@ func refreshTarget(n int) string {
 
 // names are the instance names of one repetition: also the role, the
 // database and the container name.
+type floorFunc func(ctx context.Context, names []string) (time.Duration, error)
+
+// createDestroyRep is one repetition of a create and a destroy row: the
+// floor's create and destroy of N fresh names, then terraform apply and
+// destroy of N others in a new work dir, which it returns. Floor and
+// provider alternate, so a drift in the machine's load hits both.
+func (b *bench) createDestroyRep(ctx context.Context, create, destroy *row, kind, tag string, n int, floorCreate, floorDestroy floorFunc) (string, error) {
+	names := b.names(tag, n)
+	d, err := floorCreate(ctx, names)
+	if err != nil {
+		return "", err
+	}
+	create.floor = append(create.floor, d)
+	if d, err = floorDestroy(ctx, names); err != nil {
+		return "", err
+	}
+	destroy.floor = append(destroy.floor, d)
+	dir, err := b.workdir(tag, kind, n, tag)
+	if err != nil {
+		return "", err
+	}
+	if err := b.measureTF(ctx, create, dir, n, "apply"); err != nil {
+		return "", err
+	}
+	return dir, b.measureTF(ctx, destroy, dir, n, "destroy")
+}
+
 func (b *bench) names(tag string, n int) []string {
 	out := make([]string, n)
 	for i := range out {
