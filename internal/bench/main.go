@@ -5,8 +5,9 @@
 // sourced); it is not part of `make test`.
 //
 // Every row is measured in the same run, as the median of -reps
-// repetitions; no warm-up run is reported and nothing is cached. With -md
-// the table replaces the marked section of BENCHMARKS.md.
+// repetitions (-docker-reps for the docker rows); no warm-up run is
+// reported and nothing is cached. With -md the table replaces the marked
+// section of BENCHMARKS.md.
 package main
 
 import (
@@ -35,20 +36,24 @@ import (
 const benchAppName = "postgraas-bench"
 
 var (
-	flagReps  = flag.Int("reps", 3, "repetitions per row (the median is reported); at least 3")
-	flagMD    = flag.String("md", "", "replace the generated section of this markdown file (BENCHMARKS.md) with the results")
-	flagKeep  = flag.Bool("keep", false, "keep the temporary directory (terraform logs, configurations)")
-	flagOnly  = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker (default all)")
-	flagPGNs  = flag.String("pg-n", "1,20,100", "instance counts for pg_cluster create/destroy")
-	flagRefNs = flag.String("refresh-n", "20,200", "instance counts for refresh")
-	flagDocNs = flag.String("docker-n", "1,5", "instance counts for docker create/destroy")
-	flagSrc   = flag.String("src", "", "build the provider from this source tree instead of this module (e.g. a git worktree of an older commit, for before/after numbers)")
+	flagReps = flag.Int("reps", 3, "repetitions per row (the median is reported); at least 3")
+	// A container's initialisation is disk-bound and varies by ±0.5 s from
+	// one container to the next, floor and provider alike: a median of 3
+	// decides the docker ratios by luck.
+	flagDockerReps = flag.Int("docker-reps", 7, "repetitions of the docker rows; at least 3")
+	flagMD         = flag.String("md", "", "replace the generated section of this markdown file (BENCHMARKS.md) with the results")
+	flagKeep       = flag.Bool("keep", false, "keep the temporary directory (terraform logs, configurations)")
+	flagOnly       = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker (default all)")
+	flagPGNs       = flag.String("pg-n", "1,20,100", "instance counts for pg_cluster create/destroy")
+	flagRefNs      = flag.String("refresh-n", "20,200", "instance counts for refresh")
+	flagDocNs      = flag.String("docker-n", "1,5", "instance counts for docker create/destroy")
+	flagSrc        = flag.String("src", "", "build the provider from this source tree instead of this module (e.g. a git worktree of an older commit, for before/after numbers)")
 )
 
 func main() {
 	flag.Parse()
-	if *flagReps < 3 {
-		fatalf("-reps must be at least 3")
+	if *flagReps < 3 || *flagDockerReps < 3 {
+		fatalf("-reps and -docker-reps must be at least 3")
 	}
 	ctx := context.Background()
 	b, err := setup(ctx)
@@ -245,7 +250,7 @@ func ints(s string) []int {
 
 func (b *bench) run(ctx context.Context) error {
 	reps := *flagReps
-	logf("run %s, %d repetitions, %d cores", b.runID, reps, runtime.NumCPU())
+	logf("run %s, %d repetitions (docker: %d), %d cores", b.runID, reps, *flagDockerReps, runtime.NumCPU())
 
 	// The empty configuration: Terraform's own cost with the provider
 	// configured and nothing to manage. pg_cluster rows add it to their floor.
@@ -339,7 +344,7 @@ func (b *bench) run(ctx context.Context) error {
 		for _, n := range ints(*flagDocNs) {
 			create := b.newRow("docker create-to-ready", "docker", n, "<= 1.2 x floor")
 			destroy := b.newRow("docker destroy", "docker", n, "")
-			for r := 0; r < reps; r++ {
+			for r := 0; r < *flagDockerReps; r++ {
 				tag := fmt.Sprintf("d%d-%d", n, r)
 				if _, err := b.createDestroyRep(ctx, create, destroy, "docker", tag, n, b.floorDockerCreate, b.floorDockerDestroy); err != nil {
 					return err
@@ -372,10 +377,12 @@ func (b *bench) createDestroyRep(ctx context.Context, create, destroy *row, kind
 		return "", err
 	}
 	create.floor = append(create.floor, d)
+	logf("%-28s N=%-3d floor   %7.3f s", create.name, n, d.Seconds())
 	if d, err = floorDestroy(ctx, names); err != nil {
 		return "", err
 	}
 	destroy.floor = append(destroy.floor, d)
+	logf("%-28s N=%-3d floor   %7.3f s", destroy.name, n, d.Seconds())
 	dir, err := b.workdir(tag, kind, n, tag)
 	if err != nil {
 		return "", err

@@ -121,9 +121,9 @@ func (r *row) verdict() (target string, met, applies bool) {
 
 func (b *bench) report(took time.Duration) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "Measured by one `make bench` run on %s: %d cores (%s), %s; %d repetitions per row, median reported; "+
+	fmt.Fprintf(&sb, "Measured by one `make bench` run on %s: %d cores (%s), %s; %s, median reported; "+
 		"the run took %.0f s. Load average before/after: %s / %s.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), memTotal(), *flagReps,
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), memTotal(), repsText(),
 		took.Seconds(), loadAtStart, loadavg())
 	sb.WriteString("| scenario | N | floor | provider | ratio | target | server connections (per instance) | provider peak RSS |\n")
 	sb.WriteString("|---|---|---|---|---|---|---|---|\n")
@@ -162,10 +162,32 @@ func (b *bench) report(took time.Duration) string {
 	if len(per) > 0 {
 		fmt.Fprintf(&sb, "Refresh cost per instance above the empty plan: %s.\n\n", strings.Join(per, ", "))
 	}
+	// How far single repetitions stray from the medians, so a ratio near
+	// its target can be read for what it is.
+	var spread []string
+	for _, r := range b.rows {
+		if _, _, ok := r.verdict(); ok && len(r.floor) > 0 {
+			spread = append(spread, fmt.Sprintf("%s N=%d: floor %s, provider %s", r.name, r.n, minMax(r.floor), minMax(r.provider)))
+		}
+	}
+	if len(spread) > 0 {
+		fmt.Fprintf(&sb, "Spread over the repetitions (min–max) of the rows with a target: %s.\n\n", strings.Join(spread, "; "))
+	}
 	if len(verdicts) > 0 {
 		sb.WriteString("Targets on time: " + strings.Join(verdicts, "; ") + ".\n")
 	}
 	return sb.String()
+}
+
+func minMax(ds []time.Duration) string {
+	return fmt.Sprintf("%.2f–%.2f s", slices.Min(ds).Seconds(), slices.Max(ds).Seconds())
+}
+
+func repsText() string {
+	if *flagDockerReps == *flagReps || !wanted("docker") {
+		return fmt.Sprintf("%d repetitions per row", *flagReps)
+	}
+	return fmt.Sprintf("%d repetitions per row, %d for the docker rows", *flagReps, *flagDockerReps)
 }
 
 func nCell(n int) string {
