@@ -7,6 +7,8 @@
 #                          print its path on the last line of stdout (progress goes to stderr)
 #   .ci/testenv.sh env     print the env file path (after `up`)
 #   .ci/testenv.sh down    stop the PostgreSQL server, the sshd and the dockerd that `up` started
+#   .ci/testenv.sh terraform
+#                          print the path of a terraform CLI, building it when none is on PATH
 #   .ci/testenv.sh verify-image [IMAGE]
 #                          smoke-test a postgres image (login over a published port, bad tag,
 #                          missing POSTGRES_PASSWORD) and print timings
@@ -45,6 +47,8 @@ SSH_ALIAS=postgraas-testenv-ssh
 SSHD_PID=$SSH_DIR/sshd.pid
 SSHD_LOG=$SSH_DIR/sshd.log
 
+# The caller's own PATH decides which terraform is used (ensure_terraform).
+CALLER_PATH=${PATH:-}
 export PATH="$PG_BIN:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 export DEBIAN_FRONTEND=noninteractive
 unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSERVICE PGSSLMODE
@@ -761,9 +765,37 @@ write_env() {
 		kv POSTGRAAS_TEST_IMAGE "$TEST_IMAGE"
 		kv POSTGRAAS_TEST_SSH_DOCKER_HOST "ssh://$SSH_ALIAS"
 		kv CHECKPOINT_DISABLE 1
+		# terraform-plugin-testing runs this binary; make demo and make bench find it on PATH.
+		kv TF_ACC_TERRAFORM_PATH "$TERRAFORM_BIN"
+		printf 'export PATH=%s:"$PATH"\n' "$(shquote "$(dirname "$TERRAFORM_BIN")")"
 	} >"$tmp"
 	chmod 600 "$tmp"
 	mv "$tmp" "$ENV_FILE"
+}
+
+# ---------------------------------------------------------------- terraform
+
+# The acceptance tests, make demo, make bench and make docs run the terraform CLI. The
+# machines here carry v1.11.4 on PATH. Where one lacks it, it is built from the Go module
+# proxy (no registry or release server is asked): not v1.11.4, whose go.mod has replace
+# directives (to nested modules the module zip leaves out) and a godebug setting Go 1.26
+# rejects, but v1.8.5, which builds in about 3 minutes. The suite passes with both; it
+# needs 1.7 or later (`removed` blocks).
+TERRAFORM_FALLBACK_VERSION=1.8.5
+
+ensure_terraform() {
+	local gobin
+	gobin=$(go env GOBIN)
+	[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+	if ! TERRAFORM_BIN=$(PATH="$CALLER_PATH:$gobin:/usr/local/bin" command -v terraform); then
+		local t; t=$(now)
+		log "terraform is not on PATH: go install github.com/hashicorp/terraform@v$TERRAFORM_FALLBACK_VERSION (about 3 min)"
+		go install "github.com/hashicorp/terraform@v$TERRAFORM_FALLBACK_VERSION" ||
+			die "could not build terraform: put a terraform CLI (1.7 or later) on PATH"
+		TERRAFORM_BIN=$gobin/terraform
+		log "terraform built in $(since "$t") s"
+	fi
+	log "$("$TERRAFORM_BIN" version 2>/dev/null | head -n 1) at $TERRAFORM_BIN"
 }
 
 # ---------------------------------------------------------------- main
@@ -782,6 +814,7 @@ cmd_up() {
 	ensure_docker
 	ensure_image
 	ensure_sshd
+	ensure_terraform
 	write_env
 	log "test environment ready in $(since "$t0") s; env file: $ENV_FILE"
 	printf '%s\n' "$ENV_FILE"
@@ -798,12 +831,16 @@ down)
 	stop_sshd
 	stop_dockerd
 	;;
+terraform)
+	ensure_terraform
+	printf '%s\n' "$TERRAFORM_BIN"
+	;;
 verify-image)
 	ensure_docker
 	verify_image "${2:-$STANDIN_IMAGE}"
 	;;
 *)
-	echo "usage: $0 up|env|down|verify-image [IMAGE]" >&2
+	echo "usage: $0 up|env|down|terraform|verify-image [IMAGE]" >&2
 	exit 2
 	;;
 esac
