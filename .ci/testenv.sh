@@ -765,8 +765,7 @@ write_env() {
 		kv POSTGRAAS_TEST_IMAGE "$TEST_IMAGE"
 		kv POSTGRAAS_TEST_SSH_DOCKER_HOST "ssh://$SSH_ALIAS"
 		kv CHECKPOINT_DISABLE 1
-		# terraform-plugin-testing runs this binary; make demo and make bench find it on PATH.
-		kv TF_ACC_TERRAFORM_PATH "$TERRAFORM_BIN"
+		# The terraform ensure_terraform chose, first on PATH for the tests, the demo and the bench.
 		printf 'export PATH=%s:"$PATH"\n' "$(shquote "$(dirname "$TERRAFORM_BIN")")"
 	} >"$tmp"
 	chmod 600 "$tmp"

@@ -127,7 +127,7 @@ func (b *bench) report(took time.Duration) string {
 		took.Seconds(), loadAtStart, loadavg())
 	sb.WriteString("| scenario | N | floor | provider | ratio | target | server connections (per instance) | provider peak RSS |\n")
 	sb.WriteString("|---|---|---|---|---|---|---|---|\n")
-	var verdicts []string
+	var verdicts, spread []string
 	for _, r := range b.rows {
 		ratio := "—"
 		if len(r.floor) > 0 {
@@ -141,6 +141,9 @@ func (b *bench) report(took time.Duration) string {
 				what = secs(median(r.provider))
 			}
 			verdicts = append(verdicts, fmt.Sprintf("%s N=%d: %s (%s)", r.name, r.n, map[bool]string{true: "met", false: "MISSED"}[met], what))
+			// How far single repetitions stray from the medians, so a
+			// ratio near its target can be read for what it is.
+			spread = append(spread, fmt.Sprintf("%s N=%d: floor %s, provider %s", r.name, r.n, minMax(r.floor), minMax(r.provider)))
 		}
 		rss := "—"
 		if r.rssKB > 0 {
@@ -161,14 +164,6 @@ func (b *bench) report(took time.Duration) string {
 	}
 	if len(per) > 0 {
 		fmt.Fprintf(&sb, "Refresh cost per instance above the empty plan: %s.\n\n", strings.Join(per, ", "))
-	}
-	// How far single repetitions stray from the medians, so a ratio near
-	// its target can be read for what it is.
-	var spread []string
-	for _, r := range b.rows {
-		if _, _, ok := r.verdict(); ok && len(r.floor) > 0 {
-			spread = append(spread, fmt.Sprintf("%s N=%d: floor %s, provider %s", r.name, r.n, minMax(r.floor), minMax(r.provider)))
-		}
 	}
 	if len(spread) > 0 {
 		fmt.Fprintf(&sb, "Spread over the repetitions (min–max) of the rows with a target: %s.\n\n", strings.Join(spread, "; "))
