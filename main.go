@@ -3,12 +3,17 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"log"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/providerserver"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/provider"
 )
 
@@ -26,6 +31,7 @@ func main() {
 		"full provider address (hostname/postgraas/postgraas) to serve under with -debug")
 	flag.Parse()
 	quietUnlessLogging()
+	undoOnSignal()
 
 	err := providerserver.Serve(context.Background(), provider.New(version), providerserver.ServeOpts{
 		Address: address,
@@ -34,6 +40,33 @@ func main() {
 	if err != nil {
 		log.Fatal(err.Error())
 	}
+}
+
+// shutdownWait bounds how long the provider, told to stop, waits for the
+// creates in flight to remove what they made; past it, their rows' leases
+// let the next run finish the job.
+const shutdownWait = 60 * time.Second
+
+// undoOnSignal makes SIGTERM (what `timeout`, a cancelled CI job and
+// container runtimes send) and SIGINT (Ctrl-C reaches the whole process
+// group) end every create in flight, which then removes what it made and
+// its meta DB row. After SIGTERM the process exits once they are done;
+// after SIGINT it keeps serving, since Terraform itself stops gracefully
+// and still talks to it.
+func undoOnSignal() {
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, syscall.SIGTERM, os.Interrupt)
+	go func() {
+		for sig := range ch {
+			done := instance.Shutdown(fmt.Errorf("the provider received %s", sig), shutdownWait)
+			if sig == syscall.SIGTERM {
+				if !done {
+					log.Printf("[WARN] creates still undoing after %s; exiting, their leases expire", shutdownWait)
+				}
+				os.Exit(128 + int(syscall.SIGTERM))
+			}
+		}
+	}()
 }
 
 // sdkLogVars are the levels of the plugin SDK's loggers. Unset, they mean

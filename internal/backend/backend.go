@@ -17,10 +17,29 @@ const (
 	KindPGCluster = "pg_cluster"
 )
 
+// Proof is what a backend object carries to show that one attempt to create
+// one meta DB row made it: an HMAC of the object's identity keyed with the
+// row's secret token. A backend compares it; it never needs the token.
+type Proof struct {
+	// ID is the meta DB row id, kept in the clear on the object so a
+	// leftover can be traced to its row.
+	ID int64
+	// Value is the hex HMAC; empty for rows without a token (written by
+	// postgraas_server or by a provider older than proofs), whose objects
+	// are only ever removed by a destroy that authenticates with the
+	// instance password.
+	Value string
+}
+
+// Legacy reports a proof-less record.
+func (p Proof) Legacy() bool { return p.Value == "" }
+
 // Spec is what a create asks for. The meta DB row is reserved before the
 // backend is called, so InstanceID is already known (docker labels use it).
 type Spec struct {
 	InstanceID int64
+	// Proof goes onto every object the create makes.
+	Proof Proof
 	Name       string
 	DBName     string
 	// Username is the login as configured; on pg_cluster with a server it
@@ -41,6 +60,9 @@ type Instance struct {
 	Host        string
 	Port        int
 	ContainerID string // docker only
+	// Proof is what the instance's objects must carry before anything is
+	// dropped, altered or terminated.
+	Proof Proof
 }
 
 // Created is what a successful create reports, to be written to the row.
@@ -55,10 +77,14 @@ type Created struct {
 // Status is what Inspect finds.
 type Status struct {
 	// Exists is false when the instance's backend objects are gone, wholly or
-	// in part (database dropped but role left, container removed). The
-	// provider then drops the resource from state so the next apply
-	// recreates it.
+	// in part (database dropped but role left, container removed), or no
+	// longer carry the instance's proof. The provider then drops the
+	// resource from state so the next apply recreates it.
 	Exists bool
+	// Foreign names objects that have the instance's names but not its
+	// proof ("database \"x\""): they are someone else's and are never
+	// touched.
+	Foreign []string
 	// State is the docker container's state ("running", "exited", ...);
 	// "ready" on pg_cluster when everything exists.
 	State string
@@ -75,21 +101,37 @@ type Status struct {
 type Backend interface {
 	Kind() string
 
-	// Create makes the instance. On error it must leave nothing behind that
-	// it made, and must never remove an object it did not make (a role,
-	// database or container that already existed is a *ConflictError and is
-	// left exactly as it was).
+	// StatusAfterCreate is what Inspect reports for an instance that
+	// Create has just made ready.
+	StatusAfterCreate() string
+	// TakesImage reports whether Spec.Image means anything here.
+	TakesImage() bool
+	// CheckSpec validates what can be checked before anything is made
+	// (at plan time too): it returns a *SpecError naming the attribute.
+	CheckSpec(spec Spec) error
+	// SameLogin reports whether two spellings of a login name the same
+	// role ("user" and "user@server" on a cluster with a server).
+	SameLogin(a, b string) bool
+
+	// Create makes the instance, putting spec.Proof on every object. On
+	// error it must leave nothing behind that it made, and must never
+	// remove an object it did not make (a role, database or container that
+	// already existed is a *ConflictError and is left exactly as it was).
 	Create(ctx context.Context, spec Spec) (Created, error)
 
-	// Inspect reports whether the instance's objects still exist. It must
-	// not change anything.
+	// Inspect reports whether the instance's objects still exist and carry
+	// its proof. It must not change anything.
 	Inspect(ctx context.Context, inst Instance) (Status, error)
 
-	// RotatePassword changes the login's password. oldPassword may be empty
-	// (after an import) when the backend does not need it.
+	// RotatePassword changes the login's password, on objects that carry
+	// the instance's proof only. oldPassword may be empty (after an
+	// import) when the backend does not need it.
 	RotatePassword(ctx context.Context, inst Instance, oldPassword, newPassword string) error
 
-	// Delete removes the instance. It first authenticates password as the
+	// Delete removes the instance's objects that carry its proof; objects
+	// with its names but without the proof are someone else's and are left
+	// alone (for a legacy record, a successful authentication is the proof).
+	// It first authenticates password as the
 	// instance user's, deciding as a login would (ErrWrongPassword when
 	// refused, nothing removed): docker logs in; pg_cluster checks it
 	// against the role's SCRAM verifier when the admin may read pg_authid,
@@ -100,9 +142,11 @@ type Backend interface {
 	// an error.
 	Delete(ctx context.Context, inst Instance, password string, force bool) error
 
-	// Purge removes whatever is left of an instance whose objects were found
-	// partly gone (Inspect said !Exists), without authenticating: there is no
-	// longer an instance to log into. Used before a name is reused.
+	// Purge removes whatever carries the instance's proof, without
+	// authenticating: used when an instance was found partly gone, and to
+	// clear what a create that died had made before its row is taken
+	// over. Objects without the proof are left alone; a legacy record is
+	// never purged (an error).
 	Purge(ctx context.Context, inst Instance) error
 
 	// Close releases pooled connections.
@@ -112,15 +156,31 @@ type Backend interface {
 // ErrWrongPassword: the login with the given password was refused.
 var ErrWrongPassword = errors.New("password authentication failed")
 
-// ConflictError: an object the create would make already exists.
+// ConflictError: an object the create would make already exists and is not
+// the instance's.
 type ConflictError struct {
 	Kind string // "role", "database", "container"
 	Name string
+	// Attribute is the resource attribute that chose the name.
+	Attribute string
 }
 
 func (e *ConflictError) Error() string {
 	return fmt.Sprintf("%s %q already exists", e.Kind, e.Name)
 }
+
+// SpecError: a spec the backend cannot create, blamed on one attribute.
+type SpecError struct {
+	Attribute string
+	Err       error
+}
+
+func (e *SpecError) Error() string { return e.Err.Error() }
+func (e *SpecError) Unwrap() error { return e.Err }
+
+// ErrLegacy: the record has no ownership proof, so nothing may be removed
+// without the instance password.
+var ErrLegacy = errors.New("the instance was recorded without an ownership proof (by postgraas_server or an older provider); only a destroy that logs in with its password removes it")
 
 // SessionsError: other sessions are connected to the database to drop.
 type SessionsError struct {

@@ -3,7 +3,6 @@ package metadb
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -47,32 +46,33 @@ var migrations = []migration{
 	}},
 	{3, "unique instance names", func(ctx context.Context, tx pgx.Tx) error {
 		// postgraas_server only checked names in code, so a legacy meta DB
-		// may hold duplicates. Say which instead of failing on the index.
-		rows, err := tx.Query(ctx, `SELECT postgraas_instance_name, array_agg(id ORDER BY id)
-			FROM db_instance WHERE postgraas_instance_name IS NOT NULL
-			GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 20`)
-		if err != nil {
+		// may hold duplicates. Those rows are kept as they are (they may
+		// still be live instances) and uniqueness then covers every row
+		// written from now on: every row this provider writes has a state,
+		// postgraas_server's rows have none, and Reserve refuses a name
+		// that a legacy row holds.
+		var dups bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM db_instance
+			WHERE postgraas_instance_name IS NOT NULL
+			GROUP BY postgraas_instance_name HAVING count(*) > 1)`).Scan(&dups); err != nil {
 			return err
 		}
-		var dups []string
-		for rows.Next() {
-			var name string
-			var ids []int64
-			if err := rows.Scan(&name, &ids); err != nil {
-				return err
-			}
-			dups = append(dups, fmt.Sprintf("%q (ids %v)", name, ids))
+		where := ""
+		if dups {
+			where = " WHERE state IS NOT NULL"
 		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if len(dups) > 0 {
-			return fmt.Errorf("the db_instance table holds instance names used more than once, "+
-				"so instance names cannot be made unique: %s; delete or rename the stale rows, then retry",
-				strings.Join(dups, ", "))
-		}
-		_, err = tx.Exec(ctx, `CREATE UNIQUE INDEX IF NOT EXISTS db_instance_postgraas_instance_name_key
-			ON db_instance (postgraas_instance_name)`)
+		_, err := tx.Exec(ctx, `CREATE UNIQUE INDEX IF NOT EXISTS db_instance_postgraas_instance_name_key
+			ON db_instance (postgraas_instance_name)`+where)
+		return err
+	}},
+	{4, "ownership token and create lease", func(ctx context.Context, tx pgx.Tx) error {
+		// owner_token is the per-row secret that backend objects carry a
+		// proof of; lease_* let a later run tell a create in progress from
+		// one that died, and take the row over.
+		_, err := tx.Exec(ctx, `ALTER TABLE db_instance
+			ADD COLUMN IF NOT EXISTS owner_token varchar(64),
+			ADD COLUMN IF NOT EXISTS lease_owner varchar(64),
+			ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz`)
 		return err
 	}},
 }

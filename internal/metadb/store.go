@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,10 +39,42 @@ type Record struct {
 	Backend     string
 	State       string
 	Image       string
+	// Legacy: written by postgraas_server (no state). Its objects carry no
+	// ownership proof, so they are never purged; only a destroy that
+	// authenticates with the instance password removes them.
+	Legacy bool
+	// Token is the row's secret that its backend objects carry a proof of
+	// (see internal/instance); empty on legacy rows and on rows written
+	// before proofs existed.
+	Token string
+	// LeaseOwner and LeaseLeft describe the create lease of a "creating"
+	// row: who holds it and how long it has left by the meta DB's clock
+	// (negative once expired).
+	LeaseOwner string
+	LeaseLeft  time.Duration
 }
 
 // ErrNotFound: no row with that id or name.
 var ErrNotFound = errors.New("no such instance in the meta DB")
+
+// AmbiguousNameError: a legacy meta DB holds several rows with the name
+// (postgraas_server's racy check let duplicates in).
+type AmbiguousNameError struct {
+	Name string
+	IDs  []int64
+}
+
+func (e *AmbiguousNameError) Error() string {
+	ids := make([]string, len(e.IDs))
+	for i, id := range e.IDs {
+		ids[i] = strconv.FormatInt(id, 10)
+	}
+	return fmt.Sprintf("the meta DB holds %d instances named %q (ids %s)", len(e.IDs), e.Name, strings.Join(ids, ", "))
+}
+
+// ErrLeaseLost: the row is no longer this run's to change (another run took
+// it over after the lease expired, or it was removed).
+var ErrLeaseLost = errors.New("the create lease on the meta DB row was lost")
 
 // NameTakenError: the instance name is already recorded.
 type NameTakenError struct {
@@ -128,13 +161,17 @@ const selectColumns = `id, coalesce(postgraas_instance_name, ''), creation_times
 	coalesce(db_name, ''), coalesce(username, ''), coalesce(hostname, ''), coalesce(port, 0),
 	coalesce(container_id, ''),
 	coalesce(backend, CASE WHEN coalesce(container_id, '') <> '' THEN 'docker' ELSE 'pg_cluster' END),
-	coalesce(state, 'ready'), coalesce(image, '')`
+	coalesce(state, 'ready'), coalesce(image, ''), state IS NULL,
+	coalesce(owner_token, ''), coalesce(lease_owner, ''),
+	coalesce(extract(epoch FROM lease_expires_at - now()), 0)::float8`
 
 func scanRecord(row pgx.CollectableRow) (Record, error) {
 	var r Record
 	var created *time.Time
+	var left float64
 	err := row.Scan(&r.ID, &r.Name, &created, &r.DBName, &r.Username, &r.Host, &r.Port,
-		&r.ContainerID, &r.Backend, &r.State, &r.Image)
+		&r.ContainerID, &r.Backend, &r.State, &r.Image, &r.Legacy, &r.Token, &r.LeaseOwner, &left)
+	r.LeaseLeft = time.Duration(left * float64(time.Second))
 	if created != nil {
 		r.CreatedAt = created.UTC()
 	}
@@ -165,10 +202,33 @@ func (s *Store) Get(ctx context.Context, id int64) (Record, error) {
 	return s.queryOne(ctx, `SELECT `+selectColumns+` FROM db_instance WHERE id = $1`, id)
 }
 
-// GetByName returns the row with that instance name.
+// GetByName returns the row with that instance name; *AmbiguousNameError
+// when a legacy meta DB holds several.
 func (s *Store) GetByName(ctx context.Context, name string) (Record, error) {
-	return s.queryOne(ctx, `SELECT `+selectColumns+` FROM db_instance
-		WHERE postgraas_instance_name = $1 ORDER BY id LIMIT 1`, name)
+	pool, err := s.db(ctx)
+	if err != nil {
+		return Record{}, err
+	}
+	rows, err := pool.Query(ctx, `SELECT `+selectColumns+` FROM db_instance
+		WHERE postgraas_instance_name = $1 ORDER BY id`, name)
+	if err != nil {
+		return Record{}, fmt.Errorf("reading the meta DB: %w", err)
+	}
+	recs, err := pgx.CollectRows(rows, scanRecord)
+	if err != nil {
+		return Record{}, fmt.Errorf("reading the meta DB: %w", err)
+	}
+	switch len(recs) {
+	case 0:
+		return Record{}, ErrNotFound
+	case 1:
+		return recs[0], nil
+	}
+	e := &AmbiguousNameError{Name: name}
+	for _, r := range recs {
+		e.IDs = append(e.IDs, r.ID)
+	}
+	return Record{}, e
 }
 
 // Lookup takes an id ("12") or a name, as import does.
@@ -208,23 +268,43 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Record, error) {
 	return out, nil
 }
 
-// Reserve records a new instance in state "creating" before any backend
-// object exists, so the unique index on the name decides between concurrent
-// applies (postgraas_server's check-then-insert let both win, its bug 1),
-// and a failed create has exactly one row to remove.
-func (s *Store) Reserve(ctx context.Context, r Record) (int64, error) {
+// Lease is a create lease: who holds it and for how long a silence it lasts.
+type Lease struct {
+	Owner string
+	TTL   time.Duration
+}
+
+func seconds(d time.Duration) float64 { return d.Seconds() }
+
+// Reserve records a new instance in state "creating", holding a create
+// lease, before any backend object exists, so the unique index on the name
+// decides between concurrent applies (postgraas_server's check-then-insert
+// let both win, its bug 1), and a failed create has exactly one row to
+// remove. A legacy row with the same name also counts as taken.
+func (s *Store) Reserve(ctx context.Context, r Record, lease Lease) (int64, error) {
 	pool, err := s.db(ctx)
 	if err != nil {
 		return 0, err
 	}
 	var id int64
 	err = pool.QueryRow(ctx, `INSERT INTO db_instance
-		(postgraas_instance_name, creation_timestamp, db_name, username, password, backend, state, image)
-		VALUES ($1, now() AT TIME ZONE 'UTC', $2, $3, '', $4, $5, nullif($6, ''))
+		(postgraas_instance_name, creation_timestamp, db_name, username, password, backend, state, image,
+		 owner_token, lease_owner, lease_expires_at)
+		SELECT $1::text, now() AT TIME ZONE 'UTC', $2, $3, '', $4, $5, nullif($6::text, ''),
+		 $7, $8, now() + make_interval(secs => $9)
+		WHERE NOT EXISTS (SELECT 1 FROM db_instance WHERE postgraas_instance_name = $1::text AND state IS NULL)
 		RETURNING id`,
-		r.Name, r.DBName, r.Username, r.Backend, StateCreating, r.Image).Scan(&id)
-	if pgsql.Code(err) == pgsql.CodeUniqueViolation {
+		r.Name, r.DBName, r.Username, r.Backend, StateCreating, r.Image, r.Token, lease.Owner, seconds(lease.TTL)).Scan(&id)
+	if pgsql.Code(err) == pgsql.CodeUniqueViolation || errors.Is(err, pgx.ErrNoRows) {
 		existing, gerr := s.GetByName(ctx, r.Name)
+		var amb *AmbiguousNameError
+		if errors.As(gerr, &amb) {
+			return 0, amb
+		}
+		if errors.Is(gerr, ErrNotFound) {
+			// Removed between the insert and the look-up: try again.
+			return s.Reserve(ctx, r, lease)
+		}
 		if gerr != nil {
 			existing = Record{Name: r.Name}
 		}
@@ -236,27 +316,130 @@ func (s *Store) Reserve(ctx context.Context, r Record) (int64, error) {
 	return id, nil
 }
 
-// Complete stores where a created instance lives and marks it ready.
-func (s *Store) Complete(ctx context.Context, id int64, host string, port int, username, containerID, image string) (Record, error) {
+// RenewLease extends the lease of a creating row that lease.Owner holds.
+// ErrLeaseLost when it no longer does.
+func (s *Store) RenewLease(ctx context.Context, id int64, lease Lease) error {
+	return s.execOwned(ctx, id, lease.Owner, "renewing the create lease of",
+		`UPDATE db_instance SET lease_expires_at = now() + make_interval(secs => $3)
+		WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`, seconds(lease.TTL))
+}
+
+// execOwned runs an UPDATE or DELETE whose WHERE names id ($1) and the
+// lease owner ($2), and reports ErrLeaseLost when it matched nothing.
+func (s *Store) execOwned(ctx context.Context, id int64, owner, what, sql string, args ...any) error {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return err
+	}
+	tag, err := pool.Exec(ctx, sql, append([]any{id, owner}, args...)...)
+	if err != nil {
+		return fmt.Errorf("%s meta DB row %d: %w", what, id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%s meta DB row %d: %w", what, id, ErrLeaseLost)
+	}
+	return nil
+}
+
+// Claim takes over the row of a create that cannot finish: a "creating"
+// row whose lease has expired, or a "ready" row whose objects are gone
+// (expect names which). The conditional update decides between runs that
+// try at once: only one gets true. The row keeps its token, so what the
+// previous attempt made can still be proven and removed.
+func (s *Store) Claim(ctx context.Context, old Record, lease Lease) (bool, error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return false, err
+	}
+	tag, err := pool.Exec(ctx, `UPDATE db_instance
+		SET state = 'creating', lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
+		WHERE id = $1 AND owner_token IS NOT DISTINCT FROM nullif($2, '') AND (
+			(state = 'creating' AND lease_expires_at < now()) OR
+			(state = 'ready' AND $5 AND (lease_owner IS NULL OR lease_expires_at < now())))`,
+		old.ID, old.Token, lease.Owner, seconds(lease.TTL), old.State == StateReady)
+	if err != nil {
+		return false, fmt.Errorf("taking over meta DB row %d: %w", old.ID, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Respec points a claimed row at a new create attempt: the new spec and a
+// fresh token, so nothing the previous attempt made passes for this one's.
+func (s *Store) Respec(ctx context.Context, id int64, r Record, lease Lease) error {
+	return s.execOwned(ctx, id, lease.Owner, "preparing",
+		`UPDATE db_instance SET db_name = $3, username = $4, backend = $5, image = nullif($6, ''),
+			owner_token = $7, hostname = NULL, port = NULL, container_id = NULL,
+			creation_timestamp = now() AT TIME ZONE 'UTC'
+		WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`,
+		r.DBName, r.Username, r.Backend, r.Image, r.Token)
+}
+
+// Complete stores where a created instance lives and marks it ready, if the
+// lease is still this run's (ErrLeaseLost otherwise).
+func (s *Store) Complete(ctx context.Context, id int64, owner string, host string, port int, username, containerID, image string) (Record, error) {
 	pool, err := s.db(ctx)
 	if err != nil {
 		return Record{}, err
 	}
-	rows, err := pool.Query(ctx, `UPDATE db_instance SET hostname = $2, port = $3, username = $4,
-		container_id = nullif($5, ''), image = nullif($6, ''), state = $7
-		WHERE id = $1 RETURNING `+selectColumns,
-		id, host, port, username, containerID, image, StateReady)
+	rows, err := pool.Query(ctx, `UPDATE db_instance SET hostname = $3, port = $4, username = $5,
+		container_id = nullif($6, ''), image = nullif($7, ''), state = 'ready',
+		lease_owner = NULL, lease_expires_at = NULL
+		WHERE id = $1 AND lease_owner = $2 AND state = 'creating' RETURNING `+selectColumns,
+		id, owner, host, port, username, containerID, image)
 	if err != nil {
 		return Record{}, fmt.Errorf("completing meta DB row %d: %w", id, err)
 	}
 	r, err := pgx.CollectExactlyOneRow(rows, scanRecord)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Record{}, fmt.Errorf("completing meta DB row %d: %w", id, ErrNotFound)
+		return Record{}, fmt.Errorf("completing meta DB row %d: %w", id, ErrLeaseLost)
 	}
 	if err != nil {
 		return Record{}, fmt.Errorf("completing meta DB row %d: %w", id, err)
 	}
 	return r, nil
+}
+
+// Release removes a creating row whose create failed and was undone, if the
+// lease is still this run's; a row already gone or taken over is left.
+func (s *Store) Release(ctx context.Context, id int64, owner string) error {
+	err := s.execOwned(ctx, id, owner, "removing",
+		`DELETE FROM db_instance WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`)
+	if errors.Is(err, ErrLeaseLost) {
+		return nil
+	}
+	return err
+}
+
+// Rerecord writes a ready row back under its old id and token, for an
+// instance whose row was deleted out of band while its objects, which
+// carry the proof of that token, still exist. It fails with
+// *NameTakenError when the name has been taken since.
+func (s *Store) Rerecord(ctx context.Context, r Record) (Record, error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return Record{}, err
+	}
+	rows, err := pool.Query(ctx, `INSERT INTO db_instance
+		(id, postgraas_instance_name, creation_timestamp, db_name, username, password, hostname, port,
+		 container_id, backend, state, image, owner_token)
+		SELECT $1::int, $2::text, $3, $4, $5, '', $6, $7, nullif($8::text, ''), $9, 'ready', nullif($10::text, ''), $11
+		WHERE NOT EXISTS (SELECT 1 FROM db_instance WHERE postgraas_instance_name = $2::text OR id = $1::int)
+		RETURNING `+selectColumns,
+		r.ID, r.Name, r.CreatedAt, r.DBName, r.Username, r.Host, r.Port, r.ContainerID, r.Backend, r.Image, r.Token)
+	if err != nil && pgsql.Code(err) != pgsql.CodeUniqueViolation {
+		return Record{}, fmt.Errorf("recording instance %q again: %w", r.Name, err)
+	}
+	if err == nil {
+		rec, cerr := pgx.CollectExactlyOneRow(rows, scanRecord)
+		if cerr == nil {
+			return rec, nil
+		}
+		if !errors.Is(cerr, pgx.ErrNoRows) {
+			return Record{}, fmt.Errorf("recording instance %q again: %w", r.Name, cerr)
+		}
+	}
+	existing, _ := s.GetByName(ctx, r.Name)
+	return Record{}, &NameTakenError{Name: r.Name, Existing: existing}
 }
 
 // SetPort records the port an instance listens on now (Docker publishes a
@@ -272,13 +455,47 @@ func (s *Store) SetPort(ctx context.Context, id int64, port int) error {
 	return nil
 }
 
-// Delete removes the row; a row already gone is not an error.
+// ClaimDelete marks a ready (or legacy) row as being destroyed by
+// lease.Owner, so that a second destroy of the same instance waits for the
+// first instead of logging in beside it (its login would count as a
+// session in use). It fails (false) while another destroy's lease is live.
+func (s *Store) ClaimDelete(ctx context.Context, id int64, lease Lease) (bool, error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return false, err
+	}
+	tag, err := pool.Exec(ctx, `UPDATE db_instance SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3)
+		WHERE id = $1 AND state IS DISTINCT FROM 'creating' AND (lease_owner IS NULL OR lease_expires_at < now())`,
+		id, lease.Owner, seconds(lease.TTL))
+	if err != nil {
+		return false, fmt.Errorf("marking meta DB row %d for destroy: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ReleaseDelete ends a destroy's claim that failed, so the instance can be
+// destroyed (or used) again.
+func (s *Store) ReleaseDelete(ctx context.Context, id int64, owner string) error {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `UPDATE db_instance SET lease_owner = NULL, lease_expires_at = NULL
+		WHERE id = $1 AND lease_owner = $2 AND state IS DISTINCT FROM 'creating'`, id, owner); err != nil {
+		return fmt.Errorf("releasing meta DB row %d: %w", id, err)
+	}
+	return nil
+}
+
+// Delete removes the row of a destroyed instance; a row already gone is not
+// an error. A row that another run has claimed since (state "creating")
+// is left to it.
 func (s *Store) Delete(ctx context.Context, id int64) error {
 	pool, err := s.db(ctx)
 	if err != nil {
 		return err
 	}
-	if _, err := pool.Exec(ctx, `DELETE FROM db_instance WHERE id = $1`, id); err != nil {
+	if _, err := pool.Exec(ctx, `DELETE FROM db_instance WHERE id = $1 AND state IS DISTINCT FROM 'creating'`, id); err != nil {
 		return fmt.Errorf("deleting meta DB row %d: %w", id, err)
 	}
 	return nil

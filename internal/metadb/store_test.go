@@ -110,7 +110,7 @@ func TestMigrateFromNothing(t *testing.T) {
 	}
 	cols := scalar[string](t, target, `SELECT string_agg(column_name, ',' ORDER BY ordinal_position)
 		FROM information_schema.columns WHERE table_name = 'db_instance'`)
-	want := "id,postgraas_instance_name,creation_timestamp,db_name,username,password,hostname,port,container_id,backend,state,image"
+	want := "id,postgraas_instance_name,creation_timestamp,db_name,username,password,hostname,port,container_id,backend,state,image,owner_token,lease_owner,lease_expires_at"
 	if cols != want {
 		t.Fatalf("columns %s, want %s", cols, want)
 	}
@@ -161,22 +161,131 @@ func TestMigrateKeepsLegacyRows(t *testing.T) {
 	}
 }
 
-// postgraas_server's racy name check let duplicates in; the migration names
-// them instead of failing obscurely, and changes nothing.
-func TestMigrateRefusesDuplicateLegacyNames(t *testing.T) {
+// postgraas_server's racy name check let duplicates in. The migration keeps
+// every row; uniqueness then holds for every row written from now on,
+// legacy names included, and a lookup of a duplicated name is ambiguous.
+func TestMigrateKeepsDuplicateLegacyNames(t *testing.T) {
 	t.Parallel()
 	target := freshDB(t)
 	exec(t, target, legacyDDL, `INSERT INTO db_instance (postgraas_instance_name, password) VALUES ('twice', ''), ('twice', ''), ('once', '')`)
-	err := newStore(t, target).Migrate(ctx(t))
-	if err == nil || !strings.Contains(err.Error(), `"twice"`) || !strings.Contains(err.Error(), "rename") {
-		t.Fatalf("got %v", err)
+	s := newStore(t, target)
+	c := ctx(t)
+	if err := s.Migrate(c); err != nil {
+		t.Fatal(err)
 	}
 	if n := scalar[int64](t, target, `SELECT count(*) FROM db_instance`); n != 3 {
 		t.Fatalf("%d rows left, want 3", n)
 	}
-	// The failed migration rolled back entirely, the columns included.
-	if n := scalar[int64](t, target, `SELECT count(*) FROM information_schema.columns WHERE table_name = 'db_instance'`); n != 9 {
-		t.Fatalf("%d columns after a failed migration, want 9", n)
+	_, err := s.GetByName(c, "twice")
+	var amb *AmbiguousNameError
+	if !errors.As(err, &amb) || len(amb.IDs) != 2 || !strings.Contains(err.Error(), "ids 1, 2") {
+		t.Fatalf("lookup of a duplicated name: %v", err)
+	}
+	var nt *NameTakenError
+	for _, name := range []string{"once"} {
+		if _, err := s.Reserve(c, Record{Name: name, Backend: "pg_cluster"}, testLease); !errors.As(err, &nt) || nt.Existing.ID != 3 || !nt.Existing.Legacy {
+			t.Fatalf("reserving legacy name %q: %v", name, err)
+		}
+	}
+	if _, err := s.Reserve(c, Record{Name: "twice", Backend: "pg_cluster"}, testLease); !errors.As(err, &amb) {
+		t.Fatalf("reserving a duplicated legacy name: %v", err)
+	}
+	if _, err := s.Reserve(c, Record{Name: "new", Backend: "pg_cluster"}, testLease); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reserve(c, Record{Name: "new", Backend: "pg_cluster"}, testLease); !errors.As(err, &nt) {
+		t.Fatalf("second reservation of a new name: %v", err)
+	}
+}
+
+var testLease = Lease{Owner: "test-run", TTL: time.Minute}
+
+// A lease is renewed only by its owner; an expired one is claimed by
+// exactly one of the runs that try at once.
+func TestLeaseRenewClaimRespec(t *testing.T) {
+	t.Parallel()
+	s := newStore(t, freshDB(t))
+	c := ctx(t)
+	short := Lease{Owner: "dead-run", TTL: 50 * time.Millisecond}
+	id, err := s.Reserve(c, Record{Name: "leased", DBName: "d", Username: "u", Backend: "docker", Token: "t1"}, short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RenewLease(c, id, Lease{Owner: "someone", TTL: time.Minute}); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("renew by a non-owner: %v", err)
+	}
+	r, _ := s.Get(c, id)
+	if r.LeaseLeft <= 0 || r.LeaseOwner != "dead-run" {
+		t.Fatalf("fresh lease: %+v", r)
+	}
+	if ok, err := s.Claim(c, r, testLease); ok || err != nil {
+		t.Fatalf("claim of a live lease: %v %v", ok, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	r, _ = s.Get(c, id)
+	if r.LeaseLeft > 0 {
+		t.Fatalf("lease left after expiry: %v", r.LeaseLeft)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won := 0
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok, err := newStore(t, s.target).Claim(c, r, Lease{Owner: "run" + strconv.Itoa(i), TTL: time.Minute})
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				mu.Lock()
+				won++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if won != 1 {
+		t.Fatalf("%d runs claimed the expired row, want 1", won)
+	}
+	r2, _ := s.Get(c, id)
+	if err := s.Respec(c, id, Record{DBName: "d2", Username: "u2", Backend: "docker", Token: "t2"}, Lease{Owner: r2.LeaseOwner}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RenewLease(c, id, short); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("the dead run renewing after the take-over: %v", err)
+	}
+	if err := s.Release(c, id, "dead-run"); err != nil {
+		t.Fatal(err)
+	}
+	r3, err := s.Get(c, id)
+	if err != nil || r3.Token != "t2" || r3.DBName != "d2" {
+		t.Fatalf("after respec and a stale release: %+v %v", r3, err)
+	}
+	// A ready row is claimed only while its token is unchanged.
+	if _, err := s.Complete(c, id, r2.LeaseOwner, "h", 1, "u2", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	ready, _ := s.Get(c, id)
+	stale := ready
+	stale.Token = "t1"
+	if ok, _ := s.Claim(c, stale, testLease); ok {
+		t.Fatal("claimed a ready row with a stale token")
+	}
+	if ok, _ := s.Claim(c, ready, testLease); !ok {
+		t.Fatal("could not claim a ready row")
+	}
+	// Rerecord writes a deleted row back under its id and token, once.
+	if err := s.Release(c, id, testLease.Owner); err != nil {
+		t.Fatal(err)
+	}
+	back, err := s.Rerecord(c, ready)
+	if err != nil || back.ID != id || back.Token != "t2" || back.State != StateReady {
+		t.Fatalf("rerecord: %+v %v", back, err)
+	}
+	var nt *NameTakenError
+	if _, err := s.Rerecord(c, ready); !errors.As(err, &nt) {
+		t.Fatalf("second rerecord: %v", err)
 	}
 }
 
@@ -217,7 +326,7 @@ func TestReserveIsUniqueUnderConcurrency(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := newStore(t, target).Reserve(ctx(t), Record{Name: "contested", DBName: "d", Username: "u", Backend: "pg_cluster"})
+			_, err := newStore(t, target).Reserve(ctx(t), Record{Name: "contested", DBName: "d", Username: "u", Backend: "pg_cluster"}, testLease)
 			var nt *NameTakenError
 			mu.Lock()
 			defer mu.Unlock()
@@ -241,7 +350,7 @@ func TestReserveCompleteDelete(t *testing.T) {
 	t.Parallel()
 	s := newStore(t, freshDB(t))
 	c := ctx(t)
-	id, err := s.Reserve(c, Record{Name: "x", DBName: "d", Username: "u", Backend: "docker", Image: "postgres:17"})
+	id, err := s.Reserve(c, Record{Name: "x", DBName: "d", Username: "u", Backend: "docker", Image: "postgres:17", Token: "tok"}, testLease)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,13 +358,16 @@ func TestReserveCompleteDelete(t *testing.T) {
 	if err != nil || r.State != StateCreating || r.Image != "postgres:17" || time.Since(r.CreatedAt) > time.Minute || time.Since(r.CreatedAt) < -time.Minute {
 		t.Fatalf("reserved row %+v, %v", r, err)
 	}
-	_, err = s.Reserve(c, Record{Name: "x", DBName: "d2", Username: "u2", Backend: "docker"})
+	_, err = s.Reserve(c, Record{Name: "x", DBName: "d2", Username: "u2", Backend: "docker"}, Lease{Owner: "other", TTL: time.Minute})
 	var nt *NameTakenError
 	if !errors.As(err, &nt) || nt.Existing.ID != id || nt.Existing.State != StateCreating {
 		t.Fatalf("second reserve: %v", err)
 	}
-	r, err = s.Complete(c, id, "h", 1234, "u", "cid", "postgres:17")
-	if err != nil || r.State != StateReady || r.Host != "h" || r.Port != 1234 || r.ContainerID != "cid" {
+	if _, err := s.Complete(c, id, "other", "h", 1234, "u", "cid", "postgres:17"); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("complete by a run without the lease: %v", err)
+	}
+	r, err = s.Complete(c, id, testLease.Owner, "h", 1234, "u", "cid", "postgres:17")
+	if err != nil || r.State != StateReady || r.Host != "h" || r.Port != 1234 || r.ContainerID != "cid" || r.Token != "tok" || r.LeaseOwner != "" {
 		t.Fatalf("completed row %+v, %v", r, err)
 	}
 	list, err := s.List(c, Filter{Backend: "pg_cluster"})
@@ -301,7 +413,7 @@ func TestLoginWithAtSignAndSpecialPassword(t *testing.T) {
 	login := target
 	login.User, login.Password = user, password
 	s := newStore(t, login)
-	if _, err := s.Reserve(ctx(t), Record{Name: "a", Backend: "pg_cluster"}); err != nil {
+	if _, err := s.Reserve(ctx(t), Record{Name: "a", Backend: "pg_cluster"}, testLease); err != nil {
 		t.Fatal(err)
 	}
 	login.Password = "wrong"

@@ -15,6 +15,7 @@ import (
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/docker"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/pgcluster"
+	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
@@ -48,36 +49,57 @@ type dockerSettings struct {
 // client is what Configure hands to resources and data sources. Nothing in
 // it has connected yet: the store and backends connect on first use.
 type client struct {
-	kind          string
-	store         *metadb.Store
-	backend       backend.Backend
-	clusterServer string
+	svc   *instance.Service
+	store *metadb.Store
 }
 
-func newClient(s clientSettings) (*client, error) {
-	c := &client{
-		kind:          s.kind,
-		store:         metadb.New(s.metaDB, metaDBMaxConns),
-		clusterServer: s.clusterServer,
-	}
-	switch s.kind {
-	case backend.KindPGCluster:
-		c.backend = pgcluster.New(pgcluster.Config{Admin: s.cluster, Server: s.clusterServer, MaxConns: clusterMaxConns})
-	case backend.KindDocker:
-		b, err := docker.New(docker.Config{
+// backendRegistry lists every backend the provider knows, with how to build
+// it from the provider's settings. Adding a backend is its package plus one
+// line here (and its settings block in the provider schema).
+var backendRegistry = []struct {
+	kind  string
+	build func(clientSettings) (backend.Backend, error)
+}{
+	{backend.KindDocker, func(s clientSettings) (backend.Backend, error) {
+		return docker.New(docker.Config{
 			Host:           s.docker.host,
 			Image:          s.docker.image,
 			BindAddress:    s.docker.bindAddress,
 			AdvertisedHost: s.docker.advertisedHost,
 		})
-		if err != nil {
-			return nil, err
-		}
-		c.backend = b
-	default:
-		return nil, fmt.Errorf("unknown backend %q", s.kind)
+	}},
+	{backend.KindPGCluster, func(s clientSettings) (backend.Backend, error) {
+		return pgcluster.New(pgcluster.Config{Admin: s.cluster, Server: s.clusterServer, MaxConns: clusterMaxConns}), nil
+	}},
+}
+
+// backendKinds are the kinds of backendRegistry, for validators and docs.
+func backendKinds() []string {
+	kinds := make([]string, len(backendRegistry))
+	for i, e := range backendRegistry {
+		kinds[i] = e.kind
 	}
-	return c, nil
+	return kinds
+}
+
+// newClient builds every backend (none connects yet), so rows of any kind
+// can be read, changed and destroyed whatever the default is. Only the
+// default backend must build; another one that cannot (say, a malformed
+// DOCKER_HOST in a pg_cluster setup) is left out, and its rows say so.
+func newClient(s clientSettings, lease instance.LeaseConfig) (*client, error) {
+	store := metadb.New(s.metaDB, metaDBMaxConns)
+	var backends []backend.Backend
+	for _, e := range backendRegistry {
+		b, err := e.build(s)
+		if err != nil {
+			if e.kind == s.kind {
+				return nil, err
+			}
+			continue
+		}
+		backends = append(backends, b)
+	}
+	return &client{svc: instance.New(store, s.kind, lease, backends...), store: store}, nil
 }
 
 // clientFrom converts provider data, reporting a clear error when the
@@ -101,13 +123,6 @@ func notConfigured(diags *diag.Diagnostics) {
 			"Make the values the provider block depends on known (apply their resources first, e.g. with -target).")
 }
 
-func instanceOf(r metadb.Record) backend.Instance {
-	return backend.Instance{
-		ID: r.ID, Name: r.Name, DBName: r.DBName, Username: r.Username,
-		Host: r.Host, Port: r.Port, ContainerID: r.ContainerID,
-	}
-}
-
 func formatID(id int64) string { return strconv.FormatInt(id, 10) }
 
 // connectionURI escapes every part, so user names like "user@server" and
@@ -123,46 +138,74 @@ func connectionURI(username, password, host string, port int, dbName string) str
 	return u.String()
 }
 
-// addError turns an error from the store or a backend into a diagnostic
-// that says what failed, the likely cause and what to do next.
-func addError(diags *diag.Diagnostics, action, instance string, err error, timeout time.Duration) {
-	var conflict *backend.ConflictError
-	var taken *metadb.NameTakenError
-	var sessions *backend.SessionsError
+// addError turns an error from the instance service into a diagnostic that
+// says what failed, the likely cause and what to do next.
+func addError(diags *diag.Diagnostics, action, name string, err error, timeout time.Duration) {
+	var (
+		conflict  *backend.ConflictError
+		taken     *metadb.NameTakenError
+		ambiguous *metadb.AmbiguousNameError
+		held      *instance.LeaseHeldError
+		busy      *instance.BusyError
+		spec      *backend.SpecError
+		sessions  *backend.SessionsError
+		notOurs   *pgcluster.NotOursError
+	)
 	switch {
-	case errors.As(err, &taken):
-		detail := fmt.Sprintf("The meta DB already records an instance named %q (id %d, backend %s). Names are unique across "+
-			"every pipeline that shares the meta DB. Choose another name, or import the existing instance with "+
-			"`terraform import <address> %d`.", taken.Name, taken.Existing.ID, taken.Existing.Backend, taken.Existing.ID)
-		if taken.Existing.State == metadb.StateCreating {
-			detail = fmt.Sprintf("Another run is creating an instance named %q right now (meta DB row %d, started %s). "+
-				"Wait for it, or choose another name. If no run is in progress, that run was killed part-way: destroy what it "+
-				"left and delete row %d from db_instance.", taken.Name, taken.Existing.ID,
-				taken.Existing.CreatedAt.Format(time.RFC3339), taken.Existing.ID)
+	case errors.As(err, &spec):
+		diags.AddAttributeError(path.Root(spec.Attribute), "Invalid instance settings",
+			fmt.Sprintf("Cannot %s instance %q: %s. Nothing was created.", action, name, spec.Err))
+	case errors.As(err, &held):
+		why := "its lease outlasts this create's timeout"
+		if held.Renewed {
+			why = "its lease was renewed while this run waited, so it is alive"
 		}
-		diags.AddAttributeError(path.Root("name"), "Instance name already taken", detail)
+		diags.AddAttributeError(path.Root("name"), "Instance name already taken",
+			fmt.Sprintf("Another run is creating an instance named %q right now (meta DB row %d; %s). Wait for it to "+
+				"finish, or choose another name. A run that was killed needs no cleanup: once its lease expires, the "+
+				"next apply takes the name over and removes what that run left.", held.Existing.Name, held.Existing.ID, why))
+	case errors.As(err, &ambiguous):
+		diags.AddError("Ambiguous instance name",
+			fmt.Sprintf("Cannot %s instance %q: %s, written by postgraas_server, whose name check let duplicates in. "+
+				"Use the id instead of the name.", action, name, ambiguous.Error()))
+	case errors.As(err, &taken):
+		diags.AddAttributeError(path.Root("name"), "Instance name already taken",
+			fmt.Sprintf("The meta DB already records an instance named %q (id %d, backend %s). Names are unique across "+
+				"every pipeline that shares the meta DB. Choose another name, or import the existing instance with "+
+				"`terraform import <address> %d`.", taken.Name, taken.Existing.ID, taken.Existing.Backend, taken.Existing.ID))
+	case errors.As(err, &busy):
+		diags.AddError("Instance is being created",
+			fmt.Sprintf("Cannot %s instance %q: %s. Wait for that run to finish (or, if it was killed, for the next "+
+				"apply of it to take the name over), then retry.", action, name, busy.Error()))
 	case errors.As(err, &conflict):
-		attr := map[string]string{"role": "db_username", "database": "db_name", "container": "name"}[conflict.Kind]
-		diags.AddAttributeError(path.Root(attr), fmt.Sprintf("The %s already exists", conflict.Kind),
-			fmt.Sprintf("Cannot create instance %q: %s that this provider did not create, so it was left exactly as it "+
-				"was and nothing was created. Choose another %s, or remove the existing %s if it is no longer used.",
-				instance, conflict.Error(), attr, conflict.Kind))
+		diags.AddAttributeError(path.Root(conflict.Attribute), fmt.Sprintf("The %s already exists", conflict.Kind),
+			fmt.Sprintf("Cannot %s instance %q: %s and does not carry this instance's ownership proof, so it belongs "+
+				"to someone else (another tenant, a DBA, another meta DB) and was left exactly as it was; nothing "+
+				"was created. Choose another %s, or have its owner remove the existing %s if it is no longer used.",
+				action, name, conflict.Error(), conflict.Attribute, conflict.Kind))
+	case errors.As(err, &notOurs):
+		diags.AddError("Instance objects are not this instance's",
+			fmt.Sprintf("Cannot %s instance %q: %s, so nothing was changed. It was removed or replaced outside "+
+				"Terraform; refresh, and apply to create the instance anew.", action, name, notOurs.Error()))
+	case errors.Is(err, backend.ErrLegacy):
+		diags.AddError(fmt.Sprintf("Could not %s instance", action),
+			fmt.Sprintf("Cannot %s instance %q: %s.", action, name, err))
 	case errors.Is(err, backend.ErrWrongPassword):
 		diags.AddAttributeError(path.Root("db_password"), "Wrong instance password",
 			fmt.Sprintf("Could not %s instance %q: the instance refused a login with the db_password in state (%s). "+
 				"Nothing was changed. If the password was changed outside Terraform, set db_password to the password the "+
-				"instance accepts and apply before retrying.", action, instance, err))
+				"instance accepts and apply before retrying.", action, name, err))
 	case errors.As(err, &sessions):
 		diags.AddError("Instance still in use",
 			fmt.Sprintf("Could not %s instance %q: %s. Nothing was removed. Close those sessions and retry, or set "+
-				"force_destroy = true and apply it first, to have destroy terminate them.", action, instance, sessions.Error()))
+				"force_destroy = true and apply it first, to have destroy terminate them.", action, name, sessions.Error()))
 	case errors.Is(err, context.DeadlineExceeded):
 		diags.AddError("Timed out",
 			fmt.Sprintf("Could not %s instance %q within %s: %s. Raise the timeout in the resource's timeouts block if the "+
-				"server is just slow; anything a failed create made was removed.", action, instance, timeout, err))
+				"server is just slow.", action, name, timeout, err))
 	default:
 		diags.AddError(fmt.Sprintf("Could not %s instance", action),
 			fmt.Sprintf("Could not %s instance %q: %s. Check that the meta DB and the backend are reachable with the "+
-				"provider's credentials, then retry.", action, instance, err))
+				"provider's credentials, then retry.", action, name, err))
 	}
 }

@@ -2,11 +2,16 @@ package provider
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
+	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -14,11 +19,12 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/int64planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
+	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/hashicorp/terraform-plugin-log/tflog"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
-	"github.com/postgraas/terraform-provider-postgraas/internal/backend/pgcluster"
+	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
 )
 
@@ -131,9 +137,16 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 				Validators: identifierValidators()[1:],
 			},
 			"backend": schema.StringAttribute{
-				MarkdownDescription: "The backend that holds the instance: `docker` or `pg_cluster`.",
-				Computed:            true,
-				PlanModifiers:       keep,
+				MarkdownDescription: "The backend that holds the instance: `docker` or `pg_cluster`. Defaults to the " +
+					"provider's `backend`; an existing instance stays where it is when the provider's default changes. " +
+					"Setting it to another backend replaces the instance.",
+				Optional:   true,
+				Computed:   true,
+				Validators: []validator.String{stringvalidator.OneOf(backendKinds()...)},
+				PlanModifiers: []planmodifier.String{
+					stringplanmodifier.UseStateForUnknown(),
+					stringplanmodifier.RequiresReplaceIfConfigured(),
+				},
 			},
 			"host": schema.StringAttribute{
 				MarkdownDescription: "Host to connect to.",
@@ -152,7 +165,8 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 			},
 			"status": schema.StringAttribute{
 				MarkdownDescription: "State of the instance as last read: the container's state on `docker` (`running`, " +
-					"`exited`, ...), `ready` on `pg_cluster`.",
+					"`exited`, ...), `ready` on `pg_cluster`; `unrecorded` when its meta DB row was deleted outside " +
+					"Terraform while its objects, still carrying its ownership proof, remain (the next apply records it again).",
 				Computed: true,
 			},
 			"created_at": schema.StringAttribute{
@@ -177,27 +191,37 @@ func (r *instanceResource) Configure(_ context.Context, req resource.ConfigureRe
 	r.client = clientFrom(req.ProviderData, &resp.Diagnostics)
 }
 
-// clusterServer is the pg_cluster server name when instances are made on a
-// cluster; "" otherwise.
-func (r *instanceResource) clusterServer() string {
-	if r.client == nil || r.client.kind != backend.KindPGCluster {
-		return ""
+// statusUnrecorded marks an instance whose row was deleted out of band but
+// whose objects still carry its proof: planned as an update, which writes
+// the row back.
+const statusUnrecorded = "unrecorded"
+
+// privateTokenKey holds the row's secret token in the resource's private
+// state, so the instance can be proven and re-recorded even after its row
+// was deleted out of band.
+const privateTokenKey = "owner_token"
+
+// backendOf is the backend that holds (or will hold) an instance: the
+// configured or recorded kind, else the provider's default.
+func (r *instanceResource) backendOf(kind types.String) backend.Backend {
+	if r.client == nil || kind.IsUnknown() {
+		return nil
 	}
-	return r.client.clusterServer
+	b, err := r.client.svc.Backend(kind.ValueString())
+	if err != nil {
+		return nil
+	}
+	return b
 }
 
 // usernameChangeReplaces: with a pg_cluster server, "user" and
 // "user@server" name the same role, so switching between them is no reason
 // to replace the instance (an import reads back "user@server").
-func (r *instanceResource) usernameChangeReplaces(_ context.Context, req planmodifier.StringRequest, resp *stringplanmodifier.RequiresReplaceIfFuncResponse) {
-	server := r.clusterServer()
-	if server == "" {
-		resp.RequiresReplace = true
-		return
-	}
-	oldRole, err1 := pgcluster.RoleName(req.StateValue.ValueString(), server)
-	newRole, err2 := pgcluster.RoleName(req.PlanValue.ValueString(), server)
-	resp.RequiresReplace = err1 != nil || err2 != nil || oldRole != newRole
+func (r *instanceResource) usernameChangeReplaces(ctx context.Context, req planmodifier.StringRequest, resp *stringplanmodifier.RequiresReplaceIfFuncResponse) {
+	var kind types.String
+	req.State.GetAttribute(ctx, path.Root("backend"), &kind)
+	b := r.backendOf(kind)
+	resp.RequiresReplace = b == nil || !b.SameLogin(req.StateValue.ValueString(), req.PlanValue.ValueString())
 }
 
 func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
@@ -218,28 +242,41 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	plan.Backend = types.StringValue(r.client.kind)
-	if r.client.kind == backend.KindPGCluster {
-		if !config.Image.IsNull() {
-			resp.Diagnostics.AddAttributeError(path.Root("image"), "image is for the docker backend",
-				"The provider creates instances on the pg_cluster backend, which has no images. Remove image, or set "+
-					"the provider's backend to docker.")
-		}
+	if plan.Backend.IsUnknown() && config.Backend.IsNull() {
+		plan.Backend = types.StringValue(r.client.svc.DefaultKind())
+	}
+	b := r.backendOf(plan.Backend)
+	if b == nil {
+		resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
+		return
+	}
+	req2 := instance.Request{Backend: b.Kind(), Image: config.Image.ValueString()}
+	if !plan.DBUsername.IsUnknown() {
+		req2.Username = plan.DBUsername.ValueString()
+	}
+	if !plan.DBName.IsUnknown() {
+		req2.DBName = plan.DBName.ValueString()
+	}
+	var spec *backend.SpecError
+	if err := r.client.svc.CheckRequest(req2); errors.As(err, &spec) {
+		resp.Diagnostics.AddAttributeError(path.Root(spec.Attribute), "Invalid instance settings for the "+b.Kind()+" backend",
+			fmt.Sprintf("%s. Change %s, or put the instance on another backend.", spec.Err, spec.Attribute))
+	}
+	if !b.TakesImage() {
 		plan.Image = types.StringNull()
 		plan.ContainerID = types.StringNull()
-		if !plan.DBUsername.IsUnknown() {
-			if _, err := pgcluster.RoleName(plan.DBUsername.ValueString(), r.client.clusterServer); err != nil {
-				resp.Diagnostics.AddAttributeError(path.Root("db_username"), "Invalid user name for this cluster",
-					fmt.Sprintf("%s. postgraas_server created such roles and could never drop them again. Use a plain "+
-						"user name, or set the provider's pg_cluster.server for Azure-style user@server logins.", err))
-			}
-		}
 	}
 	resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
 }
 
-// modifyExistingPlan marks connection_uri unknown when db_password changes.
+// modifyExistingPlan marks connection_uri unknown when db_password changes,
+// and plans an update for an instance whose row must be written back.
 func (r *instanceResource) modifyExistingPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
+	var status types.String
+	resp.Diagnostics.Append(req.State.GetAttribute(ctx, path.Root("status"), &status)...)
+	if status.ValueString() == statusUnrecorded {
+		resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("status"), types.StringUnknown())...)
+	}
 	var planned, current types.String
 	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("db_password"), &planned)...)
 	resp.Diagnostics.Append(req.State.GetAttribute(ctx, path.Root("db_password"), &current)...)
@@ -268,104 +305,56 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 	defer cancel()
 
 	name := plan.Name.ValueString()
-	rec, err := r.create(ctx, plan)
+	rec, err := r.client.svc.Create(ctx, instance.Request{
+		Name:     name,
+		DBName:   plan.DBName.ValueString(),
+		Username: plan.DBUsername.ValueString(),
+		Password: plan.DBPassword.ValueString(),
+		Image:    plan.Image.ValueString(),
+		Backend:  plan.Backend.ValueString(),
+	})
 	if err != nil {
 		addError(&resp.Diagnostics, "create", name, err, timeout)
 		return
 	}
-	r.fromRecord(&plan, rec)
-	plan.Status = types.StringValue(statusAfterCreate(rec.Backend))
+	b := r.backendOf(types.StringValue(rec.Backend))
+	r.fromRecord(&plan, rec, b)
+	plan.Status = types.StringValue(b.StatusAfterCreate())
+	resp.Diagnostics.Append(setToken(ctx, resp.Private, rec.Token)...)
 	tflog.Info(ctx, "created instance", map[string]any{"name": name, "id": rec.ID, "backend": rec.Backend})
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
 }
 
-// create reserves the name in the meta DB, makes the backend objects and
-// completes the row, undoing earlier steps when a later one fails, so no
-// row, role, database or container is left behind (postgraas_server bug 2).
-func (r *instanceResource) create(ctx context.Context, plan instanceResourceModel) (metadb.Record, error) {
-	c := r.client
-	want := metadb.Record{
-		Name:     plan.Name.ValueString(),
-		DBName:   plan.DBName.ValueString(),
-		Username: plan.DBUsername.ValueString(),
-		Backend:  c.kind,
-		Image:    plan.Image.ValueString(),
-	}
-	id, err := c.store.Reserve(ctx, want)
-	var taken *metadb.NameTakenError
-	if errors.As(err, &taken) && r.reclaimStale(ctx, taken.Existing) {
-		id, err = c.store.Reserve(ctx, want)
-	}
-	if err != nil {
-		return metadb.Record{}, err
-	}
-	// Cleanup must run even when ctx is what failed (a timeout).
-	cleanupCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-	}
-	created, err := c.backend.Create(ctx, backendSpec(id, plan))
-	if err != nil {
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		if derr := c.store.Delete(cctx, id); derr != nil {
-			err = fmt.Errorf("%w; removing the meta DB row %d also failed: %v", err, id, derr)
-		}
-		return metadb.Record{}, err
-	}
-	rec, err := c.store.Complete(ctx, id, created.Host, created.Port, created.Username, created.ContainerID, created.Image)
-	if err != nil {
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		inst := backend.Instance{ID: id, Name: want.Name, DBName: want.DBName, Username: created.Username,
-			Host: created.Host, Port: created.Port, ContainerID: created.ContainerID}
-		if perr := c.backend.Purge(cctx, inst); perr != nil {
-			return metadb.Record{}, fmt.Errorf("%w; removing the new instance also failed: %v", err, perr)
-		}
-		if derr := c.store.Delete(cctx, id); derr != nil {
-			return metadb.Record{}, fmt.Errorf("%w; removing the meta DB row %d also failed: %v", err, id, derr)
-		}
-		return metadb.Record{}, err
-	}
-	return rec, nil
+// privateState is what both the request's and the response's private state
+// offer.
+type privateState interface {
+	GetKey(ctx context.Context, key string) ([]byte, diag.Diagnostics)
 }
 
-func backendSpec(id int64, plan instanceResourceModel) backend.Spec {
-	return backend.Spec{
-		InstanceID: id,
-		Name:       plan.Name.ValueString(),
-		DBName:     plan.DBName.ValueString(),
-		Username:   plan.DBUsername.ValueString(),
-		Password:   plan.DBPassword.ValueString(),
-		Image:      plan.Image.ValueString(),
-	}
+type privateSetter interface {
+	SetKey(ctx context.Context, key string, value []byte) diag.Diagnostics
 }
 
-// reclaimStale frees a name held by a row whose backend objects were removed
-// out-of-band, wholly or in part, so the apply after such a removal can
-// recreate the instance without anyone editing the meta DB (postgraas_server
-// bug 4). Only completed rows of this backend qualify: their objects were
-// made by this provider, so purging what is left of them drops nothing
-// anyone else made. It reports whether the name is free now.
-func (r *instanceResource) reclaimStale(ctx context.Context, existing metadb.Record) bool {
-	c := r.client
-	if existing.ID == 0 || existing.State != metadb.StateReady || existing.Backend != c.kind {
-		return false
+func setToken(ctx context.Context, p privateSetter, token string) diag.Diagnostics {
+	if token == "" {
+		return nil
 	}
-	inst := instanceOf(existing)
-	st, err := c.backend.Inspect(ctx, inst)
-	if err != nil || st.Exists {
-		return false
+	b, _ := json.Marshal(token)
+	return p.SetKey(ctx, privateTokenKey, b)
+}
+
+func getToken(ctx context.Context, p privateState) string {
+	b, diags := p.GetKey(ctx, privateTokenKey)
+	var token string
+	if diags.HasError() || len(b) == 0 || json.Unmarshal(b, &token) != nil {
+		return ""
 	}
-	tflog.Info(ctx, "reclaiming the name of an instance removed outside Terraform", map[string]any{"name": existing.Name, "id": existing.ID})
-	if err := c.backend.Purge(ctx, inst); err != nil {
-		return false
-	}
-	return c.store.Delete(ctx, existing.ID) == nil
+	return token
 }
 
 // fromRecord fills the attributes kept in the meta DB row; status comes
 // from the backend and is the caller's.
-func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Record) {
+func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Record, b backend.Backend) {
 	m.ID = types.StringValue(formatID(rec.ID))
 	m.Name = types.StringValue(rec.Name)
 	m.DBName = types.StringValue(rec.DBName)
@@ -380,7 +369,7 @@ func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Recor
 	}
 	// Keep the configured spelling when it names the same role as the stored
 	// login ("user" vs "user@server"); take the stored one after an import.
-	if m.DBUsername.IsNull() || m.DBUsername.IsUnknown() || !r.sameLogin(m.DBUsername.ValueString(), rec.Username) {
+	if m.DBUsername.IsNull() || m.DBUsername.IsUnknown() || b == nil || !b.SameLogin(m.DBUsername.ValueString(), rec.Username) {
 		m.DBUsername = types.StringValue(rec.Username)
 	}
 	if m.DBPassword.IsNull() || m.DBPassword.IsUnknown() {
@@ -390,25 +379,20 @@ func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Recor
 	}
 }
 
-// statusAfterCreate is what Inspect reports for an instance just made ready.
-func statusAfterCreate(kind string) string {
-	if kind == backend.KindDocker {
-		return "running"
+// recordOf rebuilds the row of an instance from its state and the token in
+// private state, to write it back after an out-of-band delete.
+func recordOf(m instanceResourceModel, token string) (metadb.Record, bool) {
+	id, err := strconv.ParseInt(m.ID.ValueString(), 10, 64)
+	created, terr := time.Parse(time.RFC3339, m.CreatedAt.ValueString())
+	if err != nil || terr != nil || token == "" {
+		return metadb.Record{}, false
 	}
-	return "ready"
-}
-
-func (r *instanceResource) sameLogin(configured, stored string) bool {
-	if configured == stored {
-		return true
-	}
-	server := r.clusterServer()
-	if server == "" {
-		return false
-	}
-	a, err1 := pgcluster.RoleName(configured, server)
-	b, err2 := pgcluster.RoleName(stored, server)
-	return err1 == nil && err2 == nil && a == b
+	return metadb.Record{
+		ID: id, Name: m.Name.ValueString(), CreatedAt: created.UTC(), DBName: m.DBName.ValueString(),
+		Username: m.DBUsername.ValueString(), Host: m.Host.ValueString(), Port: int(m.Port.ValueInt64()),
+		ContainerID: m.ContainerID.ValueString(), Backend: m.Backend.ValueString(), State: metadb.StateReady,
+		Image: m.Image.ValueString(), Token: token,
+	}, true
 }
 
 func nullIfEmpty(s string) types.String {
@@ -430,43 +414,69 @@ func (r *instanceResource) Read(ctx context.Context, req resource.ReadRequest, r
 	}
 	ctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
-	rec, err := r.client.store.Lookup(ctx, state.ID.ValueString())
+	rec, st, err := r.client.svc.Refresh(ctx, state.ID.ValueString())
 	if errors.Is(err, metadb.ErrNotFound) {
-		tflog.Warn(ctx, "instance no longer in the meta DB; removing it from state", map[string]any{"id": state.ID.ValueString()})
-		resp.State.RemoveResource(ctx)
+		r.readUnrecorded(ctx, state, getToken(ctx, req.Private), resp)
 		return
 	}
 	if err != nil {
 		addError(&resp.Diagnostics, "read", state.Name.ValueString(), err, readTimeout)
 		return
 	}
-	state.Status = types.StringNull()
-	if rec.Backend == r.client.kind {
-		st, err := r.client.backend.Inspect(ctx, instanceOf(rec))
+	if rec.State == metadb.StateCreating {
+		resp.Diagnostics.AddWarning("Instance being re-created by another run",
+			fmt.Sprintf("Instance %q (id %d) is being created anew by another run, which found its objects gone. It is "+
+				"removed from this state.", rec.Name, rec.ID))
+		resp.State.RemoveResource(ctx)
+		return
+	}
+	if !st.Exists {
+		detail := fmt.Sprintf("The %s objects of instance %q (id %d) are gone, wholly or in part, though the meta DB still "+
+			"records it. It is removed from the state; the next apply creates it anew and reclaims the name.",
+			rec.Backend, rec.Name, rec.ID)
+		if len(st.Foreign) > 0 {
+			detail += fmt.Sprintf(" Objects with its names exist but do not carry its ownership proof and are never "+
+				"touched: %s; the next apply will report them as a conflict until their owner removes them.",
+				strings.Join(st.Foreign, ", "))
+		}
+		resp.Diagnostics.AddWarning("Instance removed outside Terraform", detail)
+		resp.State.RemoveResource(ctx)
+		return
+	}
+	state.Status = types.StringValue(st.State)
+	r.fromRecord(&state, rec, r.backendOf(types.StringValue(rec.Backend)))
+	if rec.Token != "" && getToken(ctx, req.Private) != rec.Token {
+		resp.Diagnostics.Append(setToken(ctx, resp.Private, rec.Token)...)
+	}
+	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
+}
+
+// readUnrecorded handles an instance whose meta DB row is gone. Objects that
+// still carry its proof keep it in state, marked for the next apply to
+// write the row back; anything else drops it from state (nothing of it is
+// provably left to destroy).
+func (r *instanceResource) readUnrecorded(ctx context.Context, state instanceResourceModel, token string, resp *resource.ReadResponse) {
+	rec, ok := recordOf(state, token)
+	if ok {
+		st, err := r.client.svc.Inspect(ctx, rec)
 		if err != nil {
-			addError(&resp.Diagnostics, "read", rec.Name, err, readTimeout)
+			addError(&resp.Diagnostics, "read", state.Name.ValueString(), err, readTimeout)
 			return
 		}
-		if !st.Exists {
-			resp.Diagnostics.AddWarning("Instance removed outside Terraform",
-				fmt.Sprintf("The %s objects of instance %q (id %d) are gone, wholly or in part, though the meta DB still "+
-					"records it. It is removed from the state; the next apply creates it anew and reclaims the name.",
-					rec.Backend, rec.Name, rec.ID))
-			resp.State.RemoveResource(ctx)
+		if st.Exists {
+			resp.Diagnostics.AddWarning("Instance missing from the meta DB",
+				fmt.Sprintf("The meta DB row of instance %q (id %d) was deleted outside Terraform, but its %s objects still "+
+					"exist and carry its ownership proof. The next apply records it again under the same id.",
+					rec.Name, rec.ID, rec.Backend))
+			state.Status = types.StringValue(statusUnrecorded)
+			resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
 			return
-		}
-		state.Status = types.StringValue(st.State)
-		if st.Port != 0 && st.Port != rec.Port {
-			// Keep the shared record right for everyone, not just this state.
-			if err := r.client.store.SetPort(ctx, rec.ID, st.Port); err != nil {
-				addError(&resp.Diagnostics, "read", rec.Name, err, readTimeout)
-				return
-			}
-			rec.Port = st.Port
 		}
 	}
-	r.fromRecord(&state, rec)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
+	resp.Diagnostics.AddWarning("Instance missing from the meta DB",
+		fmt.Sprintf("The meta DB no longer records instance %q (id %s) and none of its objects can be proven to be left. "+
+			"It is removed from the state; the next apply creates it anew.", state.Name.ValueString(), state.ID.ValueString()))
+	resp.State.RemoveResource(ctx)
 }
 
 func (r *instanceResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
@@ -488,7 +498,22 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	rec, err := r.client.store.Lookup(ctx, state.ID.ValueString())
+	rec, err := r.client.svc.Store().Lookup(ctx, state.ID.ValueString())
+	status := state.Status
+	if errors.Is(err, metadb.ErrNotFound) && state.Status.ValueString() == statusUnrecorded {
+		if old, ok := recordOf(state, getToken(ctx, req.Private)); ok {
+			var st backend.Status
+			var adopted bool
+			rec, st, adopted, err = r.client.svc.Rerecord(ctx, old)
+			if err == nil && !adopted {
+				err = fmt.Errorf("its objects no longer carry its ownership proof; refresh and apply to create it anew")
+			}
+			status = types.StringValue(st.State)
+			if err == nil {
+				tflog.Info(ctx, "recorded instance again", map[string]any{"name": rec.Name, "id": rec.ID})
+			}
+		}
+	}
 	if err != nil {
 		addError(&resp.Diagnostics, "update", state.Name.ValueString(), err, timeout)
 		return
@@ -501,15 +526,14 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 			// instance can only be logged into with it.
 			old = plan.DBPassword.ValueString()
 		}
-		err := r.client.backend.RotatePassword(ctx, instanceOf(rec), old, plan.DBPassword.ValueString())
-		if err != nil {
+		if err := r.client.svc.Rotate(ctx, rec, old, plan.DBPassword.ValueString()); err != nil {
 			addError(&resp.Diagnostics, "change the password of", rec.Name, err, timeout)
 			return
 		}
 		tflog.Info(ctx, "rotated instance password", map[string]any{"name": rec.Name, "id": rec.ID})
 	}
-	plan.Status = state.Status
-	r.fromRecord(&plan, rec)
+	plan.Status = status
+	r.fromRecord(&plan, rec, r.backendOf(types.StringValue(rec.Backend)))
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
 }
 
@@ -531,31 +555,12 @@ func (r *instanceResource) Delete(ctx context.Context, req resource.DeleteReques
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	rec, err := r.client.store.Lookup(ctx, state.ID.ValueString())
-	if errors.Is(err, metadb.ErrNotFound) {
-		return
-	}
+	err := r.client.svc.Delete(ctx, state.ID.ValueString(), state.DBPassword.ValueString(), state.ForceDestroy.ValueBool())
 	if err != nil {
 		addError(&resp.Diagnostics, "destroy", state.Name.ValueString(), err, timeout)
 		return
 	}
-	if rec.Backend != r.client.kind {
-		resp.Diagnostics.AddError("Instance is on another backend",
-			fmt.Sprintf("Instance %q is on the %s backend but the provider is configured for %s. Configure the provider "+
-				"with backend = %q to destroy it.", rec.Name, rec.Backend, r.client.kind, rec.Backend))
-		return
-	}
-	// Backend objects first, the row last: a destroy interrupted in between
-	// leaves a row whose retry finishes the job.
-	if err := r.client.backend.Delete(ctx, instanceOf(rec), state.DBPassword.ValueString(), state.ForceDestroy.ValueBool()); err != nil {
-		addError(&resp.Diagnostics, "destroy", rec.Name, err, timeout)
-		return
-	}
-	if err := r.client.store.Delete(ctx, rec.ID); err != nil {
-		addError(&resp.Diagnostics, "destroy", rec.Name, err, timeout)
-		return
-	}
-	tflog.Info(ctx, "destroyed instance", map[string]any{"name": rec.Name, "id": rec.ID})
+	tflog.Info(ctx, "destroyed instance", map[string]any{"name": state.Name.ValueString(), "id": state.ID.ValueString()})
 }
 
 // ImportState takes a meta DB id or an instance name.
@@ -564,7 +569,7 @@ func (r *instanceResource) ImportState(ctx context.Context, req resource.ImportS
 		notConfigured(&resp.Diagnostics)
 		return
 	}
-	rec, err := r.client.store.Lookup(ctx, req.ID)
+	rec, err := r.client.svc.ForImport(ctx, req.ID)
 	if errors.Is(err, metadb.ErrNotFound) {
 		resp.Diagnostics.AddError("No such instance",
 			fmt.Sprintf("The meta DB records no instance with id or name %q. List them with the postgraas_instances data source.", req.ID))

@@ -365,8 +365,12 @@ func TestAccInstance_dockerDrift(t *testing.T) {
 					checkDockerInstance(t, &i, nil),
 					resource.TestCheckResourceAttr(i.address(), "status", "running"),
 					func(s *terraform.State) error {
-						if s.RootModule().Resources[i.address()].Primary.ID == firstID {
+						res := s.RootModule().Resources[i.address()].Primary
+						if res.Attributes["container_id"] == containerID {
 							return fmt.Errorf("instance not recreated")
+						}
+						if res.ID != firstID {
+							return fmt.Errorf("row not taken over in place: id %s, was %s", res.ID, firstID)
 						}
 						if n, err := metaRows(i.name); err != nil || n != 1 {
 							return fmt.Errorf("%d rows named %s (%v)", n, i.name, err)

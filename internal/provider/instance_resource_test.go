@@ -404,7 +404,7 @@ func TestAccInstance_pgClusterTenantIsolation(t *testing.T) {
 
 // A database dropped outside Terraform (its role left behind) is noticed on
 // refresh, and the next apply recreates the instance under the same name
-// without anyone editing the meta DB.
+// (taking its row over) without anyone editing the meta DB.
 func TestAccInstance_pgClusterOutOfBandDrop(t *testing.T) {
 	i := newClusterInstance("test")
 	var firstID string
@@ -426,8 +426,10 @@ func TestAccInstance_pgClusterOutOfBandDrop(t *testing.T) {
 				Check: resource.ComposeAggregateTestCheckFunc(
 					checkTenantWorks(&i),
 					func(s *terraform.State) error {
-						if id := s.RootModule().Resources[i.address()].Primary.ID; id == firstID {
-							return fmt.Errorf("instance was not recreated: id still %s", id)
+						// The row is taken over in place: same id, new
+						// objects (checkTenantWorks found the database again).
+						if id := s.RootModule().Resources[i.address()].Primary.ID; id != firstID {
+							return fmt.Errorf("row not taken over in place: id %s, was %s", id, firstID)
 						}
 						if n, err := metaRows(i.name); err != nil || n != 1 {
 							return fmt.Errorf("%d rows named %s (%v)", n, i.name, err)

@@ -12,7 +12,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 
-	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
 )
 
@@ -46,7 +45,7 @@ func (d *instancesDataSource) Schema(_ context.Context, _ datasource.SchemaReque
 			"backend": schema.StringAttribute{
 				MarkdownDescription: "Only instances on this backend: `docker` or `pg_cluster`.",
 				Optional:            true,
-				Validators:          []validator.String{stringvalidator.OneOf(backend.KindDocker, backend.KindPGCluster)},
+				Validators:          []validator.String{stringvalidator.OneOf(backendKinds()...)},
 			},
 			"name_regex": schema.StringAttribute{
 				MarkdownDescription: "Only instances whose name matches this regular expression ([Go RE2 syntax](https://github.com/google/re2/wiki/Syntax)), unanchored.",

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -115,9 +116,11 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 			"every instance. Every attribute can also be set through the environment variable named in its description.",
 		Attributes: map[string]schema.Attribute{
 			"backend": schema.StringAttribute{
-				MarkdownDescription: "Where new instances are created: `docker` or `pg_cluster`." + envDoc("POSTGRAAS_BACKEND", backend.KindDocker),
+				MarkdownDescription: "Where new instances are created unless they set their own `backend`: `docker` or `pg_cluster`. " +
+					"Every configured backend is available at once; an existing instance is always read, changed and destroyed " +
+					"on the backend that holds it." + envDoc("POSTGRAAS_BACKEND", backend.KindDocker),
 				Optional:            true,
-				Validators:          []validator.String{stringvalidator.OneOf(backend.KindDocker, backend.KindPGCluster)},
+				Validators:          []validator.String{stringvalidator.OneOf(backendKinds()...)},
 			},
 			"metadb": schema.SingleNestedAttribute{
 				MarkdownDescription: "The PostgreSQL database that records every instance (postgraas_server's `db_instance` table). " +
@@ -257,7 +260,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 
 	settings := clientSettings{}
 	settings.kind = s.str(cfg.Backend, "POSTGRAAS_BACKEND", backend.KindDocker)
-	s.oneOf(settings.kind, path.Root("backend"), "POSTGRAAS_BACKEND", backend.KindDocker, backend.KindPGCluster)
+	s.oneOf(settings.kind, path.Root("backend"), "POSTGRAAS_BACKEND", backendKinds()...)
 
 	mp := path.Root("metadb")
 	settings.metaDB = pgsql.Target{
@@ -301,7 +304,12 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 		// the apply gets the known values.
 		return
 	}
-	c, err := newClient(settings)
+	lease, err := instance.LeaseFromEnv()
+	if err != nil {
+		resp.Diagnostics.AddError("Invalid lease setting", err.Error()+". These variables are meant for tests; unset them for the defaults.")
+		return
+	}
+	c, err := newClient(settings, lease)
 	if err != nil {
 		resp.Diagnostics.AddError("Cannot set up the "+settings.kind+" backend",
 			fmt.Sprintf("%s. Check the provider's %s settings.", err, settings.kind))

@@ -138,7 +138,7 @@ func TestAccInstance_validation(t *testing.T) {
 	steps = append(steps, resource.TestStep{
 		Config:      clusterConfig(`pg_cluster = { server = "srv1" }`, withServer),
 		PlanOnly:    true,
-		ExpectError: regexp.MustCompile(`(?s)Invalid user name for this cluster`),
+		ExpectError: regexp.MustCompile(`(?s)Invalid instance settings.*only the suffix @srv1`),
 	})
 	ok := base
 	ok.user = "app@srv1"

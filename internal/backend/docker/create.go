@@ -18,6 +18,7 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -32,7 +33,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 	if existing, err := b.cli.ContainerInspect(ctx, spec.Name); err == nil {
 		// Inspect also matches ID prefixes: only the exact name conflicts.
 		if existing.Name == "/"+spec.Name {
-			return backend.Created{}, &backend.ConflictError{Kind: "container", Name: spec.Name}
+			return backend.Created{}, containerConflict(spec.Name)
 		}
 	} else if !cerrdefs.IsNotFound(err) {
 		return backend.Created{}, fmt.Errorf("checking for container %q: %w", spec.Name, err)
@@ -41,10 +42,14 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		return backend.Created{}, err
 	}
 
+	if spec.Proof.Legacy() {
+		return backend.Created{}, errors.New("a create needs an ownership proof")
+	}
 	id, err := b.createContainer(ctx, spec, img)
 	if err != nil {
 		return backend.Created{}, err
 	}
+	faultinject.Pause(ctx, "docker.container_created")
 	port, err := b.startAndWait(ctx, id, spec)
 	if err != nil {
 		return backend.Created{}, fmt.Errorf("container %q did not become ready: %w%s", spec.Name, err, b.removeAfterFailure(ctx, id))
@@ -56,6 +61,10 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		ContainerID: id,
 		Image:       img,
 	}, nil
+}
+
+func containerConflict(name string) error {
+	return &backend.ConflictError{Kind: "container", Name: name, Attribute: "name"}
 }
 
 // ensureImage pulls img unless the engine already has it.
@@ -121,6 +130,7 @@ func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img st
 			LabelInstanceID: strconv.FormatInt(spec.InstanceID, 10),
 			LabelName:       spec.Name,
 			LabelImage:      img,
+			LabelProof:      spec.Proof.Value,
 		},
 	}
 	host := &container.HostConfig{
@@ -137,7 +147,7 @@ func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img st
 	defer cancel()
 	resp, err := b.cli.ContainerCreate(cctx, cfg, host, nil, nil, spec.Name)
 	if cerrdefs.IsConflict(err) {
-		return "", &backend.ConflictError{Kind: "container", Name: spec.Name}
+		return "", containerConflict(spec.Name)
 	}
 	if err != nil {
 		return "", fmt.Errorf("creating container %q from image %q: %w", spec.Name, img, err)
@@ -154,6 +164,7 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 	if err := b.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
 		return 0, fmt.Errorf("starting: %w", err)
 	}
+	faultinject.Pause(ctx, "docker.started")
 	return b.untilLogin(ctx, id, 0, func(port int) error {
 		return ping(ctx, b.target(port, spec.Username, spec.Password, spec.DBName))
 	})

@@ -28,6 +28,10 @@ const (
 	LabelInstanceID = "postgraas.instance.id"
 	LabelName       = "postgraas.instance.name"
 	LabelImage      = "postgraas.image"
+	// LabelProof carries the ownership proof of the meta DB row (see
+	// backend.Proof). Labels cannot be changed after a container is made,
+	// and only someone with access to the engine can make one.
+	LabelProof = "postgraas.instance.proof"
 )
 
 const (
@@ -131,6 +135,19 @@ func DefaultAdvertisedHost(dockerHost string) string {
 
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return backend.KindDocker }
+
+// StatusAfterCreate implements backend.Backend: the container's state.
+func (b *Backend) StatusAfterCreate() string { return "running" }
+
+// TakesImage implements backend.Backend.
+func (b *Backend) TakesImage() bool { return true }
+
+// CheckSpec implements backend.Backend. The official image takes any
+// user, database and password the provider's validators allow.
+func (b *Backend) CheckSpec(backend.Spec) error { return nil }
+
+// SameLogin implements backend.Backend.
+func (b *Backend) SameLogin(x, y string) bool { return x == y }
 
 // Close implements backend.Backend. It closes idle connections, which
 // ends their ssh processes on an ssh:// host.

@@ -132,6 +132,7 @@ func (e env) spec(t *testing.T) backend.Spec {
 	})
 	return backend.Spec{
 		InstanceID: id.Int64() + 1,
+		Proof:      backend.Proof{ID: id.Int64() + 1, Value: randHex(16)},
 		Name:       name,
 		DBName:     "app db",
 		Username:   "app_user",
@@ -158,7 +159,7 @@ func (e env) create(t *testing.T, spec backend.Spec) backend.Created {
 func instanceOf(spec backend.Spec, c backend.Created) backend.Instance {
 	return backend.Instance{
 		ID: spec.InstanceID, Name: spec.Name, DBName: spec.DBName, Username: c.Username,
-		Host: c.Host, Port: c.Port, ContainerID: c.ContainerID,
+		Host: c.Host, Port: c.Port, ContainerID: c.ContainerID, Proof: spec.Proof,
 	}
 }
 

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -20,31 +21,58 @@ import (
 const existingReadyTimeout = 2 * time.Minute
 
 // find looks the instance's container up by ID, or by exact name for rows
-// without one. ok is false when there is none.
-func (b *Backend) find(ctx context.Context, inst backend.Instance) (c container.InspectResponse, ok bool, err error) {
+// without one (a create that died before its row was completed). ok is
+// false when there is none; ours is false when the container found does
+// not carry the instance's proof, so it is someone else's. For a legacy
+// record only the recorded container ID counts, and the password login
+// that Delete makes is the proof.
+func (b *Backend) find(ctx context.Context, inst backend.Instance) (c container.InspectResponse, ok, ours bool, err error) {
 	ref := inst.ContainerID
 	if ref == "" {
 		ref = inst.Name
 	}
 	c, err = b.cli.ContainerInspect(ctx, ref)
 	if cerrdefs.IsNotFound(err) {
-		return c, false, nil
+		return c, false, false, nil
 	}
 	if err != nil {
-		return c, false, fmt.Errorf("inspecting container %q: %w", inst.Name, err)
+		return c, false, false, fmt.Errorf("inspecting container %q: %w", inst.Name, err)
 	}
 	// By name, inspect also matches ID prefixes.
 	if inst.ContainerID == "" && c.Name != "/"+inst.Name {
-		return c, false, nil
+		return c, false, false, nil
 	}
-	return c, true, nil
+	return c, true, proven(c, inst), nil
+}
+
+// proven reports whether c carries inst's proof.
+func proven(c container.InspectResponse, inst backend.Instance) bool {
+	if inst.Proof.Legacy() {
+		return inst.ContainerID != ""
+	}
+	if c.Config == nil {
+		return false
+	}
+	l := c.Config.Labels
+	return l[LabelInstance] == "true" &&
+		l[LabelInstanceID] == strconv.FormatInt(inst.Proof.ID, 10) &&
+		l[LabelProof] == inst.Proof.Value
+}
+
+// notOurs is the error for a container that has the instance's name but
+// not its proof.
+func notOurs(inst backend.Instance) error {
+	return fmt.Errorf("container %q does not carry this instance's ownership proof; it was left alone", inst.Name)
 }
 
 // Inspect implements backend.Backend.
 func (b *Backend) Inspect(ctx context.Context, inst backend.Instance) (backend.Status, error) {
-	c, ok, err := b.find(ctx, inst)
+	c, ok, ours, err := b.find(ctx, inst)
 	if err != nil || !ok {
 		return backend.Status{}, err
+	}
+	if !ours {
+		return backend.Status{Foreign: []string{fmt.Sprintf("container %q", inst.Name)}}, nil
 	}
 	st := backend.Status{Exists: true}
 	if c.State != nil {
@@ -83,6 +111,12 @@ func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, old
 // Delete implements backend.Backend.
 func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password string, force bool) error {
 	s, err := b.login(ctx, inst, password)
+	if errors.Is(err, errNotOurs) {
+		return nil // the name is someone else's now: nothing of ours is left
+	}
+	if err != nil && !errors.Is(err, backend.ErrWrongPassword) && inst.ContainerID != "" && b.gone(ctx, inst.ContainerID) {
+		return nil // a concurrent destroy removed it while we logged in
+	}
 	if err != nil {
 		return fmt.Errorf("deleting container %q: %w", inst.Name, err)
 	}
@@ -95,6 +129,10 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 	err = s.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
 		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`).Scan(&n)
 	switch {
+	case err != nil && b.gone(ctx, s.id):
+		// A concurrent destroy removed it under our session.
+		s.close(ctx, b, false)
+		return nil
 	case err != nil:
 		err = fmt.Errorf("counting sessions in container %q: %w", inst.Name, err)
 	case n > 0 && !force:
@@ -104,7 +142,8 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 		s.close(ctx, b, true)
 		return err
 	}
-	// Removing the container ends the other sessions when forced.
+	// Removing the container ends the other sessions when forced. It is
+	// removed by the ID that was proven ours: IDs are never reused.
 	s.close(ctx, b, false)
 	if err := b.remove(ctx, s.id); err != nil {
 		return fmt.Errorf("removing container %q: %w", inst.Name, err)
@@ -112,23 +151,43 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 	return nil
 }
 
-// Purge implements backend.Backend. It authenticates nothing, so by name it
-// only removes a container that carries this instance's labels.
-func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
-	c, ok, err := b.find(ctx, inst)
-	if err != nil || !ok {
-		return err
+// gone reports whether the container no longer exists, waiting briefly
+// for one that is being removed.
+func (b *Backend) gone(ctx context.Context, id string) bool {
+	for attempt := 0; ; attempt++ {
+		c, err := b.cli.ContainerInspect(ctx, id)
+		if cerrdefs.IsNotFound(err) {
+			return true
+		}
+		if err != nil || c.State == nil || c.State.Status != "removing" || attempt >= 50 {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	if inst.ContainerID == "" && (c.Config == nil ||
-		c.Config.Labels[LabelInstance] != "true" ||
-		c.Config.Labels[LabelInstanceID] != strconv.FormatInt(inst.ID, 10)) {
-		return fmt.Errorf("purging container %q: it is not labelled as postgraas instance %d; leaving it alone", inst.Name, inst.ID)
+}
+
+// Purge implements backend.Backend. It authenticates nothing, so it only
+// removes a container that carries the instance's proof.
+func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
+	if inst.Proof.Legacy() {
+		return fmt.Errorf("purging container %q: %w", inst.Name, backend.ErrLegacy)
+	}
+	c, ok, ours, err := b.find(ctx, inst)
+	if err != nil || !ok || !ours {
+		return err
 	}
 	if err := b.remove(ctx, c.ID); err != nil {
 		return fmt.Errorf("purging container %q: %w", inst.Name, err)
 	}
 	return nil
 }
+
+// errNotOurs: the container with the instance's name or ID is not its.
+var errNotOurs = errors.New("container does not carry the instance's ownership proof")
 
 // session is a tenant login into an instance's server.
 type session struct {
@@ -149,9 +208,12 @@ type session struct {
 // exactly the case where a human should look before data goes: the error
 // carries its last log lines.
 func (b *Backend) login(ctx context.Context, inst backend.Instance, password string) (*session, error) {
-	c, ok, err := b.find(ctx, inst)
+	c, ok, ours, err := b.find(ctx, inst)
 	if err != nil || !ok {
 		return nil, err
+	}
+	if !ours {
+		return nil, fmt.Errorf("%w: %w", notOurs(inst), errNotOurs)
 	}
 	s := &session{id: c.ID}
 	if c.State == nil || !c.State.Running {

@@ -2,8 +2,6 @@ package pgcluster
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -14,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -75,15 +74,10 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 	if err != nil {
 		return backend.Created{}, err
 	}
-	nonce := make([]byte, 8)
-	if _, err := rand.Read(nonce); err != nil {
-		return backend.Created{}, fmt.Errorf("reading random nonce: %w", err)
+	if spec.Proof.Legacy() {
+		return backend.Created{}, errors.New("a create needs an ownership proof")
 	}
-	c := &creation{
-		role:   role,
-		db:     spec.DBName,
-		marker: fmt.Sprintf("terraform-provider-postgraas instance %d (create %s)", spec.InstanceID, hex.EncodeToString(nonce)),
-	}
+	c := &creation{role: role, db: spec.DBName, marker: marker(spec.Proof)}
 
 	conn, err := b.acquire(ctx)
 	if err != nil {
@@ -116,10 +110,10 @@ FROM pg_roles WHERE rolname = current_user`, c.role, c.db).Scan(&roleExists, &db
 		return fmt.Errorf("checking for role %q and database %q: %w", c.role, c.db, err)
 	}
 	if roleExists {
-		return &backend.ConflictError{Kind: "role", Name: c.role}
+		return roleConflict(c.role)
 	}
 	if dbExists {
-		return &backend.ConflictError{Kind: "database", Name: c.db}
+		return dbConflict(c.db)
 	}
 
 	// A non-superuser admin (CREATEDB CREATEROLE) must be a member of the
@@ -156,32 +150,46 @@ FROM pg_roles WHERE rolname = current_user`, c.role, c.db).Scan(&roleExists, &db
 	}
 	_, err = conn.Exec(ctx, stmt)
 	if c.roleDone = outcomeOf(err); err != nil {
-		if pgsql.Code(err) == pgsql.CodeDuplicateObject {
-			// Created concurrently by someone else: not ours to drop.
-			return &backend.ConflictError{Kind: "role", Name: c.role}
+		// Created concurrently by someone else (42710, or 23505 on
+		// pg_authid's name index when both inserts race): not ours to drop.
+		if code := pgsql.Code(err); code == pgsql.CodeDuplicateObject || code == pgsql.CodeUniqueViolation {
+			return roleConflict(c.role)
 		}
 		return fmt.Errorf("creating role %q: %w", c.role, err)
 	}
+	faultinject.Pause(ctx, "pgcluster.role_created")
 
 	// CREATE DATABASE cannot run in a transaction block, so it gets a
-	// round trip of its own.
+	// round trip of its own. The database is born closed to connections:
+	// until PUBLIC's rights are revoked below, any tenant could otherwise
+	// connect to it, and a create killed in between would leave it so.
 	d := pgsql.QuoteIdent(c.db)
-	_, err = conn.Exec(ctx, "CREATE DATABASE "+d+" OWNER "+r)
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+d+" OWNER "+r+" ALLOW_CONNECTIONS false")
 	if c.dbDone = outcomeOf(err); err != nil {
-		if pgsql.Code(err) == pgsql.CodeDuplicateDatabase {
-			return &backend.ConflictError{Kind: "database", Name: c.db}
+		if code := pgsql.Code(err); code == pgsql.CodeDuplicateDatabase || code == pgsql.CodeUniqueViolation {
+			return dbConflict(c.db)
 		}
 		return fmt.Errorf("creating database %q: %w", c.db, err)
 	}
+	faultinject.Pause(ctx, "pgcluster.database_created")
 
 	// By default PUBLIC may connect to (and create temporary tables in)
 	// every database: without this, any tenant could connect to any other
 	// tenant's database (postgraas_server issue #20). The owner keeps its
-	// own rights.
-	if _, err := conn.Exec(ctx, "REVOKE ALL ON DATABASE "+d+" FROM PUBLIC"); err != nil {
-		return fmt.Errorf("revoking public access to database %q: %w", c.db, err)
+	// own rights. One implicit transaction: connections are allowed only
+	// together with the revoke.
+	if _, err := conn.Exec(ctx, "REVOKE ALL ON DATABASE "+d+" FROM PUBLIC; ALTER DATABASE "+d+" ALLOW_CONNECTIONS true"); err != nil {
+		return fmt.Errorf("opening database %q to its owner only: %w", c.db, err)
 	}
 	return nil
+}
+
+func roleConflict(role string) error {
+	return &backend.ConflictError{Kind: "role", Name: role, Attribute: "db_username"}
+}
+
+func dbConflict(db string) error {
+	return &backend.ConflictError{Kind: "database", Name: db, Attribute: "db_name"}
 }
 
 // undo drops what c made, database first, on a fresh connection and

@@ -14,7 +14,9 @@ import (
 
 // Delete implements backend.Backend. Every step tolerates objects already
 // gone, so a delete that stopped half-way (or lost a race with another one)
-// is finished by calling it again (postgraas_server bug 4).
+// is finished by calling it again (postgraas_server bug 4). Only the role
+// that carries the instance's proof, and the database that role owns, are
+// dropped; same-named objects of anyone else are left as they are.
 func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password string, force bool) error {
 	role, err := RoleName(inst.Username, b.server)
 	if err != nil {
@@ -27,39 +29,46 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 	// No admin connection is held across the tenant login below: with
 	// Terraform destroying 10 instances at once, a small pool would
 	// otherwise spend most of its time waiting for logins.
-	roleExists, dbExists, secret, err := b.deleteCheck(ctx, p, role, inst.DBName)
+	o, secret, err := b.deleteCheck(ctx, p, role, inst.DBName, inst.Proof)
 	if err != nil {
-		return fmt.Errorf("checking for role %q and database %q: %w", role, inst.DBName, err)
+		return err
 	}
-
-	// Without the role there is nothing to log into, hence nothing to
-	// authenticate against.
-	if roleExists {
-		if err := b.authenticate(ctx, role, inst.DBName, password, secret); err != nil {
-			return err
-		}
-	}
-	if !dbExists && !roleExists {
+	// The instance's database is owned by its role, so without a role of
+	// ours nothing of ours is left: whatever has the names now is someone
+	// else's (a DBA who kept the data, another tenant).
+	if !o.ours() {
 		return nil
+	}
+	if err := b.authenticate(ctx, role, inst.DBName, password, secret); err != nil {
+		return err
 	}
 	conn, err := b.acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	if dbExists {
+	if secret == nil {
+		// A login took time: prove ownership again right before the drop.
+		if o, err = check(ctx, conn, role, inst.DBName, inst.Proof); err != nil {
+			return err
+		}
+		if !o.ours() {
+			return nil
+		}
+	}
+	if o.oursDB() {
 		if err := dropDatabase(ctx, conn.Conn(), inst.DBName, force); err != nil {
 			return err
 		}
 	}
-	if roleExists {
-		return dropRole(ctx, conn.Conn(), role)
-	}
-	return nil
+	return dropRole(ctx, conn.Conn(), role)
 }
 
 // Purge implements backend.Backend.
 func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
+	if inst.Proof.Legacy() {
+		return fmt.Errorf("purging instance %q: %w", inst.Name, backend.ErrLegacy)
+	}
 	role, err := RoleName(inst.Username, b.server)
 	if err != nil {
 		return err
@@ -69,36 +78,44 @@ func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
 		return err
 	}
 	defer conn.Release()
-	if err := dropDatabase(ctx, conn.Conn(), inst.DBName, true); err != nil {
+	o, err := check(ctx, conn, role, inst.DBName, inst.Proof)
+	if err != nil || !o.ours() {
 		return err
+	}
+	if o.oursDB() {
+		if err := dropDatabase(ctx, conn.Conn(), inst.DBName, true); err != nil {
+			return err
+		}
 	}
 	return dropRole(ctx, conn.Conn(), role)
 }
 
-const deleteCheckSQL = `
-SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
-       EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)`
+// deleteCheckSecretSQL is ownershipSQL plus the role's stored secret when
+// the role may log in now (LOGIN, password not expired), in one round trip;
+// pg_authid is readable by superusers only.
+const deleteCheckSecretSQL = `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned,
+       (SELECT rolpassword FROM pg_authid WHERE rolname = u.r
+         AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now()))
+FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (` + ownershipSQL + `) f`
 
-// deleteCheckSecretSQL also reads the role's stored secret when the role may
-// log in now (LOGIN, password not expired); pg_authid is readable by
-// superusers only.
-const deleteCheckSecretSQL = deleteCheckSQL + `,
-       (SELECT rolpassword FROM pg_authid WHERE rolname = $1
-        AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now()))`
-
-// deleteCheck finds out what is left of an instance and, when the admin may
-// read it, the role's stored secret (nil otherwise).
-func (b *Backend) deleteCheck(ctx context.Context, p *pgxpool.Pool, role, db string) (roleExists, dbExists bool, secret *string, err error) {
+// deleteCheck finds out what is left of an instance and what of it is
+// proven, and, when the admin may read it, the role's stored secret (nil
+// otherwise).
+func (b *Backend) deleteCheck(ctx context.Context, p *pgxpool.Pool, role, db string, proof backend.Proof) (o ownership, secret *string, err error) {
 	if !b.authidDenied.Load() {
-		err = p.QueryRow(ctx, deleteCheckSecretSQL, role, db).Scan(&roleExists, &dbExists, &secret)
+		err = p.QueryRow(ctx, deleteCheckSecretSQL, role, db, markerOf(proof)).
+			Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &secret)
 		if pgsql.Code(err) != pgsql.CodeInsufficientPrivilege {
-			return roleExists, dbExists, secret, err
+			if err != nil {
+				err = fmt.Errorf("checking role %q and database %q: %w", role, db, err)
+			}
+			return o, secret, err
 		}
 		// Not a superuser: authenticate by logging in, from now on.
 		b.authidDenied.Store(true)
 	}
-	err = p.QueryRow(ctx, deleteCheckSQL, role, db).Scan(&roleExists, &dbExists)
-	return roleExists, dbExists, nil, err
+	o, err = check(ctx, p, role, db, proof)
+	return o, nil, err
 }
 
 // authenticate checks password as the tenant's, as postgraas_server did by

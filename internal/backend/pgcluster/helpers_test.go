@@ -141,8 +141,10 @@ type instance struct {
 // newSpec names a fresh instance and registers its cleanup.
 func newSpec(t *testing.T, env testEnv) backend.Spec {
 	t.Helper()
+	id := time.Now().UnixNano()
 	spec := backend.Spec{
-		InstanceID: time.Now().UnixNano(),
+		InstanceID: id,
+		Proof:      backend.Proof{ID: id, Value: hex.EncodeToString([]byte(uniqueName(t, "proof")))},
 		Name:       uniqueName(t, "i"),
 		DBName:     uniqueName(t, "db"),
 		Username:   uniqueName(t, "u"),
@@ -168,7 +170,7 @@ func create(t *testing.T, b *Backend, spec backend.Spec) instance {
 	}
 	return instance{spec: spec, inst: backend.Instance{
 		ID: spec.InstanceID, Name: spec.Name, DBName: spec.DBName,
-		Username: created.Username, Host: created.Host, Port: created.Port,
+		Username: created.Username, Host: created.Host, Port: created.Port, Proof: spec.Proof,
 	}}
 }
 

@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +99,7 @@ WHERE d.datname = $1 AND a.grantee = 0`, a.spec.DBName).Scan(&publicGrants); err
 		}
 
 		st, err := b.Inspect(ctx, a.inst)
-		if err != nil || st != (backend.Status{Exists: true, State: "ready"}) {
+		if err != nil || !reflect.DeepEqual(st, backend.Status{Exists: true, State: "ready"}) {
 			t.Errorf("Inspect = %+v, %v", st, err)
 		}
 
@@ -113,7 +114,7 @@ WHERE d.datname = $1 AND a.grantee = 0`, a.spec.DBName).Scan(&publicGrants); err
 			t.Errorf("after Delete: role %v, database %v", r, d)
 		}
 		st, err = b.Inspect(ctx, a.inst)
-		if err != nil || st != (backend.Status{Exists: false, State: "missing"}) {
+		if err != nil || !reflect.DeepEqual(st, backend.Status{Exists: false, State: "missing"}) {
 			t.Errorf("Inspect after Delete = %+v, %v", st, err)
 		}
 	})
@@ -344,8 +345,8 @@ func TestDeleteRetry(t *testing.T) {
 		}
 
 		// Role gone, database left (only possible once someone gave the
-		// database to another owner, here the admin): nothing to log into,
-		// so no password.
+		// database to another owner, here the admin, who kept the data):
+		// the database is no longer the instance's, so it is left alone.
 		c := create(t, b, newSpec(t, env))
 		if _, err := super.Exec(ctx, "ALTER DATABASE "+pgsql.QuoteIdent(c.spec.DBName)+" OWNER TO "+pgsql.QuoteIdent(b.admin.User)+"; DROP ROLE "+
 			pgsql.QuoteIdent(c.spec.Username)); err != nil {
@@ -354,8 +355,8 @@ func TestDeleteRetry(t *testing.T) {
 		if err := b.Delete(ctx, c.inst, "", false); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
-		if _, d := exists(t, super, c.spec.Username, c.spec.DBName); d {
-			t.Error("database left")
+		if _, d := exists(t, super, c.spec.Username, c.spec.DBName); !d {
+			t.Error("a database the instance no longer owns was dropped")
 		}
 
 		// Everything gone: nothing to do.
@@ -453,7 +454,7 @@ func TestInspectMany(t *testing.T) {
 	ready, missing := backend.Status{Exists: true, State: "ready"}, backend.Status{State: "missing"}
 	want := []backend.Status{ready, missing, missing, ready}
 	for i := range want {
-		if got[i] != want[i] {
+		if !reflect.DeepEqual(got[i], want[i]) {
 			t.Errorf("status %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
@@ -66,6 +67,50 @@ func New(cfg Config) *Backend {
 
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return backend.KindPGCluster }
+
+// StatusAfterCreate implements backend.Backend.
+func (b *Backend) StatusAfterCreate() string { return "ready" }
+
+// TakesImage implements backend.Backend: a cluster has no images.
+func (b *Backend) TakesImage() bool { return false }
+
+// CheckSpec implements backend.Backend.
+func (b *Backend) CheckSpec(spec backend.Spec) error {
+	if spec.Username != "" {
+		if _, err := RoleName(spec.Username, b.server); err != nil {
+			return &backend.SpecError{Attribute: "db_username", Err: err}
+		}
+	}
+	if spec.DBName != "" {
+		if err := checkName("database name", spec.DBName); err != nil {
+			return &backend.SpecError{Attribute: "db_name", Err: err}
+		}
+	}
+	if spec.Image != "" {
+		return &backend.SpecError{Attribute: "image", Err: errors.New("the pg_cluster backend has no images")}
+	}
+	return nil
+}
+
+// SameLogin implements backend.Backend: with a server, "user" and
+// "user@server" are one role.
+func (b *Backend) SameLogin(x, y string) bool {
+	if x == y {
+		return true
+	}
+	rx, err1 := RoleName(x, b.server)
+	ry, err2 := RoleName(y, b.server)
+	return err1 == nil && err2 == nil && rx == ry
+}
+
+// marker is the comment on an instance's role: the row id in the clear and
+// the proof. Only an admin (superuser, CREATEROLE, or ADMIN OPTION on the
+// role) may comment on a role, so a tenant cannot put it on one; and the
+// proof is an HMAC under the row's secret, so it differs between attempts
+// and between meta DBs that happen to share row ids.
+func marker(p backend.Proof) string {
+	return fmt.Sprintf("postgraas instance %d proof %s", p.ID, p.Value)
+}
 
 // Close releases the admin pool; the backend is unusable afterwards.
 func (b *Backend) Close() {
@@ -168,37 +213,38 @@ func (b *Backend) InspectMany(ctx context.Context, insts []backend.Instance) ([]
 	}
 	roles := make([]string, len(insts))
 	dbs := make([]string, len(insts))
+	markers := make([]string, len(insts))
 	for i, inst := range insts {
 		role, err := RoleName(inst.Username, b.server)
 		if err != nil {
 			return nil, fmt.Errorf("inspecting instance %q: %w", inst.Name, err)
 		}
-		roles[i], dbs[i] = role, inst.DBName
+		roles[i], dbs[i], markers[i] = role, inst.DBName, markerOf(inst.Proof)
 	}
 	p, err := b.adminPool(ctx)
 	if err != nil {
 		return nil, err
 	}
 	rows, err := p.Query(ctx, `
-SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u.r),
-       EXISTS (SELECT 1 FROM pg_database WHERE datname = u.d)
-FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(r, d, n)
-ORDER BY u.n`, roles, dbs)
+SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(r, d, m, n),
+     LATERAL (`+ownershipSQL+`) f
+ORDER BY u.n`, roles, dbs, markers)
 	if err != nil {
 		return nil, fmt.Errorf("inspecting %d instance(s): %w", len(insts), err)
 	}
 	defer rows.Close()
 	out := make([]backend.Status, 0, len(insts))
 	for rows.Next() {
-		var roleOK, dbOK bool
-		if err := rows.Scan(&roleOK, &dbOK); err != nil {
+		var o ownership
+		if err := rows.Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned); err != nil {
 			return nil, fmt.Errorf("inspecting instances: %w", err)
 		}
-		st := backend.Status{Exists: roleOK && dbOK, State: "missing"}
-		if st.Exists {
-			st.State = "ready"
+		i := len(out)
+		if i >= len(insts) {
+			return nil, fmt.Errorf("inspecting instances: more rows than the %d instances", len(insts))
 		}
-		out = append(out, st)
+		out = append(out, o.status(roles[i], dbs[i]))
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("inspecting instances: %w", err)
@@ -209,8 +255,69 @@ ORDER BY u.n`, roles, dbs)
 	return out, nil
 }
 
+// markerOf is the marker to look for; "" for a legacy record, which has
+// none.
+func markerOf(p backend.Proof) string {
+	if p.Legacy() {
+		return ""
+	}
+	return marker(p)
+}
+
+// ownershipSQL finds, for role u.r, database u.d and marker u.m, what
+// exists and what is proven: the role is the instance's when it carries
+// the marker (legacy records have none: existing is all they can show),
+// and the database is when the instance's role owns it. A tenant cannot
+// give its database away (it has no CREATEDB), so ownership cannot be
+// faked from inside the cluster.
+const ownershipSQL = `
+SELECT r.oid IS NOT NULL AS role_exists,
+       COALESCE(u.m = '' OR shobj_description(r.oid, 'pg_authid') = u.m, false) AS role_proven,
+       d.oid IS NOT NULL AS db_exists,
+       COALESCE(d.datdba = r.oid, false) AS db_owned
+FROM (SELECT 1) one
+LEFT JOIN pg_roles r ON r.rolname = u.r
+LEFT JOIN pg_database d ON d.datname = u.d`
+
+// ownership is one row of ownershipSQL.
+type ownership struct {
+	roleExists, roleProven, dbExists, dbOwned bool
+}
+
+// ours: the role carries the proof; oursDB: and it owns the database.
+func (o ownership) ours() bool   { return o.roleExists && o.roleProven }
+func (o ownership) oursDB() bool { return o.ours() && o.dbExists && o.dbOwned }
+
+func (o ownership) status(role, db string) backend.Status {
+	st := backend.Status{Exists: o.oursDB(), State: "missing"}
+	if st.Exists {
+		st.State = "ready"
+	}
+	if o.roleExists && !o.ours() {
+		st.Foreign = append(st.Foreign, fmt.Sprintf("role %q", role))
+	}
+	if o.dbExists && !o.oursDB() {
+		st.Foreign = append(st.Foreign, fmt.Sprintf("database %q", db))
+	}
+	return st
+}
+
+// check reads the ownership of one instance's objects.
+func check(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, role, db string, p backend.Proof) (ownership, error) {
+	var o ownership
+	err := q.QueryRow(ctx, `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned
+FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (`+ownershipSQL+`) f`, role, db, markerOf(p)).
+		Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned)
+	if err != nil {
+		return o, fmt.Errorf("checking role %q and database %q: %w", role, db, err)
+	}
+	return o, nil
+}
+
 // RotatePassword implements backend.Backend. The admin sets the new password
-// directly, so the old one is not needed.
+// directly, so the old one is not needed; the role must carry the proof.
 func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, _, newPassword string) error {
 	role, err := RoleName(inst.Username, b.server)
 	if err != nil {
@@ -223,12 +330,40 @@ func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, _, 
 	if err != nil {
 		return err
 	}
-	p, err := b.adminPool(ctx)
+	conn, err := b.acquire(ctx)
 	if err != nil {
 		return err
 	}
-	if _, err := p.Exec(ctx, "ALTER ROLE "+pgsql.QuoteIdent(role)+" PASSWORD "+pgsql.QuoteLiteral(verifier)); err != nil {
+	defer conn.Release()
+	o, err := check(ctx, conn, role, inst.DBName, inst.Proof)
+	if err != nil {
+		return err
+	}
+	if !o.oursDB() {
+		return fmt.Errorf("changing password of role %q: %w", role, &NotOursError{Role: role, DB: inst.DBName, o: o})
+	}
+	if _, err := conn.Exec(ctx, "ALTER ROLE "+pgsql.QuoteIdent(role)+" PASSWORD "+pgsql.QuoteLiteral(verifier)); err != nil {
 		return fmt.Errorf("changing password of role %q: %w", role, err)
 	}
 	return nil
+}
+
+// NotOursError: the instance's role or database is gone or is not the one
+// its record made, so nothing was changed.
+type NotOursError struct {
+	Role, DB string
+	o        ownership
+}
+
+func (e *NotOursError) Error() string {
+	switch {
+	case !e.o.roleExists:
+		return fmt.Sprintf("role %q does not exist", e.Role)
+	case !e.o.roleProven:
+		return fmt.Sprintf("role %q does not carry this instance's ownership proof", e.Role)
+	case !e.o.dbExists:
+		return fmt.Sprintf("database %q does not exist", e.DB)
+	default:
+		return fmt.Sprintf("database %q is not owned by role %q", e.DB, e.Role)
+	}
 }

@@ -1,0 +1,141 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
+)
+
+// Inspect reports on rec's objects through rec's backend.
+func (s *Service) Inspect(ctx context.Context, rec metadb.Record) (backend.Status, error) {
+	b, err := s.Backend(rec.Backend)
+	if err != nil {
+		return backend.Status{}, err
+	}
+	return b.Inspect(ctx, InstanceOf(rec))
+}
+
+// Refresh reads the row with that id and inspects its objects; a docker
+// port that changed is written back to the row, so the shared record stays
+// right for everyone.
+func (s *Service) Refresh(ctx context.Context, id string) (metadb.Record, backend.Status, error) {
+	rec, err := s.store.Lookup(ctx, id)
+	if err != nil {
+		return rec, backend.Status{}, err
+	}
+	if rec.State == metadb.StateCreating {
+		// Claimed by a create that reclaims the name: this instance's
+		// objects were found gone and are being replaced.
+		return rec, backend.Status{}, nil
+	}
+	st, err := s.Inspect(ctx, rec)
+	if err != nil || !st.Exists {
+		return rec, st, err
+	}
+	if st.Port != 0 && st.Port != rec.Port {
+		if err := s.store.SetPort(ctx, rec.ID, st.Port); err != nil {
+			return rec, st, err
+		}
+		rec.Port = st.Port
+	}
+	return rec, st, nil
+}
+
+// Rotate changes the instance's password on the row's own backend.
+func (s *Service) Rotate(ctx context.Context, rec metadb.Record, oldPassword, newPassword string) error {
+	b, err := s.Backend(rec.Backend)
+	if err != nil {
+		return err
+	}
+	return b.RotatePassword(ctx, InstanceOf(rec), oldPassword, newPassword)
+}
+
+// Delete removes the instance with that id: the backend objects that carry
+// its proof first, the row last, so an interrupted destroy is finished by
+// a retry. A row already gone (a concurrent destroy) is success; a destroy
+// running elsewhere is waited for.
+func (s *Service) Delete(ctx context.Context, id, password string, force bool) error {
+	lease := metadb.Lease{Owner: randomHex(16), TTL: s.lease.TTL}
+	for {
+		rec, err := s.store.Lookup(ctx, id)
+		if errors.Is(err, metadb.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if rec.State == metadb.StateCreating {
+			return &BusyError{Record: rec}
+		}
+		b, err := s.Backend(rec.Backend)
+		if err != nil {
+			return err
+		}
+		claimed, err := s.store.ClaimDelete(ctx, rec.ID, lease)
+		if err != nil {
+			return err
+		}
+		if !claimed {
+			// Another run is destroying it: its outcome is ours.
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("waiting for another run's destroy of %q: %w", rec.Name, ctx.Err())
+			case <-time.After(s.lease.Poll):
+			}
+			continue
+		}
+		if err := b.Delete(ctx, InstanceOf(rec), password, force); err != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+			defer cancel()
+			if rerr := s.store.ReleaseDelete(cctx, rec.ID, lease.Owner); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+			return err
+		}
+		return s.store.Delete(ctx, rec.ID)
+	}
+}
+
+// BusyError: the row is being created (or re-created) by a run right now.
+type BusyError struct{ Record metadb.Record }
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("instance %q (meta DB row %d) is being created by another run", e.Record.Name, e.Record.ID)
+}
+
+// ForImport looks an instance up by id or name for terraform import. A row
+// still being created is refused: adopting it could destroy a create in
+// flight.
+func (s *Service) ForImport(ctx context.Context, idOrName string) (metadb.Record, error) {
+	rec, err := s.store.Lookup(ctx, idOrName)
+	if err != nil {
+		return rec, err
+	}
+	if rec.State == metadb.StateCreating {
+		return rec, &BusyError{Record: rec}
+	}
+	return rec, nil
+}
+
+// Rerecord writes back the row of an instance whose row was deleted out of
+// band, after proving that its objects still exist and carry the proof of
+// rec's token (kept in Terraform's private state). It returns the row, or
+// (false, nil) when the objects are not provably rec's.
+func (s *Service) Rerecord(ctx context.Context, rec metadb.Record) (metadb.Record, backend.Status, bool, error) {
+	if rec.Token == "" {
+		return rec, backend.Status{}, false, nil
+	}
+	st, err := s.Inspect(ctx, rec)
+	if err != nil || !st.Exists {
+		return rec, st, false, err
+	}
+	if st.Port != 0 {
+		rec.Port = st.Port
+	}
+	out, err := s.store.Rerecord(ctx, rec)
+	return out, st, err == nil, err
+}

@@ -1,0 +1,384 @@
+// Package instance is the instance service: it owns the meta DB store and
+// the registry of configured backends, and orchestrates every operation on
+// an instance (reserve, create, complete, undo, take over, read, rotate,
+// delete). The Terraform provider only translates to and from it.
+//
+// Its invariant: nothing is dropped, altered or terminated unless it is
+// proven, right before the act, to be what this instance's row made. The
+// proof is an HMAC, keyed with a secret token kept in the row, that every
+// backend object carries (a docker label, the pg_cluster role's comment,
+// with the database owned by that role); backends compare it right before
+// they act. Every operation on an existing row goes to the row's backend,
+// never to the provider's default one.
+package instance
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
+	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
+)
+
+// Service is safe for concurrent use.
+type Service struct {
+	store       *metadb.Store
+	backends    map[string]backend.Backend
+	defaultKind string
+	lease       LeaseConfig
+}
+
+// New returns a service over store and the given backends; defaultKind is
+// where instances go that name no backend.
+func New(store *metadb.Store, defaultKind string, lease LeaseConfig, backends ...backend.Backend) *Service {
+	s := &Service{store: store, backends: map[string]backend.Backend{}, defaultKind: defaultKind, lease: lease.withDefaults()}
+	for _, b := range backends {
+		s.backends[b.Kind()] = b
+	}
+	return s
+}
+
+// Store is the meta DB store, for lookups and lists.
+func (s *Service) Store() *metadb.Store { return s.store }
+
+// DefaultKind is the provider's default backend.
+func (s *Service) DefaultKind() string { return s.defaultKind }
+
+// Backend returns the backend of a kind.
+func (s *Service) Backend(kind string) (backend.Backend, error) {
+	if kind == "" {
+		kind = s.defaultKind
+	}
+	b, ok := s.backends[kind]
+	if !ok {
+		kinds := make([]string, 0, len(s.backends))
+		for k := range s.backends {
+			kinds = append(kinds, k)
+		}
+		sort.Strings(kinds)
+		return nil, fmt.Errorf("backend %q is not available in this provider (configured: %v)", kind, kinds)
+	}
+	return b, nil
+}
+
+// Close releases every connection.
+func (s *Service) Close() {
+	for _, b := range s.backends {
+		b.Close()
+	}
+	s.store.Close()
+}
+
+// ProofFor is the proof that the objects of rec carry. The HMAC binds the
+// backend, row id and name, under the row's secret token: a different
+// attempt (new token) or a different meta DB (same id, other token) gives
+// a different proof.
+func ProofFor(rec metadb.Record) backend.Proof {
+	p := backend.Proof{ID: rec.ID}
+	if rec.Token == "" {
+		return p
+	}
+	m := hmac.New(sha256.New, []byte(rec.Token))
+	fmt.Fprintf(m, "postgraas/%s/%d/%s", rec.Backend, rec.ID, rec.Name)
+	p.Value = hex.EncodeToString(m.Sum(nil))
+	return p
+}
+
+// InstanceOf identifies rec's backend objects.
+func InstanceOf(rec metadb.Record) backend.Instance {
+	return backend.Instance{
+		ID: rec.ID, Name: rec.Name, DBName: rec.DBName, Username: rec.Username,
+		Host: rec.Host, Port: rec.Port, ContainerID: rec.ContainerID, Proof: ProofFor(rec),
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("reading random bytes: %v", err)) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b)
+}
+
+// Request is what a create asks for.
+type Request struct {
+	Name, DBName, Username, Password, Image string
+	// Backend is the kind; "" means the default.
+	Backend string
+}
+
+// CheckRequest validates what a backend can check before anything is made.
+func (s *Service) CheckRequest(req Request) error {
+	b, err := s.Backend(req.Backend)
+	if err != nil {
+		return &backend.SpecError{Attribute: "backend", Err: err}
+	}
+	if req.Image != "" && !b.TakesImage() {
+		return &backend.SpecError{Attribute: "image", Err: fmt.Errorf("the %s backend has no images", b.Kind())}
+	}
+	return b.CheckSpec(backend.Spec{Name: req.Name, DBName: req.DBName, Username: req.Username})
+}
+
+// Create reserves the name, makes the backend objects under a lease that a
+// goroutine renews, and completes the row. When anything fails (the
+// context too: a timeout, or SIGTERM through Shutdown) it removes what this
+// attempt made, proven by its proof, and then the row. When even that
+// fails, the row stays "creating" with a lease that expires, and the next
+// create of the name takes it over and finishes the job.
+func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, error) {
+	if err := s.CheckRequest(req); err != nil {
+		return metadb.Record{}, err
+	}
+	b, _ := s.Backend(req.Backend)
+	ctx, done := track(ctx)
+	defer done()
+
+	lease := metadb.Lease{Owner: randomHex(16), TTL: s.lease.TTL}
+	want := metadb.Record{
+		Name: req.Name, DBName: req.DBName, Username: req.Username,
+		Backend: b.Kind(), Image: req.Image, Token: randomHex(32),
+	}
+	id, err := s.reserve(ctx, want, lease)
+	if err != nil {
+		return metadb.Record{}, err
+	}
+	want.ID = id
+	cctx, stopRenewing := s.keepLease(ctx, id, lease)
+	defer stopRenewing()
+
+	faultinject.Pause(cctx, "create.reserved")
+	spec := backend.Spec{
+		InstanceID: id, Proof: ProofFor(want), Name: req.Name, DBName: req.DBName,
+		Username: req.Username, Password: req.Password, Image: req.Image,
+	}
+	var rec metadb.Record
+	created, err := b.Create(cctx, spec)
+	if err == nil {
+		faultinject.Pause(cctx, "create.backend_done")
+		rec, err = s.store.Complete(cctx, id, lease.Owner, created.Host, created.Port, created.Username, created.ContainerID, created.Image)
+	}
+	if err != nil {
+		if cause := context.Cause(cctx); cause != nil && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w (%w)", err, cause)
+		}
+		return metadb.Record{}, s.undo(ctx, b, want, created, lease, err)
+	}
+	return rec, nil
+}
+
+// undo removes what a failed create attempt made and then its row. It
+// runs on a context of its own: the caller's may be what failed.
+func (s *Service) undo(ctx context.Context, b backend.Backend, rec metadb.Record, created backend.Created, lease metadb.Lease, cause error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	inst := InstanceOf(rec)
+	inst.ContainerID = created.ContainerID
+	if perr := b.Purge(cctx, inst); perr != nil {
+		return &UndoError{Err: cause, UndoErr: perr, ID: rec.ID, LeaseTTL: lease.TTL}
+	}
+	if derr := s.store.Release(cctx, rec.ID, lease.Owner); derr != nil {
+		return &UndoError{Err: cause, UndoErr: derr, ID: rec.ID, LeaseTTL: lease.TTL, RowOnly: true}
+	}
+	return cause
+}
+
+// undoTimeout bounds the undo of a failed create.
+const undoTimeout = 90 * time.Second
+
+// UndoError: a create failed and so did removing what it made. Nothing is
+// lost: the row stays "creating" under a lease that expires, and the next
+// create of the name removes what carries its proof.
+type UndoError struct {
+	Err, UndoErr error
+	ID           int64
+	LeaseTTL     time.Duration
+	// RowOnly: the backend objects were removed; only the row is left.
+	RowOnly bool
+}
+
+func (e *UndoError) Error() string {
+	what := "removing what it made"
+	if e.RowOnly {
+		what = "removing its meta DB row"
+	}
+	return fmt.Sprintf("%v; %s also failed: %v. Row %d stays in state creating; its lease expires within %s, "+
+		"and the next apply of this instance takes it over and removes what the failed attempt left",
+		e.Err, what, e.UndoErr, e.ID, e.LeaseTTL)
+}
+
+func (e *UndoError) Unwrap() error { return e.Err }
+
+// reserve records the name for this create, taking over the row of an
+// earlier create that died (expired lease) or of an instance whose objects
+// are gone (drift), so that re-running a failed job needs no manual step.
+func (s *Service) reserve(ctx context.Context, want metadb.Record, lease metadb.Lease) (int64, error) {
+	const maxRounds = 5
+	var lastErr error
+	for round := 0; round < maxRounds; round++ {
+		id, err := s.store.Reserve(ctx, want, lease)
+		var taken *metadb.NameTakenError
+		if !errors.As(err, &taken) || taken.Existing.ID == 0 {
+			return id, err
+		}
+		lastErr = err
+		ex := taken.Existing
+		switch {
+		case ex.Legacy:
+			// postgraas_server's rows carry no proof: never reclaimed.
+			return 0, err
+		case ex.State == metadb.StateCreating && ex.LeaseLeft > 0:
+			next, werr := s.waitForLease(ctx, ex)
+			if werr != nil {
+				return 0, werr
+			}
+			if next.ID == 0 {
+				continue // the row went away or changed: reserve again
+			}
+			ex = next
+		case ex.State == metadb.StateReady:
+			b, berr := s.Backend(ex.Backend)
+			if berr != nil {
+				return 0, err
+			}
+			st, ierr := b.Inspect(ctx, InstanceOf(ex))
+			if ierr != nil || st.Exists {
+				return 0, err
+			}
+		}
+		claimed, cerr := s.takeOver(ctx, ex, want, lease)
+		if cerr != nil {
+			return 0, cerr
+		}
+		if claimed {
+			return ex.ID, nil
+		}
+	}
+	return 0, lastErr
+}
+
+// takeOver claims ex's row (only one run can), removes what carries ex's
+// proof, and points the row at this attempt. If it dies half-way, the row
+// is still "creating" with the old token until Respec, so the next run
+// finds the same leftovers and removes them.
+func (s *Service) takeOver(ctx context.Context, ex, want metadb.Record, lease metadb.Lease) (bool, error) {
+	claimed, err := s.store.Claim(ctx, ex, lease)
+	if err != nil || !claimed {
+		return false, err
+	}
+	if ex.Token != "" {
+		old, err := s.Backend(ex.Backend)
+		if err != nil {
+			return false, err
+		}
+		if err := old.Purge(ctx, InstanceOf(ex)); err != nil {
+			return false, fmt.Errorf("removing what the earlier attempt for %q (meta DB row %d) left: %w", ex.Name, ex.ID, err)
+		}
+	}
+	want.ID = ex.ID
+	if err := s.store.Respec(ctx, ex.ID, want, lease); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// LeaseHeldError: another run holds a live lease on the name: it is
+// creating the instance right now.
+type LeaseHeldError struct {
+	Existing metadb.Record
+	// Renewed: the lease was seen renewed while waiting, so that run is
+	// alive (as opposed to a lease that would outlast this create's timeout).
+	Renewed bool
+}
+
+func (e *LeaseHeldError) Error() string {
+	return fmt.Sprintf("another run is creating instance %q right now (meta DB row %d)", e.Existing.Name, e.Existing.ID)
+}
+
+// waitForLease waits, within ctx, for the lease on ex to expire. It
+// returns the row to take over once it has; a zero record when the row
+// went away or changed hands; *LeaseHeldError when the lease is renewed
+// (the run is alive) or would outlast ctx.
+func (s *Service) waitForLease(ctx context.Context, ex metadb.Record) (metadb.Record, error) {
+	start := time.Now()
+	expires := start.Add(ex.LeaseLeft)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(expires) {
+		return metadb.Record{}, &LeaseHeldError{Existing: ex}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return metadb.Record{}, &LeaseHeldError{Existing: ex}
+		case <-time.After(s.lease.Poll):
+		}
+		now := time.Now()
+		r, err := s.store.Get(ctx, ex.ID)
+		switch {
+		case errors.Is(err, metadb.ErrNotFound):
+			return metadb.Record{}, nil
+		case err != nil:
+			return metadb.Record{}, err
+		case r.State != metadb.StateCreating || r.LeaseOwner != ex.LeaseOwner || r.Token != ex.Token:
+			return metadb.Record{}, nil
+		case r.LeaseLeft <= 0:
+			return r, nil
+		case now.Add(r.LeaseLeft).After(expires.Add(leaseSlack)):
+			return metadb.Record{}, &LeaseHeldError{Existing: r, Renewed: true}
+		}
+	}
+}
+
+// leaseSlack absorbs the difference between two readings of one expiry
+// time made through two round trips.
+const leaseSlack = 500 * time.Millisecond
+
+// keepLease renews the lease until stopped. The returned context ends when
+// the lease is lost (taken over) or can no longer be proven held (the meta
+// DB did not answer for longer than the lease), so the create stops and
+// undoes itself rather than complete a row that is not its own.
+func (s *Service) keepLease(ctx context.Context, id int64, lease metadb.Lease) (context.Context, func()) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(s.lease.Renew)
+		defer t.Stop()
+		held := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-cctx.Done():
+				return
+			case <-t.C:
+			}
+			rctx, rcancel := context.WithTimeout(cctx, s.lease.Renew)
+			err := s.store.RenewLease(rctx, id, lease)
+			rcancel()
+			switch {
+			case err == nil:
+				held = time.Now()
+			case errors.Is(err, metadb.ErrLeaseLost):
+				cancel(fmt.Errorf("another run took over meta DB row %d: %w", id, metadb.ErrLeaseLost))
+				return
+			case time.Since(held) > lease.TTL-s.lease.Renew:
+				cancel(fmt.Errorf("the lease on meta DB row %d could not be renewed for %s (%v)", id, time.Since(held).Round(time.Second), err))
+				return
+			}
+		}
+	}()
+	return cctx, func() {
+		close(stop)
+		cancel(nil)
+	}
+}
+
+// FormatID is how ids appear in Terraform.
+func FormatID(id int64) string { return strconv.FormatInt(id, 10) }
