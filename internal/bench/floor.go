@@ -67,10 +67,10 @@ FROM pg_roles WHERE rolname = current_user`, name, name).Scan(&roleExists, &dbEx
 			return 0, fmt.Errorf("floor: creating role %s: %w", name, err)
 		}
 		d := pgsql.QuoteIdent(name)
-		if _, err := conn.Exec(ctx, "CREATE DATABASE "+d+" OWNER "+r); err != nil {
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+d+" OWNER "+r+" ALLOW_CONNECTIONS false"); err != nil {
 			return 0, fmt.Errorf("floor: creating database %s: %w", name, err)
 		}
-		if _, err := conn.Exec(ctx, "REVOKE ALL ON DATABASE "+d+" FROM PUBLIC"); err != nil {
+		if _, err := conn.Exec(ctx, "REVOKE ALL ON DATABASE "+d+" FROM PUBLIC; ALTER DATABASE "+d+" ALLOW_CONNECTIONS true"); err != nil {
 			return 0, fmt.Errorf("floor: revoking on %s: %w", name, err)
 		}
 	}
