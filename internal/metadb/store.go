@@ -80,6 +80,9 @@ var ErrLeaseLost = errors.New("the create lease on the meta DB row was lost")
 type NameTakenError struct {
 	Name     string
 	Existing Record
+	// IDs lists every row holding the name when a legacy meta DB holds
+	// several (Existing is the first).
+	IDs []int64
 }
 
 func (e *NameTakenError) Error() string {
@@ -299,7 +302,7 @@ func (s *Store) Reserve(ctx context.Context, r Record, lease Lease) (int64, erro
 		existing, gerr := s.GetByName(ctx, r.Name)
 		var amb *AmbiguousNameError
 		if errors.As(gerr, &amb) {
-			return 0, amb
+			return 0, &NameTakenError{Name: r.Name, Existing: Record{ID: amb.IDs[0], Name: r.Name, Legacy: true}, IDs: amb.IDs}
 		}
 		if errors.Is(gerr, ErrNotFound) {
 			// Removed between the insert and the look-up: try again.

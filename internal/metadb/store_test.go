@@ -187,7 +187,7 @@ func TestMigrateKeepsDuplicateLegacyNames(t *testing.T) {
 			t.Fatalf("reserving legacy name %q: %v", name, err)
 		}
 	}
-	if _, err := s.Reserve(c, Record{Name: "twice", Backend: "pg_cluster"}, testLease); !errors.As(err, &amb) {
+	if _, err := s.Reserve(c, Record{Name: "twice", Backend: "pg_cluster"}, testLease); !errors.As(err, &nt) || len(nt.IDs) != 2 {
 		t.Fatalf("reserving a duplicated legacy name: %v", err)
 	}
 	if _, err := s.Reserve(c, Record{Name: "new", Backend: "pg_cluster"}, testLease); err != nil {

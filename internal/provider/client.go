@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/diag"
@@ -125,6 +126,14 @@ func notConfigured(diags *diag.Diagnostics) {
 
 func formatID(id int64) string { return strconv.FormatInt(id, 10) }
 
+func joinIDs(ids []int64) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = formatID(id)
+	}
+	return strings.Join(s, ", ")
+}
+
 // connectionURI escapes every part, so user names like "user@server" and
 // passwords with '@', '/' or ':' survive (postgraas_server bug 8).
 func connectionURI(username, password, host string, port int, dbName string) string {
@@ -168,6 +177,11 @@ func addError(diags *diag.Diagnostics, action, name string, err error, timeout t
 		diags.AddError("Ambiguous instance name",
 			fmt.Sprintf("Cannot %s instance %q: %s, written by postgraas_server, whose name check let duplicates in. "+
 				"Use the id instead of the name.", action, name, ambiguous.Error()))
+	case errors.As(err, &taken) && len(taken.IDs) > 1:
+		diags.AddAttributeError(path.Root("name"), "Instance name already taken",
+			fmt.Sprintf("The meta DB already records %d instances named %q (ids %s), written by postgraas_server, whose "+
+				"name check let duplicates in. Choose another name, or import one of them by id with "+
+				"`terraform import <address> <id>`.", len(taken.IDs), taken.Name, joinIDs(taken.IDs)))
 	case errors.As(err, &taken):
 		diags.AddAttributeError(path.Root("name"), "Instance name already taken",
 			fmt.Sprintf("The meta DB already records an instance named %q (id %d, backend %s). Names are unique across "+
