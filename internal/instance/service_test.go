@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/docker"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/pgcluster"
@@ -262,6 +260,14 @@ func TestConcurrentDockerDestroys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		// Whatever a failed assertion left: a forced destroy is idempotent.
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.Delete(cctx, strconv.FormatInt(rec.ID, 10), "pw", true); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i := range errs {
@@ -284,5 +290,3 @@ func TestConcurrentDockerDestroys(t *testing.T) {
 		t.Error(err)
 	}
 }
-
-var _ = pgx.ErrNoRows
