@@ -47,6 +47,10 @@ func main() {
 // let the next run finish the job.
 const shutdownWait = 60 * time.Second
 
+// replyGrace lets the answers of the undone creates reach Terraform before
+// the process exits.
+const replyGrace = 500 * time.Millisecond
+
 // undoOnSignal makes SIGTERM (what `timeout`, a cancelled CI job and
 // container runtimes send) and SIGINT (Ctrl-C reaches the whole process
 // group) end every create in flight, which then removes what it made and
@@ -63,6 +67,9 @@ func undoOnSignal() {
 				if !done {
 					log.Printf("[WARN] creates still undoing after %s; exiting, their leases expire", shutdownWait)
 				}
+				// The creates have returned, but their answers (which say
+				// what was undone) are still on their way to Terraform.
+				time.Sleep(replyGrace)
 				os.Exit(128 + int(syscall.SIGTERM))
 			}
 		}

@@ -39,9 +39,9 @@ func (p Proof) Legacy() bool { return p.Value == "" }
 type Spec struct {
 	InstanceID int64
 	// Proof goes onto every object the create makes.
-	Proof Proof
-	Name       string
-	DBName     string
+	Proof  Proof
+	Name   string
+	DBName string
 	// Username is the login as configured; on pg_cluster with a server it
 	// may be "user" or "user@server".
 	Username string

@@ -119,8 +119,8 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 				MarkdownDescription: "Where new instances are created unless they set their own `backend`: `docker` or `pg_cluster`. " +
 					"Every configured backend is available at once; an existing instance is always read, changed and destroyed " +
 					"on the backend that holds it." + envDoc("POSTGRAAS_BACKEND", backend.KindDocker),
-				Optional:            true,
-				Validators:          []validator.String{stringvalidator.OneOf(backendKinds()...)},
+				Optional:   true,
+				Validators: []validator.String{stringvalidator.OneOf(backendKinds()...)},
 			},
 			"metadb": schema.SingleNestedAttribute{
 				MarkdownDescription: "The PostgreSQL database that records every instance (postgraas_server's `db_instance` table). " +
