@@ -51,11 +51,15 @@ const (
 )
 
 const (
-	faultLeaseTTL     = "4s"             // lease of the killed run, so the next run need not wait 30 s
-	faultPauseWait    = 60 * time.Second // until the provider reaches the pause point
-	faultExitWait     = 90 * time.Second // until the provider, then terraform, exit after the signal (the provider waits up to 60 s for undos)
-	faultRecoverLimit = 60 * time.Second // the recovering apply must take less
-	faultRunLimit     = 4 * time.Minute  // any other terraform run; killed past it
+	faultLeaseTTL  = "4s"             // lease of the killed run, so the next run need not wait 30 s
+	faultPauseWait = 60 * time.Second // until the provider reaches the pause point
+	faultExitWait  = 90 * time.Second // until the provider, then terraform, exit after the signal (the provider waits up to 60 s for undos)
+	// faultRecoverLimit only catches a recovery that hangs: how fast one
+	// converges (seconds on a quiet machine, 4 s of it the dead run's lease)
+	// is logged, not asserted, since the suite shares 2 cores with
+	// everything else (a wall-clock bound would measure the neighbours).
+	faultRecoverLimit = 3 * time.Minute
+	faultRunLimit     = 4 * time.Minute // any other terraform run; killed past it
 	faultLabelName    = "postgraas.instance.name"
 	faultProviderAddr = "postgraas/postgraas"
 )
