@@ -46,6 +46,11 @@ type Spec struct {
 	// may be "user" or "user@server".
 	Username string
 	Password string
+	// Verifier is Password's SCRAM-SHA-256 verifier, computed once by the
+	// caller: it is what the server stores, exactly, so that a write-only
+	// password can later be proven by comparing verifiers. Empty: the
+	// backend computes one.
+	Verifier string
 	// Image is the docker image; empty means the backend's default.
 	Image string
 }
@@ -123,15 +128,21 @@ type Backend interface {
 	// its proof. It must not change anything.
 	Inspect(ctx context.Context, inst Instance) (Status, error)
 
-	// RotatePassword changes the login's password, on objects that carry
-	// the instance's proof only. oldPassword may be empty (after an
-	// import) when the backend does not need it.
-	RotatePassword(ctx context.Context, inst Instance, oldPassword, newPassword string) error
+	// Authenticate proves that auth is the instance's current password,
+	// deciding as a login would: nil, ErrWrongPassword, a
+	// *LoginDisabledError, or ErrCannotVerify. It changes nothing.
+	Authenticate(ctx context.Context, inst Instance, auth Auth) error
+
+	// SetPassword stores verifier as the login's password, on objects that
+	// carry the instance's proof only. The caller has authenticated; auth
+	// is what it authenticated with (a backend that must log in as the
+	// tenant uses it).
+	SetPassword(ctx context.Context, inst Instance, auth Auth, verifier string) error
 
 	// Delete removes the instance's objects that carry its proof; objects
 	// with its names but without the proof are someone else's and are left
 	// alone (for a legacy record, a successful authentication is the proof).
-	// It first authenticates password as the
+	// It first authenticates auth as the
 	// instance user's, deciding as a login would (ErrWrongPassword when
 	// refused, nothing removed): docker logs in; pg_cluster checks it
 	// against the role's SCRAM verifier when the admin may read pg_authid,
@@ -140,7 +151,7 @@ type Backend interface {
 	// they are terminated. Delete is idempotent: a delete interrupted half-way
 	// can be called again and finishes the job; objects already gone are not
 	// an error.
-	Delete(ctx context.Context, inst Instance, password string, force bool) error
+	Delete(ctx context.Context, inst Instance, auth Auth, force bool) error
 
 	// Purge removes whatever carries the instance's proof, without
 	// authenticating: used when an instance was found partly gone, and to
@@ -153,8 +164,32 @@ type Backend interface {
 	Close()
 }
 
+// Auth is how a caller proves it holds an instance's current password: the
+// password itself, or, for a write-only password that is kept nowhere, the
+// exact SCRAM verifier the provider stored last, compared with the server's
+// (a verifier does not let anyone log in).
+type Auth struct {
+	Password string
+	Verifier string
+}
+
 // ErrWrongPassword: the login with the given password was refused.
 var ErrWrongPassword = errors.New("password authentication failed")
+
+// ErrCannotVerify: the backend cannot compare verifiers (a pg_cluster admin
+// that is not a superuser cannot read them).
+var ErrCannotVerify = errors.New("the stored password verifier cannot be read with the provider's credentials")
+
+// LoginDisabledError: the role exists but may not log in at all, whatever
+// the password.
+type LoginDisabledError struct {
+	Role   string
+	Reason string // "NOLOGIN", "VALID UNTIL ... has passed"
+}
+
+func (e *LoginDisabledError) Error() string {
+	return fmt.Sprintf("role %q may not log in (%s)", e.Role, e.Reason)
+}
 
 // ConflictError: an object the create would make already exists and is not
 // the instance's.

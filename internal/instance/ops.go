@@ -8,6 +8,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
 // Inspect reports on rec's objects through rec's backend.
@@ -45,20 +46,45 @@ func (s *Service) Refresh(ctx context.Context, id string) (metadb.Record, backen
 	return rec, st, nil
 }
 
-// Rotate changes the instance's password on the row's own backend.
-func (s *Service) Rotate(ctx context.Context, rec metadb.Record, oldPassword, newPassword string) error {
+// Rotate makes newPassword the instance's password, on the row's own
+// backend, under postgraas_server's rule: only the holder of the current
+// password may change it. current is what the caller holds (the password
+// in state, or the verifier it set last in write-only mode; empty after an
+// import). An instance that already accepts newPassword (changed out of
+// band, or the import of an instance whose password the configuration
+// has) is accepted as it is. It returns the verifier now stored.
+func (s *Service) Rotate(ctx context.Context, rec metadb.Record, current backend.Auth, newPassword string) (string, error) {
 	b, err := s.Backend(rec.Backend)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return b.RotatePassword(ctx, InstanceOf(rec), oldPassword, newPassword)
+	inst := InstanceOf(rec)
+	proven := backend.Auth{Password: newPassword}
+	err = b.Authenticate(ctx, inst, proven)
+	if errors.Is(err, backend.ErrWrongPassword) && (current.Password != "" || current.Verifier != "") {
+		proven = current
+		err = b.Authenticate(ctx, inst, current)
+	}
+	if err != nil {
+		return "", err
+	}
+	verifier, err := pgsql.ScramVerifier(newPassword)
+	if err != nil {
+		return "", err
+	}
+	// Stored even when the instance already took newPassword: the verifier
+	// kept for write-only mode must be the server's, exactly.
+	if err := b.SetPassword(ctx, inst, proven, verifier); err != nil {
+		return "", err
+	}
+	return verifier, nil
 }
 
 // Delete removes the instance with that id: the backend objects that carry
 // its proof first, the row last, so an interrupted destroy is finished by
 // a retry. A row already gone (a concurrent destroy) is success; a destroy
 // running elsewhere is waited for.
-func (s *Service) Delete(ctx context.Context, id, password string, force bool) error {
+func (s *Service) Delete(ctx context.Context, id string, auth backend.Auth, force bool) error {
 	lease := metadb.Lease{Owner: randomHex(16), TTL: s.lease.TTL}
 	for {
 		rec, err := s.store.Lookup(ctx, id)
@@ -88,7 +114,7 @@ func (s *Service) Delete(ctx context.Context, id, password string, force bool) e
 			}
 			continue
 		}
-		if err := b.Delete(ctx, InstanceOf(rec), password, force); err != nil {
+		if err := b.Delete(ctx, InstanceOf(rec), auth, force); err != nil {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 			defer cancel()
 			if rerr := s.store.ReleaseDelete(cctx, rec.ID, lease.Owner); rerr != nil {

@@ -24,9 +24,12 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/terraform-plugin-log/tflog"
+
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
 // Service is safe for concurrent use.
@@ -134,9 +137,17 @@ func (s *Service) CheckRequest(req Request) error {
 // attempt made, proven by its proof, and then the row. When even that
 // fails, the row stays "creating" with a lease that expires, and the next
 // create of the name takes it over and finishes the job.
-func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, error) {
+//
+// It returns the row and the SCRAM verifier the instance's password is
+// stored as, exactly: with a write-only password, comparing it with the
+// server's later proves the caller still holds the current password.
+func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, string, error) {
 	if err := s.CheckRequest(req); err != nil {
-		return metadb.Record{}, err
+		return metadb.Record{}, "", err
+	}
+	verifier, err := pgsql.ScramVerifier(req.Password)
+	if err != nil {
+		return metadb.Record{}, "", err
 	}
 	b, _ := s.Backend(req.Backend)
 	ctx, done := track(ctx)
@@ -149,7 +160,7 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, error
 	}
 	id, err := s.reserve(ctx, want, lease)
 	if err != nil {
-		return metadb.Record{}, err
+		return metadb.Record{}, "", err
 	}
 	want.ID = id
 	cctx, stopRenewing := s.keepLease(ctx, id, lease)
@@ -158,7 +169,7 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, error
 	faultinject.Pause(cctx, "create.reserved")
 	spec := backend.Spec{
 		InstanceID: id, Proof: ProofFor(want), Name: req.Name, DBName: req.DBName,
-		Username: req.Username, Password: req.Password, Image: req.Image,
+		Username: req.Username, Password: req.Password, Verifier: verifier, Image: req.Image,
 	}
 	var rec metadb.Record
 	created, err := b.Create(cctx, spec)
@@ -170,9 +181,9 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, error
 		if cause := context.Cause(cctx); cause != nil && !errors.Is(err, cause) {
 			err = fmt.Errorf("%w (%w)", err, cause)
 		}
-		return metadb.Record{}, s.undo(ctx, b, want, created, lease, err)
+		return metadb.Record{}, "", s.undo(ctx, b, want, created, lease, err)
 	}
-	return rec, nil
+	return rec, verifier, nil
 }
 
 // undo removes what a failed create attempt made and then its row. It
@@ -182,6 +193,7 @@ func (s *Service) undo(ctx context.Context, b backend.Backend, rec metadb.Record
 	defer cancel()
 	inst := InstanceOf(rec)
 	inst.ContainerID = created.ContainerID
+	tflog.Info(ctx, "create failed; removing what it made", map[string]any{"name": rec.Name, "id": rec.ID})
 	if perr := b.Purge(cctx, inst); perr != nil {
 		return &UndoError{Err: cause, UndoErr: perr, ID: rec.ID, LeaseTTL: lease.TTL}
 	}
@@ -236,6 +248,8 @@ func (s *Service) reserve(ctx context.Context, want metadb.Record, lease metadb.
 			// postgraas_server's rows carry no proof: never reclaimed.
 			return 0, err
 		case ex.State == metadb.StateCreating && ex.LeaseLeft > 0:
+			tflog.Info(ctx, "waiting for the create lease of another run", map[string]any{
+				"name": ex.Name, "id": ex.ID, "lease_left": ex.LeaseLeft.String()})
 			next, werr := s.waitForLease(ctx, ex)
 			if werr != nil {
 				return 0, werr
@@ -274,6 +288,8 @@ func (s *Service) takeOver(ctx context.Context, ex, want metadb.Record, lease me
 	if err != nil || !claimed {
 		return false, err
 	}
+	tflog.Info(ctx, "took over the meta DB row of an earlier attempt", map[string]any{
+		"name": ex.Name, "id": ex.ID, "state": ex.State})
 	if ex.Token != "" {
 		old, err := s.Backend(ex.Backend)
 		if err != nil {

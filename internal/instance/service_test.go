@@ -120,7 +120,7 @@ func TestReclaimRace(t *testing.T) {
 	name := uniq("race")
 	cleanupName(t, first, name)
 	ctx := testCtx(t)
-	if _, err := first.Create(ctx, clusterRequest(name, "pw-first")); err != nil {
+	if _, _, err := first.Create(ctx, clusterRequest(name, "pw-first")); err != nil {
 		t.Fatal(err)
 	}
 	admin(t, "DROP DATABASE "+pgsql.QuoteIdent(name+"_db"), "DROP ROLE "+pgsql.QuoteIdent(name+"_u"))
@@ -132,7 +132,7 @@ func TestReclaimRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = newService(t, LeaseConfig{}).Create(ctx, clusterRequest(name, "pw-"+strconv.Itoa(i)))
+			_, _, errs[i] = newService(t, LeaseConfig{}).Create(ctx, clusterRequest(name, "pw-"+strconv.Itoa(i)))
 		}()
 	}
 	wg.Wait()
@@ -161,7 +161,7 @@ func TestReclaimRace(t *testing.T) {
 	if err != nil || rec.State != metadb.StateReady {
 		t.Fatalf("row after the race: %+v %v", rec, err)
 	}
-	if err := first.Delete(ctx, strconv.FormatInt(rec.ID, 10), "pw-"+strconv.Itoa(winner), false); err != nil {
+	if err := first.Delete(ctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw-" + strconv.Itoa(winner)}, false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -189,7 +189,7 @@ func TestTakeOverAfterDeadCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	rec, err := s.Create(ctx, clusterRequest(name, "new-pw"))
+	rec, _, err := s.Create(ctx, clusterRequest(name, "new-pw"))
 	if err != nil {
 		t.Fatalf("create after a dead one: %v", err)
 	}
@@ -203,7 +203,7 @@ func TestTakeOverAfterDeadCreate(t *testing.T) {
 	if err := canLogin(t, dead.DBName, dead.Username, "dead-pw"); err == nil {
 		t.Fatal("the dead run's role is still there")
 	}
-	if err := s.Delete(ctx, strconv.FormatInt(id, 10), "new-pw", false); err != nil {
+	if err := s.Delete(ctx, strconv.FormatInt(id, 10), backend.Auth{Password: "new-pw"}, false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -226,7 +226,7 @@ func TestLiveLeaseRefused(t *testing.T) {
 
 	other := newService(t, LeaseConfig{Poll: 50 * time.Millisecond})
 	start := time.Now()
-	_, err = other.Create(ctx, clusterRequest(name, "pw"))
+	_, _, err = other.Create(ctx, clusterRequest(name, "pw"))
 	var held *LeaseHeldError
 	if !errors.As(err, &held) || !held.Renewed {
 		t.Fatalf("create against a live lease: %v", err)
@@ -241,7 +241,7 @@ func TestLiveLeaseRefused(t *testing.T) {
 	// at once.
 	short, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if _, err := other.Create(short, clusterRequest(name, "pw")); !errors.As(err, &held) {
+	if _, _, err := other.Create(short, clusterRequest(name, "pw")); !errors.As(err, &held) {
 		t.Fatalf("create with a short timeout: %v", err)
 	}
 }
@@ -256,7 +256,7 @@ func TestConcurrentDockerDestroys(t *testing.T) {
 	s := newService(t, LeaseConfig{})
 	name := uniq("dd")
 	ctx := testCtx(t)
-	rec, err := s.Create(ctx, Request{Name: name, DBName: "app", Username: "app", Password: "pw", Backend: backend.KindDocker})
+	rec, _, err := s.Create(ctx, Request{Name: name, DBName: "app", Username: "app", Password: "pw", Backend: backend.KindDocker})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestConcurrentDockerDestroys(t *testing.T) {
 		// Whatever a failed assertion left: a forced destroy is idempotent.
 		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := s.Delete(cctx, strconv.FormatInt(rec.ID, 10), "pw", true); err != nil {
+		if err := s.Delete(cctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw"}, true); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -274,7 +274,7 @@ func TestConcurrentDockerDestroys(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = newService(t, LeaseConfig{}).Delete(ctx, strconv.FormatInt(rec.ID, 10), "pw", false)
+			errs[i] = newService(t, LeaseConfig{}).Delete(ctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw"}, false)
 		}()
 	}
 	wg.Wait()

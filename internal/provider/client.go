@@ -137,9 +137,13 @@ func joinIDs(ids []int64) string {
 // connectionURI escapes every part, so user names like "user@server" and
 // passwords with '@', '/' or ':' survive (postgraas_server bug 8).
 func connectionURI(username, password, host string, port int, dbName string) string {
+	user := url.User(username)
+	if password != "" {
+		user = url.UserPassword(username, password)
+	}
 	u := url.URL{
 		Scheme:  "postgres",
-		User:    url.UserPassword(username, password),
+		User:    user,
 		Host:    net.JoinHostPort(host, strconv.Itoa(port)),
 		Path:    "/" + dbName,
 		RawPath: "/" + url.PathEscape(dbName),
@@ -159,6 +163,7 @@ func addError(diags *diag.Diagnostics, action, name string, err error, timeout t
 		spec      *backend.SpecError
 		sessions  *backend.SessionsError
 		notOurs   *pgcluster.NotOursError
+		disabled  *backend.LoginDisabledError
 	)
 	switch {
 	case errors.As(err, &spec):
@@ -204,11 +209,29 @@ func addError(diags *diag.Diagnostics, action, name string, err error, timeout t
 	case errors.Is(err, backend.ErrLegacy):
 		diags.AddError(fmt.Sprintf("Could not %s instance", action),
 			fmt.Sprintf("Cannot %s instance %q: %s.", action, name, err))
+	case errors.As(err, &disabled):
+		diags.AddError("Instance login disabled",
+			fmt.Sprintf("Could not %s instance %q: %s. No password can prove ownership of it now, so nothing was "+
+				"changed. Whoever disabled it (a DBA) has to enable it again (ALTER ROLE ... LOGIN, or a VALID UNTIL in "+
+				"the future) before Terraform can change or destroy it.", action, name, disabled.Error()))
+	case errors.Is(err, backend.ErrCannotVerify):
+		diags.AddError("Cannot check the instance password",
+			fmt.Sprintf("Could not %s instance %q: with a write-only password the provider proves it holds the "+
+				"current password by comparing the verifier it set with the server's, and %s (the pg_cluster admin "+
+				"is not a superuser). Nothing was changed. Use db_password for this instance, or a superuser admin.",
+				action, name, err))
+	case errors.Is(err, backend.ErrWrongPassword) && action == "change the password of":
+		diags.AddAttributeError(path.Root("db_password"), "Wrong instance password",
+			fmt.Sprintf("Could not change the password of instance %q: the instance accepts neither the configured "+
+				"password nor the one this state last set (after an import, the configured password must already be "+
+				"the instance's). Nothing was changed. Only the holder of the current password may change it: set the "+
+				"password the instance accepts, apply (that is accepted as it is), then change it.", name))
 	case errors.Is(err, backend.ErrWrongPassword):
 		diags.AddAttributeError(path.Root("db_password"), "Wrong instance password",
-			fmt.Sprintf("Could not %s instance %q: the instance refused a login with the db_password in state (%s). "+
-				"Nothing was changed. If the password was changed outside Terraform, set db_password to the password the "+
-				"instance accepts and apply before retrying.", action, name, err))
+			fmt.Sprintf("Could not %s instance %q: the instance's password is not the one in this state (%s). "+
+				"Nothing was changed. If the password was changed outside Terraform, set db_password (or db_password_wo "+
+				"with a new db_password_wo_version) to the password the instance accepts and apply (that is accepted "+
+				"as it is) before retrying.", action, name, err))
 	case errors.As(err, &sessions):
 		diags.AddError("Instance still in use",
 			fmt.Sprintf("Could not %s instance %q: %s. Nothing was removed. Close those sessions and retry, or set "+

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
+	"github.com/hashicorp/terraform-plugin-framework-validators/resourcevalidator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
@@ -20,6 +21,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
+	"github.com/hashicorp/terraform-plugin-framework/tfsdk"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/hashicorp/terraform-plugin-log/tflog"
 
@@ -33,6 +35,8 @@ var (
 	_ resource.ResourceWithConfigure   = (*instanceResource)(nil)
 	_ resource.ResourceWithImportState = (*instanceResource)(nil)
 	_ resource.ResourceWithModifyPlan  = (*instanceResource)(nil)
+
+	_ resource.ResourceWithConfigValidators = (*instanceResource)(nil)
 )
 
 // Default timeouts: a docker create pulls an image and waits for initdb; a
@@ -57,6 +61,8 @@ type instanceResourceModel struct {
 	DBName        types.String   `tfsdk:"db_name"`
 	DBUsername    types.String   `tfsdk:"db_username"`
 	DBPassword    types.String   `tfsdk:"db_password"`
+	DBPasswordWO  types.String   `tfsdk:"db_password_wo"`
+	WOVersion     types.Int64    `tfsdk:"db_password_wo_version"`
 	ForceDestroy  types.Bool     `tfsdk:"force_destroy"`
 	Image         types.String   `tfsdk:"image"`
 	Backend       types.String   `tfsdk:"backend"`
@@ -113,10 +119,28 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 			},
 			"db_password": schema.StringAttribute{
 				MarkdownDescription: "Password of `db_username`. Never stored in the meta DB and never sent to a server in " +
-					"plain text (a SCRAM-SHA-256 verifier is). Changing it rotates the password in place.",
-				Required:   true,
+					"plain text (a SCRAM-SHA-256 verifier is), but kept in Terraform state, as is `connection_uri`. " +
+					"Changing it rotates the password in place, which needs the current one (the one in state, or the " +
+					"instance must already accept the new one). Exactly one of `db_password` and `db_password_wo` is required.",
+				Optional:   true,
 				Sensitive:  true,
 				Validators: passwordValidators(),
+			},
+			"db_password_wo": schema.StringAttribute{
+				MarkdownDescription: "Write-only password of `db_username` (Terraform 1.11 or later): used at create and " +
+					"rotation, never stored in state or plan; `connection_uri` then carries no password. The provider keeps " +
+					"only the password's SCRAM verifier (which does not let anyone log in) in private state, so that " +
+					"destroy and rotation can still prove the instance's password is the one this configuration set last. " +
+					"Change `db_password_wo_version` to rotate it.",
+				Optional:   true,
+				Sensitive:  true,
+				WriteOnly:  true,
+				Validators: passwordValidators(),
+			},
+			"db_password_wo_version": schema.Int64Attribute{
+				MarkdownDescription: "Version of `db_password_wo`; required with it. Terraform cannot see a write-only value " +
+					"change, so changing this number is what rotates the password in place.",
+				Optional: true,
 			},
 			"force_destroy": schema.BoolAttribute{
 				MarkdownDescription: "Destroy even when other sessions are connected, terminating them. Default `false`: " +
@@ -184,6 +208,13 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 		Blocks: map[string]schema.Block{
 			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Update: true, Delete: true}),
 		},
+	}
+}
+
+func (r *instanceResource) ConfigValidators(context.Context) []resource.ConfigValidator {
+	return []resource.ConfigValidator{
+		resourcevalidator.ExactlyOneOf(path.MatchRoot("db_password"), path.MatchRoot("db_password_wo")),
+		resourcevalidator.RequiredTogether(path.MatchRoot("db_password_wo"), path.MatchRoot("db_password_wo_version")),
 	}
 }
 
@@ -278,12 +309,26 @@ func (r *instanceResource) modifyExistingPlan(ctx context.Context, req resource.
 		resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("status"), types.StringUnknown())...)
 	}
 	var planned, current types.String
+	var plannedVersion, currentVersion types.Int64
 	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("db_password"), &planned)...)
 	resp.Diagnostics.Append(req.State.GetAttribute(ctx, path.Root("db_password"), &current)...)
-	if resp.Diagnostics.HasError() || planned.Equal(current) {
+	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("db_password_wo_version"), &plannedVersion)...)
+	resp.Diagnostics.Append(req.State.GetAttribute(ctx, path.Root("db_password_wo_version"), &currentVersion)...)
+	if resp.Diagnostics.HasError() || (planned.Equal(current) && plannedVersion.Equal(currentVersion)) {
 		return
 	}
 	resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("connection_uri"), types.StringUnknown())...)
+}
+
+// password is the instance password the configuration sets: db_password,
+// or the write-only db_password_wo, which only the configuration carries.
+func password(ctx context.Context, plan instanceResourceModel, config tfsdk.Config) (string, diag.Diagnostics) {
+	if !plan.DBPassword.IsNull() {
+		return plan.DBPassword.ValueString(), nil
+	}
+	var wo types.String
+	diags := config.GetAttribute(ctx, path.Root("db_password_wo"), &wo)
+	return wo.ValueString(), diags
 }
 
 func (r *instanceResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
@@ -305,11 +350,16 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 	defer cancel()
 
 	name := plan.Name.ValueString()
-	rec, err := r.client.svc.Create(ctx, instance.Request{
+	pw, diags := password(ctx, plan, req.Config)
+	resp.Diagnostics.Append(diags...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	rec, verifier, err := r.client.svc.Create(ctx, instance.Request{
 		Name:     name,
 		DBName:   plan.DBName.ValueString(),
 		Username: plan.DBUsername.ValueString(),
-		Password: plan.DBPassword.ValueString(),
+		Password: pw,
 		Image:    plan.Image.ValueString(),
 		Backend:  plan.Backend.ValueString(),
 	})
@@ -321,6 +371,7 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 	r.fromRecord(&plan, rec, b)
 	plan.Status = types.StringValue(b.StatusAfterCreate())
 	resp.Diagnostics.Append(setToken(ctx, resp.Private, rec.Token)...)
+	resp.Diagnostics.Append(setPrivate(ctx, resp.Private, privateVerifierKey, verifier)...)
 	tflog.Info(ctx, "created instance", map[string]any{"name": name, "id": rec.ID, "backend": rec.Backend})
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
 }
@@ -335,21 +386,32 @@ type privateSetter interface {
 	SetKey(ctx context.Context, key string, value []byte) diag.Diagnostics
 }
 
+// privateVerifierKey holds the SCRAM verifier the instance's password was
+// stored as last: in write-only mode, the proof that the caller still holds
+// the current password is that the server's verifier is this one.
+const privateVerifierKey = "password_verifier"
+
 func setToken(ctx context.Context, p privateSetter, token string) diag.Diagnostics {
-	if token == "" {
-		return nil
-	}
-	b, _ := json.Marshal(token)
-	return p.SetKey(ctx, privateTokenKey, b)
+	return setPrivate(ctx, p, privateTokenKey, token)
 }
 
-func getToken(ctx context.Context, p privateState) string {
-	b, diags := p.GetKey(ctx, privateTokenKey)
-	var token string
-	if diags.HasError() || len(b) == 0 || json.Unmarshal(b, &token) != nil {
+func getToken(ctx context.Context, p privateState) string { return getPrivate(ctx, p, privateTokenKey) }
+
+func setPrivate(ctx context.Context, p privateSetter, key, value string) diag.Diagnostics {
+	if value == "" {
+		return nil
+	}
+	b, _ := json.Marshal(value)
+	return p.SetKey(ctx, key, b)
+}
+
+func getPrivate(ctx context.Context, p privateState, key string) string {
+	b, diags := p.GetKey(ctx, key)
+	var v string
+	if diags.HasError() || len(b) == 0 || json.Unmarshal(b, &v) != nil {
 		return ""
 	}
-	return token
+	return v
 }
 
 // fromRecord fills the attributes kept in the meta DB row; status comes
@@ -372,9 +434,13 @@ func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Recor
 	if m.DBUsername.IsNull() || m.DBUsername.IsUnknown() || b == nil || !b.SameLogin(m.DBUsername.ValueString(), rec.Username) {
 		m.DBUsername = types.StringValue(rec.Username)
 	}
-	if m.DBPassword.IsNull() || m.DBPassword.IsUnknown() {
+	switch {
+	case !m.WOVersion.IsNull() && !m.WOVersion.IsUnknown():
+		// Write-only mode: the URI carries no password.
+		m.ConnectionURI = types.StringValue(connectionURI(rec.Username, "", rec.Host, rec.Port, rec.DBName))
+	case m.DBPassword.IsNull() || m.DBPassword.IsUnknown():
 		m.ConnectionURI = types.StringNull()
-	} else {
+	default:
 		m.ConnectionURI = types.StringValue(connectionURI(rec.Username, m.DBPassword.ValueString(), rec.Host, rec.Port, rec.DBName))
 	}
 }
@@ -518,19 +584,24 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 		addError(&resp.Diagnostics, "update", state.Name.ValueString(), err, timeout)
 		return
 	}
-	if !plan.DBPassword.Equal(state.DBPassword) {
-		old := state.DBPassword.ValueString()
-		if state.DBPassword.IsNull() {
-			// After an import the state has no password and the
-			// configuration's must be the instance's current one: a docker
-			// instance can only be logged into with it.
-			old = plan.DBPassword.ValueString()
+	if !plan.DBPassword.Equal(state.DBPassword) || !plan.WOVersion.Equal(state.WOVersion) {
+		// Only the holder of the current password may change it: the
+		// password in state, or the verifier set last (write-only mode).
+		// After an import neither is known, and the instance must already
+		// accept the configured password.
+		current := backend.Auth{Password: state.DBPassword.ValueString(), Verifier: getPrivate(ctx, req.Private, privateVerifierKey)}
+		pw, diags := password(ctx, plan, req.Config)
+		resp.Diagnostics.Append(diags...)
+		if resp.Diagnostics.HasError() {
+			return
 		}
-		if err := r.client.svc.Rotate(ctx, rec, old, plan.DBPassword.ValueString()); err != nil {
+		verifier, err := r.client.svc.Rotate(ctx, rec, current, pw)
+		if err != nil {
 			addError(&resp.Diagnostics, "change the password of", rec.Name, err, timeout)
 			return
 		}
-		tflog.Info(ctx, "rotated instance password", map[string]any{"name": rec.Name, "id": rec.ID})
+		resp.Diagnostics.Append(setPrivate(ctx, resp.Private, privateVerifierKey, verifier)...)
+		tflog.Info(ctx, "set instance password", map[string]any{"name": rec.Name, "id": rec.ID})
 	}
 	plan.Status = status
 	r.fromRecord(&plan, rec, r.backendOf(types.StringValue(rec.Backend)))
@@ -555,7 +626,8 @@ func (r *instanceResource) Delete(ctx context.Context, req resource.DeleteReques
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	err := r.client.svc.Delete(ctx, state.ID.ValueString(), state.DBPassword.ValueString(), state.ForceDestroy.ValueBool())
+	auth := backend.Auth{Password: state.DBPassword.ValueString(), Verifier: getPrivate(ctx, req.Private, privateVerifierKey)}
+	err := r.client.svc.Delete(ctx, state.ID.ValueString(), auth, state.ForceDestroy.ValueBool())
 	if err != nil {
 		addError(&resp.Diagnostics, "destroy", state.Name.ValueString(), err, timeout)
 		return

@@ -22,6 +22,8 @@ import (
 type clusterInstance struct {
 	label, name, db, user, password string
 	extra                           string // more attributes, HCL
+	// woVersion > 0 sets the password write-only, with this version.
+	woVersion int
 }
 
 func newClusterInstance(label string) clusterInstance {
@@ -30,15 +32,19 @@ func newClusterInstance(label string) clusterInstance {
 }
 
 func (i clusterInstance) hcl() string {
+	pw := "db_password = " + hclString(i.password)
+	if i.woVersion > 0 {
+		pw = fmt.Sprintf("db_password_wo = %s\n  db_password_wo_version = %d", hclString(i.password), i.woVersion)
+	}
 	return fmt.Sprintf(`
 resource "postgraas_instance" %q {
   name        = %s
   db_name     = %s
   db_username = %s
-  db_password = %s
+  %s
   %s
 }
-`, i.label, hclString(i.name), hclString(i.db), hclString(i.user), hclString(i.password), i.extra)
+`, i.label, hclString(i.name), hclString(i.db), hclString(i.user), pw, i.extra)
 }
 
 func (i clusterInstance) address() string { return "postgraas_instance." + i.label }

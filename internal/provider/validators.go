@@ -21,7 +21,6 @@ var (
 	// No NUL (PostgreSQL cannot store it) and no control characters, which
 	// only cause trouble in logs, psql and shell scripts.
 	noControlRegexp = regexp.MustCompile(`^[^\x00-\x1f\x7f]*$`)
-	noNULRegexp     = regexp.MustCompile(`^[^\x00]*$`)
 )
 
 func instanceNameValidators() []validator.String {
@@ -49,9 +48,25 @@ func usernameValidators() []validator.String {
 func passwordValidators() []validator.String {
 	return []validator.String{
 		stringvalidator.LengthAtLeast(1),
-		stringvalidator.RegexMatches(noNULRegexp, "must not contain a NUL character"),
+		noNUL{},
 		saslprepStable{},
 	}
+}
+
+// noNUL refuses a NUL byte without quoting the value: the framework's
+// RegexMatches would print the password in its diagnostic.
+type noNUL struct{}
+
+func (noNUL) Description(context.Context) string { return "must not contain a NUL character" }
+
+func (v noNUL) MarkdownDescription(ctx context.Context) string { return v.Description(ctx) }
+
+func (v noNUL) ValidateString(ctx context.Context, req validator.StringRequest, resp *validator.StringResponse) {
+	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() || !strings.ContainsRune(req.ConfigValue.ValueString(), 0) {
+		return
+	}
+	resp.Diagnostics.AddAttributeError(req.Path, "Invalid password",
+		fmt.Sprintf("Attribute %s %s: PostgreSQL cannot store one.", req.Path, v.Description(ctx)))
 }
 
 // saslprepStable refuses passwords that SCRAM clients would change before

@@ -3,6 +3,8 @@ package docker
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,12 +47,13 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 	if spec.Proof.Legacy() {
 		return backend.Created{}, errors.New("a create needs an ownership proof")
 	}
-	id, err := b.createContainer(ctx, spec, img)
+	bootstrap := randomSecret()
+	id, err := b.createContainer(ctx, spec, img, bootstrap)
 	if err != nil {
 		return backend.Created{}, err
 	}
 	faultinject.Pause(ctx, "docker.container_created")
-	port, err := b.startAndWait(ctx, id, spec)
+	port, err := b.startAndWait(ctx, id, spec, bootstrap)
 	if err != nil {
 		return backend.Created{}, fmt.Errorf("container %q did not become ready: %w%s", spec.Name, err, b.removeAfterFailure(ctx, id))
 	}
@@ -115,13 +118,16 @@ func (b *Backend) pull(ctx context.Context, img string) error {
 	return nil
 }
 
-func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img string) (string, error) {
+func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img, bootstrap string) (string, error) {
 	port := nat.Port(pgPort)
 	cfg := &container.Config{
 		Image: img,
+		// The container's config is readable by anyone with engine access,
+		// forever: it gets a one-time bootstrap secret, replaced by the
+		// real password's verifier as soon as the server is up.
 		Env: []string{
 			"POSTGRES_USER=" + spec.Username,
-			"POSTGRES_PASSWORD=" + spec.Password,
+			"POSTGRES_PASSWORD=" + bootstrap,
 			"POSTGRES_DB=" + spec.DBName,
 		},
 		ExposedPorts: nat.PortSet{port: {}},
@@ -158,16 +164,48 @@ func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img st
 	return resp.ID, nil
 }
 
-// startAndWait starts the container and waits until the tenant can log in,
-// returning the published host port.
-func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec) (int, error) {
+// startAndWait starts the container, waits until the bootstrap login
+// works, then sets the real password (as its verifier) over that login,
+// which makes the bootstrap secret in the container's config useless. It
+// returns the published host port.
+func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec, bootstrap string) (int, error) {
 	if err := b.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
 		return 0, fmt.Errorf("starting: %w", err)
 	}
 	faultinject.Pause(ctx, "docker.started")
+	verifier := spec.Verifier
+	if verifier == "" {
+		var err error
+		if verifier, err = pgsql.ScramVerifier(spec.Password); err != nil {
+			return 0, err
+		}
+	}
 	return b.untilLogin(ctx, id, 0, func(port int) error {
-		return ping(ctx, b.target(port, spec.Username, spec.Password, spec.DBName))
+		return personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier)
 	})
+}
+
+// personalise logs in with the bootstrap secret and replaces it with the
+// instance's verifier.
+func personalise(ctx context.Context, t pgsql.Target, verifier string) error {
+	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	conn, err := t.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier))
+	return err
+}
+
+// randomSecret is a one-time bootstrap password.
+func randomSecret() string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("reading random bytes: %v", err))
+	}
+	return hex.EncodeToString(b)
 }
 
 // untilLogin calls attempt with the published port until it succeeds, the
@@ -216,6 +254,10 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 			}
 			return port, nil
 		}
+		var stop *stopWaiting
+		if errors.As(lastErr, &stop) {
+			return 0, lastErr
+		}
 		if pgsql.IsAuthFailure(lastErr) {
 			// The server is up and refuses these credentials: waiting
 			// longer will not help.
@@ -239,18 +281,6 @@ func (b *Backend) target(port int, user, password, dbname string) pgsql.Target {
 		SSLMode:        "disable",
 		ConnectTimeout: attemptTimeout,
 	}
-}
-
-func ping(ctx context.Context, t pgsql.Target) error {
-	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
-	defer cancel()
-	conn, err := t.Connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var one int
-	return conn.QueryRow(ctx, "SELECT 1").Scan(&one)
 }
 
 // removeAfterFailure removes a container this create made and returns its

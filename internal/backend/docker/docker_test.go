@@ -1,9 +1,11 @@
 package docker
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"os"
@@ -404,7 +406,7 @@ func TestCreateReadyTime(t *testing.T) {
 		start := time.Now()
 		c := e.create(t, spec)
 		times = append(times, time.Since(start))
-		if err := e.b.Delete(ctxFor(t, time.Minute), instanceOf(spec, c), spec.Password, false); err != nil {
+		if err := e.b.Delete(ctxFor(t, time.Minute), instanceOf(spec, c), backend.Auth{Password: spec.Password}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -508,7 +510,7 @@ func TestDelete(t *testing.T) {
 	inst := instanceOf(spec, c)
 	ctx := ctxFor(t, 2*time.Minute)
 
-	err := e.b.Delete(ctx, inst, "wrong", false)
+	err := e.b.Delete(ctx, inst, backend.Auth{Password: "wrong"}, false)
 	if !errors.Is(err, backend.ErrWrongPassword) {
 		t.Fatalf("wrong password: %v", err)
 	}
@@ -520,7 +522,7 @@ func TestDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = e.b.Delete(ctx, inst, spec.Password, false)
+	err = e.b.Delete(ctx, inst, backend.Auth{Password: spec.Password}, false)
 	var se *backend.SessionsError
 	if !errors.As(err, &se) || se.Count != 1 || se.DBName != spec.DBName {
 		t.Fatalf("want SessionsError for 1 session, got %v", err)
@@ -539,7 +541,7 @@ func TestDelete(t *testing.T) {
 		t.Fatal("the image declares no volume: the volume check would prove nothing")
 	}
 
-	if err := e.b.Delete(ctx, inst, spec.Password, true); err != nil {
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: spec.Password}, true); err != nil {
 		t.Fatalf("forced delete: %v", err)
 	}
 	other.Close(ctx)
@@ -551,7 +553,7 @@ func TestDelete(t *testing.T) {
 			t.Errorf("volume %s: want not found, got %v", v, err)
 		}
 	}
-	if err := e.b.Delete(ctx, inst, spec.Password, false); err != nil {
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: spec.Password}, false); err != nil {
 		t.Errorf("second delete: %v", err)
 	}
 	if st := e.status(t, inst); st.Exists {
@@ -578,7 +580,7 @@ func TestStoppedContainer(t *testing.T) {
 
 	// Delete starts it to check the password, and leaves it stopped when
 	// the password is wrong.
-	if err := e.b.Delete(ctx, inst, "wrong", false); !errors.Is(err, backend.ErrWrongPassword) {
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: "wrong"}, false); !errors.Is(err, backend.ErrWrongPassword) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	if st := e.status(t, inst); !st.Exists || st.State != "exited" {
@@ -586,14 +588,14 @@ func TestStoppedContainer(t *testing.T) {
 	}
 	// RotatePassword also starts it and stops it again.
 	newPW := "rotated-" + randHex(4)
-	if err := e.b.RotatePassword(ctx, inst, spec.Password, newPW); err != nil {
+	if err := rotate(ctx, e.b, inst, spec.Password, newPW); err != nil {
 		t.Fatalf("rotate on stopped container: %v", err)
 	}
 	if st := e.status(t, inst); st.State != "exited" {
 		t.Fatalf("after rotate: %+v", st)
 	}
 	start := time.Now()
-	if err := e.b.Delete(ctx, inst, newPW, false); err != nil {
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: newPW}, false); err != nil {
 		t.Fatalf("delete of stopped container: %v", err)
 	}
 	t.Logf("delete of a stopped container took %v", time.Since(start))
@@ -619,11 +621,11 @@ func TestInspectAfterOutOfBandRemoval(t *testing.T) {
 	if st := e.status(t, inst); st.Exists {
 		t.Fatalf("Inspect by name: %+v", st)
 	}
-	if err := e.b.Delete(ctx, inst, spec.Password, false); err != nil {
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: spec.Password}, false); err != nil {
 		t.Errorf("Delete of a removed container: %v", err)
 	}
-	if err := e.b.RotatePassword(ctx, inst, spec.Password, "x"); err == nil || !strings.Contains(err.Error(), "does not exist") {
-		t.Errorf("RotatePassword of a removed container: %v", err)
+	if err := rotate(ctx, e.b, inst, spec.Password, "x"); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("SetPassword of a removed container: %v", err)
 	}
 }
 
@@ -635,11 +637,11 @@ func TestRotatePassword(t *testing.T) {
 	inst := instanceOf(spec, c)
 	ctx := ctxFor(t, 2*time.Minute)
 
-	if err := e.b.RotatePassword(ctx, inst, "wrong", "x"); !errors.Is(err, backend.ErrWrongPassword) {
+	if err := rotate(ctx, e.b, inst, "wrong", "x"); !errors.Is(err, backend.ErrWrongPassword) {
 		t.Fatalf("rotate with wrong old password: %v", err)
 	}
 	newPW := "new'pw\\" + randHex(4)
-	if err := e.b.RotatePassword(ctx, inst, spec.Password, newPW); err != nil {
+	if err := rotate(ctx, e.b, inst, spec.Password, newPW); err != nil {
 		t.Fatalf("rotate: %v", err)
 	}
 	if _, err := connect(ctx, c, spec.DBName, spec.Password); !pgsql.IsAuthFailure(err) {
@@ -650,11 +652,100 @@ func TestRotatePassword(t *testing.T) {
 		t.Fatalf("new password: %v", err)
 	}
 	conn.Close(ctx)
+	// Nobody with engine access finds a password in the container's
+	// config, before or after the rotation: it holds a bootstrap secret
+	// that no longer logs in.
+	e.assertNoSecretInConfig(t, c.ContainerID, spec.Password, newPW)
 	// Purge (no auth) removes it by ID.
 	if err := e.b.Purge(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := e.inspect(t, c.ContainerID); ok {
 		t.Error("Purge left the container")
+	}
+}
+
+// rotate sets a new password, logging in with the old one.
+func rotate(ctx context.Context, b *Backend, inst backend.Instance, oldPW, newPW string) error {
+	v, err := pgsql.ScramVerifier(newPW)
+	if err != nil {
+		return err
+	}
+	return b.SetPassword(ctx, inst, backend.Auth{Password: oldPW}, v)
+}
+
+// assertNoSecretInConfig fails when the container's configuration (what
+// `docker inspect` shows) contains any of the secrets, and checks that the
+// bootstrap password it does hold is useless.
+func (e env) assertNoSecretInConfig(t *testing.T, id string, secrets ...string) {
+	t.Helper()
+	ctx := ctxFor(t, time.Minute)
+	raw, err := e.b.cli.ContainerInspect(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets {
+		if bytes.Contains(js, []byte(s)) {
+			t.Errorf("docker inspect of %s shows a password", id)
+		}
+	}
+	for _, kv := range raw.Config.Env {
+		if pw, ok := strings.CutPrefix(kv, "POSTGRES_PASSWORD="); ok {
+			port, _ := hostPort(raw)
+			_, err := connect(ctx, backend.Created{Host: "127.0.0.1", Port: port}, "postgres", pw)
+			if !pgsql.IsAuthFailure(err) {
+				t.Errorf("the bootstrap secret in the container's config still logs in (%v)", err)
+			}
+		}
+	}
+}
+
+// TestWriteOnlyVerifier: without a password (write-only mode), the verifier
+// the provider stored is compared with the server's from inside the
+// container, a rotation sets one from inside, and an out-of-band change
+// makes destroy refuse.
+func TestWriteOnlyVerifier(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	v, err := pgsql.ScramVerifier(spec.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Verifier = v
+	c := e.create(t, spec)
+	inst := instanceOf(spec, c)
+	ctx := ctxFor(t, 2*time.Minute)
+	e.assertNoSecretInConfig(t, c.ContainerID, spec.Password)
+
+	if err := e.b.Authenticate(ctx, inst, backend.Auth{Verifier: v}); err != nil {
+		t.Fatalf("verifier auth: %v", err)
+	}
+	other, _ := pgsql.ScramVerifier(spec.Password)
+	if err := e.b.Authenticate(ctx, inst, backend.Auth{Verifier: other}); !errors.Is(err, backend.ErrWrongPassword) {
+		t.Fatalf("another verifier: %v", err)
+	}
+	newPW := "wo-" + randHex(6)
+	nv, _ := pgsql.ScramVerifier(newPW)
+	if err := e.b.SetPassword(ctx, inst, backend.Auth{Verifier: v}, nv); err != nil {
+		t.Fatalf("set password from inside: %v", err)
+	}
+	conn, err := connect(ctx, c, spec.DBName, newPW)
+	if err != nil {
+		t.Fatalf("login with the new password: %v", err)
+	}
+	if _, err := conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD 'out of band'"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	if err := e.b.Delete(ctx, inst, backend.Auth{Verifier: nv}, false); !errors.Is(err, backend.ErrWrongPassword) {
+		t.Fatalf("delete after an out-of-band change: %v", err)
+	}
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: "out of band"}, false); err != nil {
+		t.Fatalf("delete with the accepted password: %v", err)
 	}
 }

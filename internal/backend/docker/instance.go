@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -85,14 +86,15 @@ func (b *Backend) Inspect(ctx context.Context, inst backend.Instance) (backend.S
 	return st, nil
 }
 
-// RotatePassword implements backend.Backend. The tenant's own login is the
-// only one there is, so the current password is required.
-func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, oldPassword, newPassword string) error {
-	verifier, err := pgsql.ScramVerifier(newPassword)
-	if err != nil {
-		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
+// SetPassword implements backend.Backend. With the password at hand it logs
+// in as the tenant (the tenant's own login is the only one the image's
+// contract promises); without one (write-only mode) it sets the verifier
+// from inside the container.
+func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, auth backend.Auth, verifier string) error {
+	s, err := b.login(ctx, inst, auth)
+	if errors.Is(err, errNotOurs) {
+		return notOurs(inst)
 	}
-	s, err := b.login(ctx, inst, oldPassword)
 	if err != nil {
 		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
 	}
@@ -102,15 +104,20 @@ func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, old
 	defer s.close(ctx, b, true)
 	// The verifier, not the plaintext, goes into the SQL text, so the new
 	// password cannot end up in server logs.
-	if _, err := s.conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier)); err != nil {
+	if s.conn != nil {
+		_, err = s.conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier))
+	} else {
+		err = b.setVerifier(ctx, s.id, inst.Username, inst.DBName, verifier)
+	}
+	if err != nil {
 		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
 	}
 	return nil
 }
 
 // Delete implements backend.Backend.
-func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password string, force bool) error {
-	s, err := b.login(ctx, inst, password)
+func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backend.Auth, force bool) error {
+	s, err := b.login(ctx, inst, auth)
 	if errors.Is(err, errNotOurs) {
 		return nil // the name is someone else's now: nothing of ours is left
 	}
@@ -125,9 +132,7 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 	}
 	// The tenant owns the whole server, so sessions count in every
 	// database, not only inst.DBName.
-	var n int
-	err = s.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`).Scan(&n)
+	n, err := s.sessions(ctx, b, inst)
 	switch {
 	case err != nil && b.gone(ctx, s.id):
 		// A concurrent destroy removed it under our session.
@@ -207,7 +212,7 @@ type session struct {
 // container happens to run, and a container that cannot start any more is
 // exactly the case where a human should look before data goes: the error
 // carries its last log lines.
-func (b *Backend) login(ctx context.Context, inst backend.Instance, password string) (*session, error) {
+func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend.Auth) (*session, error) {
 	c, ok, ours, err := b.find(ctx, inst)
 	if err != nil || !ok {
 		return nil, err
@@ -233,9 +238,14 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, password str
 	wctx, cancel := context.WithTimeout(ctx, existingReadyTimeout)
 	defer cancel()
 	_, err = b.untilLogin(wctx, c.ID, c.RestartCount, func(port int) error {
-		t := b.target(port, inst.Username, password, inst.DBName)
 		actx, cancel := context.WithTimeout(wctx, attemptTimeout)
 		defer cancel()
+		if auth.Password == "" {
+			// A write-only password is not kept: compare the verifier
+			// the provider set last with the server's, from inside.
+			return b.checkVerifier(actx, c.ID, inst, auth.Verifier)
+		}
+		t := b.target(port, inst.Username, auth.Password, inst.DBName)
 		conn, err := t.Connect(actx)
 		if err == nil {
 			s.conn = conn
@@ -245,6 +255,11 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, password str
 	if err == nil {
 		return s, nil
 	}
+	var stop *stopWaiting
+	if errors.As(err, &stop) {
+		s.close(ctx, b, true)
+		return nil, stop.err
+	}
 	var logs string
 	if s.started {
 		lctx, cancel := cleanupContext(ctx)
@@ -252,10 +267,64 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, password str
 		cancel()
 	}
 	s.close(ctx, b, true)
+	if pgsql.Code(err) == pgsql.CodeInvalidAuthorization && strings.Contains(err.Error(), "not permitted to log in") {
+		return nil, fmt.Errorf("logging in as %q: %w", inst.Username, &backend.LoginDisabledError{Role: inst.Username, Reason: "NOLOGIN"})
+	}
 	if pgsql.IsAuthFailure(err) {
 		return nil, fmt.Errorf("logging in as %q: %w", inst.Username, backend.ErrWrongPassword)
 	}
 	return nil, fmt.Errorf("logging in as %q: %w%s", inst.Username, err, logs)
+}
+
+// stopWaiting ends untilLogin's retries with a verdict that waiting cannot
+// change (the server answered: the verifier differs, the login is off).
+type stopWaiting struct{ err error }
+
+func (e *stopWaiting) Error() string { return e.err.Error() }
+
+// checkVerifier compares the role's stored verifier with want.
+func (b *Backend) checkVerifier(ctx context.Context, id string, inst backend.Instance, want string) error {
+	secret, canLogin, err := b.storedVerifier(ctx, id, inst.Username, inst.DBName)
+	switch {
+	case err != nil:
+		return err // the server may still be starting: retried
+	case !canLogin:
+		return &stopWaiting{&backend.LoginDisabledError{Role: inst.Username, Reason: "NOLOGIN or an expired VALID UNTIL"}}
+	case want == "" || secret != want:
+		return &stopWaiting{fmt.Errorf("the instance's password is not the one this configuration last set: %w", backend.ErrWrongPassword)}
+	}
+	return nil
+}
+
+// Authenticate implements backend.Backend.
+func (b *Backend) Authenticate(ctx context.Context, inst backend.Instance, auth backend.Auth) error {
+	s, err := b.login(ctx, inst, auth)
+	if errors.Is(err, errNotOurs) {
+		return notOurs(inst)
+	}
+	if err != nil {
+		return fmt.Errorf("authenticating in container %q: %w", inst.Name, err)
+	}
+	if s == nil {
+		return fmt.Errorf("authenticating in container %q: container does not exist", inst.Name)
+	}
+	s.close(ctx, b, true)
+	return nil
+}
+
+// sessions counts the client sessions other than the session's own.
+func (s *session) sessions(ctx context.Context, b *Backend, inst backend.Instance) (int, error) {
+	const q = `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`
+	if s.conn != nil {
+		var n int
+		err := s.conn.QueryRow(ctx, q).Scan(&n)
+		return n, err
+	}
+	out, err := b.execSQL(ctx, s.id, inst.Username, inst.DBName, q+";")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(out)
 }
 
 // close ends the login and, with restore, stops a container that login

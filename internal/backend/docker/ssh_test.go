@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 )
 
 // Unit tests: no ssh needed.
@@ -171,7 +173,7 @@ func TestSSHHostCreateLoginDelete(t *testing.T) {
 	if st := e.status(t, inst); !st.Exists || st.State != "running" {
 		t.Errorf("Inspect = %+v", st)
 	}
-	if err := e.b.Delete(ctx, inst, spec.Password, false); err != nil {
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: spec.Password}, false); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	if st := e.status(t, inst); st.Exists {

@@ -70,9 +70,12 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		// Clients refuse to send an empty password: nobody could log in.
 		return backend.Created{}, errors.New("password must not be empty")
 	}
-	verifier, err := pgsql.ScramVerifier(spec.Password)
-	if err != nil {
-		return backend.Created{}, err
+	verifier := spec.Verifier
+	if verifier == "" {
+		var err error
+		if verifier, err = pgsql.ScramVerifier(spec.Password); err != nil {
+			return backend.Created{}, err
+		}
 	}
 	if spec.Proof.Legacy() {
 		return backend.Created{}, errors.New("a create needs an ownership proof")

@@ -17,7 +17,7 @@ import (
 // is finished by calling it again (postgraas_server bug 4). Only the role
 // that carries the instance's proof, and the database that role owns, are
 // dropped; same-named objects of anyone else are left as they are.
-func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password string, force bool) error {
+func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backend.Auth, force bool) error {
 	role, err := RoleName(inst.Username, b.server)
 	if err != nil {
 		return err
@@ -39,7 +39,7 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, password st
 	if !o.ours() {
 		return nil
 	}
-	if err := b.authenticate(ctx, role, inst.DBName, password, secret); err != nil {
+	if err := b.authenticate(ctx, role, inst.DBName, auth, o, secret); err != nil {
 		return err
 	}
 	conn, err := b.acquire(ctx)
@@ -93,9 +93,8 @@ func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
 // deleteCheckSecretSQL is ownershipSQL plus the role's stored secret when
 // the role may log in now (LOGIN, password not expired), in one round trip;
 // pg_authid is readable by superusers only.
-const deleteCheckSecretSQL = `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned,
-       (SELECT rolpassword FROM pg_authid WHERE rolname = u.r
-         AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now()))
+const deleteCheckSecretSQL = `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned, f.login_ok,
+       (SELECT rolpassword FROM pg_authid WHERE rolname = u.r)
 FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (` + ownershipSQL + `) f`
 
 // deleteCheck finds out what is left of an instance and what of it is
@@ -104,7 +103,7 @@ FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (` + owners
 func (b *Backend) deleteCheck(ctx context.Context, p *pgxpool.Pool, role, db string, proof backend.Proof) (o ownership, secret *string, err error) {
 	if !b.authidDenied.Load() {
 		err = p.QueryRow(ctx, deleteCheckSecretSQL, role, db, markerOf(proof)).
-			Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &secret)
+			Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &o.loginOK, &secret)
 		if pgsql.Code(err) != pgsql.CodeInsufficientPrivilege {
 			if err != nil {
 				err = fmt.Errorf("checking role %q and database %q: %w", role, db, err)
@@ -129,9 +128,21 @@ func (b *Backend) deleteCheck(ctx context.Context, p *pgxpool.Pool, role, db str
 // database or checks CONNECT, so "database does not exist" or "permission
 // denied for database" can only come after the password was accepted; a
 // retried delete whose database is already gone still authenticates.
-func (b *Backend) authenticate(ctx context.Context, role, db, password string, secret *string) error {
+func (b *Backend) authenticate(ctx context.Context, role, db string, auth backend.Auth, o ownership, secret *string) error {
+	if !o.loginOK {
+		// Reported as what it is: no password would get in.
+		return &backend.LoginDisabledError{Role: role, Reason: "NOLOGIN, or its VALID UNTIL has passed"}
+	}
 	if secret != nil {
-		ok, err := pgsql.ScramMatches(*secret, password)
+		if auth.Password == "" {
+			// Write-only mode: the verifier this provider stored last
+			// must still be the one the server holds.
+			if auth.Verifier == "" || *secret != auth.Verifier {
+				return backend.ErrWrongPassword
+			}
+			return nil
+		}
+		ok, err := pgsql.ScramMatches(*secret, auth.Password)
 		if err == nil {
 			if !ok {
 				return backend.ErrWrongPassword
@@ -139,10 +150,13 @@ func (b *Backend) authenticate(ctx context.Context, role, db, password string, s
 			return nil
 		}
 	}
+	if auth.Password == "" {
+		return backend.ErrCannotVerify
+	}
 	t := b.admin
 	t.Database = db
 	t.User = StoredUsername(role, b.server)
-	t.Password = password
+	t.Password = auth.Password
 	conn, err := t.Connect(ctx)
 	switch {
 	case err == nil:
@@ -155,7 +169,7 @@ func (b *Backend) authenticate(ctx context.Context, role, db, password string, s
 	case pgsql.Code(err) == pgsql.CodeInvalidCatalogName, pgsql.Code(err) == pgsql.CodeInsufficientPrivilege:
 		return nil
 	default:
-		return fmt.Errorf("logging in as %q to authenticate the delete: %w", t.User, err)
+		return fmt.Errorf("logging in as %q to authenticate: %w", t.User, err)
 	}
 }
 

@@ -103,11 +103,11 @@ WHERE d.datname = $1 AND a.grantee = 0`, a.spec.DBName).Scan(&publicGrants); err
 			t.Errorf("Inspect = %+v, %v", st, err)
 		}
 
-		if err := b.Delete(ctx, a.inst, a.spec.Password, false); err == nil {
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); err == nil {
 			t.Error("Delete with the tenant connected succeeded")
 		}
 		tenant.Close(ctx)
-		if err := b.Delete(ctx, a.inst, a.spec.Password, false); err != nil {
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
 		if r, d := exists(t, super, a.spec.Username, a.spec.DBName); r || d {
@@ -283,7 +283,7 @@ func TestDeleteWrongPassword(t *testing.T) {
 		super := connect(t, env.super)
 		a := create(t, b, newSpec(t, env))
 
-		err := b.Delete(ctx, a.inst, "wrong"+a.spec.Password, true)
+		err := b.Delete(ctx, a.inst, backend.Auth{Password: "wrong" + a.spec.Password}, true)
 		if !errors.Is(err, backend.ErrWrongPassword) {
 			t.Fatalf("Delete = %v, want ErrWrongPassword", err)
 		}
@@ -302,7 +302,7 @@ func TestDeleteWithSessions(t *testing.T) {
 		s1 := connect(t, tenantTarget(env, a.inst, a.spec.Password))
 		connect(t, tenantTarget(env, a.inst, a.spec.Password))
 
-		err := b.Delete(ctx, a.inst, a.spec.Password, false)
+		err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false)
 		var sessions *backend.SessionsError
 		if !errors.As(err, &sessions) || sessions.Count != 2 || sessions.DBName != a.spec.DBName {
 			t.Fatalf("Delete = %v, want 2 sessions", err)
@@ -314,7 +314,7 @@ func TestDeleteWithSessions(t *testing.T) {
 			t.Fatalf("session broken by a refused delete: %v", err)
 		}
 
-		if err := b.Delete(ctx, a.inst, a.spec.Password, true); err != nil {
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, true); err != nil {
 			t.Fatalf("forced Delete: %v", err)
 		}
 		if r, d := exists(t, super, a.spec.Username, a.spec.DBName); r || d {
@@ -334,10 +334,10 @@ func TestDeleteRetry(t *testing.T) {
 		if _, err := super.Exec(ctx, "DROP DATABASE "+pgsql.QuoteIdent(a.spec.DBName)); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Delete(ctx, a.inst, "wrong", false); !errors.Is(err, backend.ErrWrongPassword) {
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: "wrong"}, false); !errors.Is(err, backend.ErrWrongPassword) {
 			t.Errorf("Delete with wrong password = %v, want ErrWrongPassword", err)
 		}
-		if err := b.Delete(ctx, a.inst, a.spec.Password, false); err != nil {
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
 		if r, _ := exists(t, super, a.spec.Username, a.spec.DBName); r {
@@ -352,7 +352,7 @@ func TestDeleteRetry(t *testing.T) {
 			pgsql.QuoteIdent(c.spec.Username)); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Delete(ctx, c.inst, "", false); err != nil {
+		if err := b.Delete(ctx, c.inst, backend.Auth{Password: ""}, false); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
 		if _, d := exists(t, super, c.spec.Username, c.spec.DBName); !d {
@@ -360,7 +360,7 @@ func TestDeleteRetry(t *testing.T) {
 		}
 
 		// Everything gone: nothing to do.
-		if err := b.Delete(ctx, c.inst, "", false); err != nil {
+		if err := b.Delete(ctx, c.inst, backend.Auth{Password: ""}, false); err != nil {
 			t.Errorf("Delete of nothing: %v", err)
 		}
 	})
@@ -379,7 +379,7 @@ func TestDeleteRoleWithOutsideGrants(t *testing.T) {
 			pgsql.QuoteIdent(a.spec.Username)); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Delete(ctx, a.inst, a.spec.Password, false); err != nil {
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
 		if r, d := exists(t, super, a.spec.Username, a.spec.DBName); r || d {
@@ -411,8 +411,9 @@ func TestRotatePassword(t *testing.T) {
 		ctx := testCtx(t)
 		a := create(t, b, newSpec(t, env))
 		newPassword := randomPassword()
-		if err := b.RotatePassword(ctx, a.inst, "", newPassword); err != nil {
-			t.Fatalf("RotatePassword: %v", err)
+		v, _ := pgsql.ScramVerifier(newPassword)
+		if err := b.SetPassword(ctx, a.inst, backend.Auth{}, v); err != nil {
+			t.Fatalf("SetPassword: %v", err)
 		}
 		if c, err := tenantTarget(env, a.inst, a.spec.Password).Connect(ctx); err == nil {
 			c.Close(ctx)
@@ -421,15 +422,15 @@ func TestRotatePassword(t *testing.T) {
 			t.Errorf("old password: %v", err)
 		}
 		connect(t, tenantTarget(env, a.inst, newPassword))
-		if err := b.Delete(ctx, a.inst, a.spec.Password, false); !errors.Is(err, backend.ErrWrongPassword) {
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); !errors.Is(err, backend.ErrWrongPassword) {
 			t.Errorf("Delete with the old password = %v", err)
 		}
 
 		gone := a.inst
 		gone.Username = uniqueName(t, "nobody")
-		err := b.RotatePassword(ctx, gone, "", newPassword)
+		err := b.SetPassword(ctx, gone, backend.Auth{}, "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5")
 		if err == nil {
-			t.Error("RotatePassword of a missing role succeeded")
+			t.Error("SetPassword of a missing role succeeded")
 		}
 		noSecret(t, err, newPassword)
 	})
@@ -481,9 +482,9 @@ func TestServerLoginNames(t *testing.T) {
 
 // TestDeleteChecksPasswordLikeALogin: whether the password is checked
 // against the stored verifier (superuser admin) or by logging in (limited
-// admin), a role that may not log in now refuses the delete as a login
-// would, and the verifier path authenticates the same passwords the server
-// accepts.
+// admin), a role that may not log in now refuses the delete, reported as
+// what it is (not as a wrong password), and the verifier path authenticates
+// the same passwords the server accepts.
 func TestDeleteChecksPasswordLikeALogin(t *testing.T) {
 	forEachAdmin(t, func(t *testing.T, env testEnv, b *Backend) {
 		ctx := testCtx(t)
@@ -493,8 +494,9 @@ func TestDeleteChecksPasswordLikeALogin(t *testing.T) {
 			if _, err := super.Exec(ctx, "ALTER ROLE "+pgsql.QuoteIdent(a.spec.Username)+" "+change); err != nil {
 				t.Fatal(err)
 			}
-			if err := b.Delete(ctx, a.inst, a.spec.Password, false); !errors.Is(err, backend.ErrWrongPassword) {
-				t.Errorf("Delete of a role altered %s = %v, want ErrWrongPassword", change, err)
+			var disabled *backend.LoginDisabledError
+			if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); !errors.As(err, &disabled) {
+				t.Errorf("Delete of a role altered %s = %v, want LoginDisabledError", change, err)
 			}
 			if r, d := exists(t, super, a.spec.Username, a.spec.DBName); !r || !d {
 				t.Fatalf("after refused delete: role %v, database %v", r, d)
@@ -502,12 +504,53 @@ func TestDeleteChecksPasswordLikeALogin(t *testing.T) {
 			if _, err := super.Exec(ctx, "ALTER ROLE "+pgsql.QuoteIdent(a.spec.Username)+" LOGIN VALID UNTIL 'infinity'"); err != nil {
 				t.Fatal(err)
 			}
-			if err := b.Delete(ctx, a.inst, a.spec.Password, false); err != nil {
+			if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); err != nil {
 				t.Fatalf("Delete after %s was undone: %v", change, err)
 			}
 			if r, d := exists(t, super, a.spec.Username, a.spec.DBName); r || d {
 				t.Errorf("after delete: role %v, database %v", r, d)
 			}
+		}
+	})
+}
+
+// TestVerifierAuth: with a write-only password the provider holds only the
+// verifier it stored; it authenticates when the server's is that one, and
+// not after an out-of-band change. A limited admin cannot read verifiers
+// and says so.
+func TestVerifierAuth(t *testing.T) {
+	forEachAdmin(t, func(t *testing.T, env testEnv, b *Backend) {
+		ctx := testCtx(t)
+		spec := newSpec(t, env)
+		v, err := pgsql.ScramVerifier(spec.Password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Verifier = v
+		a := create(t, b, spec)
+		err = b.Authenticate(ctx, a.inst, backend.Auth{Verifier: v})
+		if b.authidDenied.Load() {
+			if !errors.Is(err, backend.ErrCannotVerify) {
+				t.Fatalf("limited admin, verifier auth: %v", err)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("verifier auth: %v", err)
+		}
+		other, _ := pgsql.ScramVerifier(spec.Password) // same password, other salt
+		if err := b.Authenticate(ctx, a.inst, backend.Auth{Verifier: other}); !errors.Is(err, backend.ErrWrongPassword) {
+			t.Errorf("another verifier: %v", err)
+		}
+		super := connect(t, env.super)
+		if _, err := super.Exec(ctx, "ALTER ROLE "+pgsql.QuoteIdent(spec.Username)+" PASSWORD 'changed out of band'"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Delete(ctx, a.inst, backend.Auth{Verifier: v}, false); !errors.Is(err, backend.ErrWrongPassword) {
+			t.Errorf("delete after an out-of-band change: %v", err)
+		}
+		if err := b.Delete(ctx, a.inst, backend.Auth{Password: "changed out of band"}, false); err != nil {
+			t.Errorf("delete with the password the instance accepts: %v", err)
 		}
 	})
 }

@@ -226,7 +226,7 @@ func (b *Backend) InspectMany(ctx context.Context, insts []backend.Instance) ([]
 		return nil, err
 	}
 	rows, err := p.Query(ctx, `
-SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned
+SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned, f.login_ok
 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(r, d, m, n),
      LATERAL (`+ownershipSQL+`) f
 ORDER BY u.n`, roles, dbs, markers)
@@ -237,7 +237,7 @@ ORDER BY u.n`, roles, dbs, markers)
 	out := make([]backend.Status, 0, len(insts))
 	for rows.Next() {
 		var o ownership
-		if err := rows.Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned); err != nil {
+		if err := rows.Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &o.loginOK); err != nil {
 			return nil, fmt.Errorf("inspecting instances: %w", err)
 		}
 		i := len(out)
@@ -274,7 +274,8 @@ const ownershipSQL = `
 SELECT r.oid IS NOT NULL AS role_exists,
        COALESCE(u.m = '' OR shobj_description(r.oid, 'pg_authid') = u.m, false) AS role_proven,
        d.oid IS NOT NULL AS db_exists,
-       COALESCE(d.datdba = r.oid, false) AS db_owned
+       COALESCE(d.datdba = r.oid, false) AS db_owned,
+       COALESCE(r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now()), false) AS login_ok
 FROM (SELECT 1) one
 LEFT JOIN pg_roles r ON r.rolname = u.r
 LEFT JOIN pg_database d ON d.datname = u.d`
@@ -282,6 +283,8 @@ LEFT JOIN pg_database d ON d.datname = u.d`
 // ownership is one row of ownershipSQL.
 type ownership struct {
 	roleExists, roleProven, dbExists, dbOwned bool
+	// loginOK: the role may log in now (LOGIN, VALID UNTIL not passed).
+	loginOK bool
 }
 
 // ours: the role carries the proof; oursDB: and it owns the database.
@@ -307,26 +310,19 @@ func check(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, role, db string, p backend.Proof) (ownership, error) {
 	var o ownership
-	err := q.QueryRow(ctx, `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned
+	err := q.QueryRow(ctx, `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned, f.login_ok
 FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (`+ownershipSQL+`) f`, role, db, markerOf(p)).
-		Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned)
+		Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &o.loginOK)
 	if err != nil {
 		return o, fmt.Errorf("checking role %q and database %q: %w", role, db, err)
 	}
 	return o, nil
 }
 
-// RotatePassword implements backend.Backend. The admin sets the new password
-// directly, so the old one is not needed; the role must carry the proof.
-func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, _, newPassword string) error {
+// SetPassword implements backend.Backend. The admin sets the verifier
+// directly; the role must carry the proof.
+func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, _ backend.Auth, verifier string) error {
 	role, err := RoleName(inst.Username, b.server)
-	if err != nil {
-		return err
-	}
-	if newPassword == "" {
-		return errors.New("password must not be empty")
-	}
-	verifier, err := pgsql.ScramVerifier(newPassword)
 	if err != nil {
 		return err
 	}
@@ -346,6 +342,26 @@ func (b *Backend) RotatePassword(ctx context.Context, inst backend.Instance, _, 
 		return fmt.Errorf("changing password of role %q: %w", role, err)
 	}
 	return nil
+}
+
+// Authenticate implements backend.Backend.
+func (b *Backend) Authenticate(ctx context.Context, inst backend.Instance, auth backend.Auth) error {
+	role, err := RoleName(inst.Username, b.server)
+	if err != nil {
+		return err
+	}
+	p, err := b.adminPool(ctx)
+	if err != nil {
+		return err
+	}
+	o, secret, err := b.deleteCheck(ctx, p, role, inst.DBName, inst.Proof)
+	if err != nil {
+		return err
+	}
+	if !o.oursDB() {
+		return &NotOursError{Role: role, DB: inst.DBName, o: o}
+	}
+	return b.authenticate(ctx, role, inst.DBName, auth, o, secret)
 }
 
 // NotOursError: the instance's role or database is gone or is not the one
