@@ -25,3 +25,22 @@ output "connection_uri" {
   value     = postgraas_instance.ci.connection_uri
   sensitive = true
 }
+
+# Write-only password (Terraform 1.11+): neither state nor plan ever holds it.
+# An ephemeral variable (Terraform 1.10+) keeps it out of the plan file too.
+variable "app_db_password" {
+  type      = string
+  sensitive = true
+  ephemeral = true
+}
+
+resource "postgraas_instance" "app" {
+  backend     = "pg_cluster" # this instance's backend, whatever the provider's default
+  name        = "app-staging"
+  db_name     = "app"
+  db_username = "app"
+
+  db_password_wo = var.app_db_password
+  # Terraform cannot see a write-only value change: bump this to rotate.
+  db_password_wo_version = 1
+}
