@@ -76,7 +76,7 @@ resource "terraform_data" "login" {
 // handedOut is the echoed result of the ephemeral resource.
 type handedOut struct {
 	host, db, username, password, uri, ttl, expiresAt string
-	port                                             int
+	port                                              int
 }
 
 // checkCredentials reads what the ephemeral resource handed out from the

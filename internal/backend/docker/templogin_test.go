@@ -29,8 +29,8 @@ func tempLogin(ctx context.Context, l backend.TempLogin) (*pgx.Conn, error) {
 		SSLMode: "disable", ConnectTimeout: 5 * time.Second}.Connect(ctx)
 }
 
-// roleExists asks the instance's server, as its user, whether a role exists.
-func roleExists(t *testing.T, c backend.Created, spec backend.Spec, role string) bool {
+// asOwner runs a query as the instance's user and scans its one value.
+func asOwner[T any](t *testing.T, c backend.Created, spec backend.Spec, sql string, args ...any) T {
 	t.Helper()
 	ctx := ctxFor(t, time.Minute)
 	conn, err := connect(ctx, c, spec.DBName, spec.Password)
@@ -38,11 +38,30 @@ func roleExists(t *testing.T, c backend.Created, spec backend.Spec, role string)
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var ok bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&ok); err != nil {
+	var v T
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
 		t.Fatal(err)
 	}
-	return ok
+	return v
+}
+
+func roleExists(t *testing.T, c backend.Created, spec backend.Spec, role string) bool {
+	t.Helper()
+	return asOwner[bool](t, c, spec, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role)
+}
+
+// roleCount counts the temporary logins of the instance's user.
+func roleCount(t *testing.T, c backend.Created, spec backend.Spec) int {
+	t.Helper()
+	return asOwner[int](t, c, spec, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", spec.Username+`\_tmp\_%`)
+}
+
+// running makes an instance for a test.
+func (e env) running(t *testing.T) (backend.Spec, backend.Created, backend.Instance) {
+	t.Helper()
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	return spec, c, instanceOf(spec, c)
 }
 
 func loginRefused(ctx context.Context, l backend.TempLogin) error {
@@ -70,9 +89,7 @@ func TestTempLogin(t *testing.T) {
 		defer mu.Unlock()
 		execs = append(execs, o)
 	}
-	spec := e.spec(t)
-	c := e.create(t, spec)
-	inst := instanceOf(spec, c)
+	spec, c, inst := e.running(t)
 	ctx := ctxFor(t, 2*time.Minute)
 
 	before := time.Now()
@@ -144,9 +161,7 @@ func TestTempLogin(t *testing.T) {
 func TestTempLoginExpires(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	spec := e.spec(t)
-	c := e.create(t, spec)
-	inst := instanceOf(spec, c)
+	spec, c, inst := e.running(t)
 	ctx := ctxFor(t, 2*time.Minute)
 	dead, err := e.b.OpenTempLogin(ctx, inst, 3*time.Second)
 	if err != nil {
@@ -200,9 +215,7 @@ func TestTempLoginExpires(t *testing.T) {
 func TestTempLoginRefusals(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	spec := e.spec(t)
-	c := e.create(t, spec)
-	inst := instanceOf(spec, c)
+	spec, c, inst := e.running(t)
 	ctx := ctxFor(t, 2*time.Minute)
 
 	other := inst
@@ -233,20 +246,4 @@ func TestTempLoginRefusals(t *testing.T) {
 	if _, err := e.b.OpenTempLogin(ctx, inst, time.Minute); !errors.Is(err, backend.ErrNotRunning) {
 		t.Errorf("OpenTempLogin in a stopped container = %v, want ErrNotRunning", err)
 	}
-}
-
-// roleCount counts the temporary logins of the instance's user.
-func roleCount(t *testing.T, c backend.Created, spec backend.Spec) int {
-	t.Helper()
-	ctx := ctxFor(t, time.Minute)
-	conn, err := connect(ctx, c, spec.DBName, spec.Password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", spec.Username+`\_tmp\_%`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
 }

@@ -32,14 +32,10 @@ func openTemp(t *testing.T, b *Backend, inst backend.Instance, ttl time.Duration
 	return l
 }
 
-// roleExists reports whether a role of that name exists.
 func roleExists(t *testing.T, super *pgx.Conn, role string) bool {
 	t.Helper()
-	var ok bool
-	if err := super.QueryRow(testCtx(t), "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&ok); err != nil {
-		t.Fatal(err)
-	}
-	return ok
+	r, _ := exists(t, super, role, "")
+	return r
 }
 
 // TestTempLogin: the login works on the instance's database as the
