@@ -20,12 +20,15 @@ func tempTarget(env testEnv, l backend.TempLogin) pgsql.Target {
 	return t
 }
 
-func openTemp(t *testing.T, b *Backend, inst backend.Instance, ttl time.Duration) backend.TempLogin {
+// openTemp opens a temporary login, to be dropped when the test ends
+// whatever the test found.
+func openTemp(t *testing.T, env testEnv, b *Backend, inst backend.Instance, ttl time.Duration) backend.TempLogin {
 	t.Helper()
 	l, err := b.OpenTempLogin(testCtx(t), inst, ttl)
 	if err != nil {
 		t.Fatalf("OpenTempLogin: %v", err)
 	}
+	dropLater(t, env.super, l.Role, "")
 	if strings.Contains(l.Role, l.Password) || l.Password == "" {
 		t.Fatalf("login %q has no password of its own", l.Role)
 	}
@@ -49,7 +52,7 @@ func TestTempLogin(t *testing.T) {
 		other := create(t, b, newSpec(t, env))
 
 		before := time.Now()
-		l := openTemp(t, b, a.inst, time.Minute)
+		l := openTemp(t, env, b, a.inst, time.Minute)
 		if !pgsql.IsTempRoleOf(a.spec.Username, l.Role) || l.Username != l.Role ||
 			l.Host != a.inst.Host || l.Port != a.inst.Port || l.DBName != a.spec.DBName {
 			t.Errorf("TempLogin = %+v", l)
@@ -156,7 +159,7 @@ func TestTempLoginExpires(t *testing.T) {
 		ctx := testCtx(t)
 		super := connect(t, env.super)
 		a := create(t, b, newSpec(t, env))
-		dead := openTemp(t, b, a.inst, 3*time.Second)
+		dead := openTemp(t, env, b, a.inst, 3*time.Second)
 		// Works now...
 		connect(t, tempTarget(env, dead)).Close(ctx)
 		time.Sleep(time.Until(dead.ExpiresAt) + time.Second)
@@ -175,7 +178,7 @@ func TestTempLoginExpires(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		next := openTemp(t, b, a.inst, time.Minute)
+		next := openTemp(t, env, b, a.inst, time.Minute)
 		if roleExists(t, super, dead.Role) {
 			t.Error("the next open left the expired login")
 		}
@@ -198,7 +201,7 @@ func TestTempLoginRenew(t *testing.T) {
 	ctx := testCtx(t)
 	b := newBackend(t, env.limited)
 	a := create(t, b, newSpec(t, env))
-	l := openTemp(t, b, a.inst, 3*time.Second)
+	l := openTemp(t, env, b, a.inst, 3*time.Second)
 	until, err := b.RenewTempLogin(ctx, a.inst, l.Role, time.Minute)
 	if err != nil {
 		t.Fatalf("RenewTempLogin: %v", err)
@@ -258,7 +261,7 @@ func TestDeleteDropsTempLogins(t *testing.T) {
 		ctx := testCtx(t)
 		super := connect(t, env.super)
 		a := create(t, b, newSpec(t, env))
-		l := openTemp(t, b, a.inst, time.Minute)
+		l := openTemp(t, env, b, a.inst, time.Minute)
 		tmp := connect(t, tempTarget(env, l))
 		if err := b.Delete(ctx, a.inst, a.spec.Password, false); err == nil {
 			t.Fatal("Delete succeeded with the temporary login's session connected")
