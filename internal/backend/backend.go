@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Kinds of backend, as written to the meta DB's backend column and accepted
@@ -160,6 +161,27 @@ type Backend interface {
 	// never purged (an error).
 	Purge(ctx context.Context, inst Instance) error
 
+	// OpenTempLogin makes a short-lived login to the instance's database:
+	// a role of its own that may log in until ttl from now (VALID UNTIL,
+	// by the server's clock, so it expires by itself when nobody closes
+	// it), is no superuser, and acts as the instance's user (its sessions
+	// start with SET ROLE to it, so what they create belongs to the
+	// instance's user). Only for an instance whose objects carry its
+	// proof; never for a legacy record (ErrLegacy). It first removes the
+	// instance's temporary logins that have expired (left by runs that
+	// died before closing them).
+	OpenTempLogin(ctx context.Context, inst Instance, ttl time.Duration) (TempLogin, error)
+
+	// RenewTempLogin moves the expiry of the temporary login role to ttl
+	// from now and returns it. *TempLoginGoneError when the role is gone
+	// or not proven to be a temporary login of the instance.
+	RenewTempLogin(ctx context.Context, inst Instance, role string, ttl time.Duration) (time.Time, error)
+
+	// CloseTempLogin ends the sessions of the temporary login role and
+	// removes it, when its name and comment prove it to be a temporary
+	// login of the instance. Gone already is not an error.
+	CloseTempLogin(ctx context.Context, inst Instance, role string) error
+
 	// Close releases pooled connections.
 	Close()
 }
@@ -171,6 +193,39 @@ type Backend interface {
 type Auth struct {
 	Password string
 	Verifier string
+}
+
+// TempLogin is what OpenTempLogin made. Password is the only copy of the
+// secret: the server keeps a SCRAM verifier, nothing else records it.
+type TempLogin struct {
+	// Role is the role's name on the server, what RenewTempLogin and
+	// CloseTempLogin take.
+	Role string
+	// Username is the login as clients spell it ("role@server" on a
+	// cluster with a server).
+	Username  string
+	Password  string
+	Host      string
+	Port      int
+	DBName    string
+	ExpiresAt time.Time
+}
+
+// TempLoginMarker is the comment on an instance's temporary login roles.
+// Only an admin (or, in a docker container, its superuser) may comment on
+// a role, so together with the name it proves a role to be one of those
+// this provider made for the instance.
+func TempLoginMarker(p Proof) string {
+	return fmt.Sprintf("postgraas temporary login of instance %d proof %s", p.ID, p.Value)
+}
+
+// TempLoginGoneError: the temporary login role is gone (closed, swept
+// after it expired, removed with its instance) or is not proven to be one
+// of the instance's.
+type TempLoginGoneError struct{ Role string }
+
+func (e *TempLoginGoneError) Error() string {
+	return fmt.Sprintf("temporary login %q no longer exists", e.Role)
 }
 
 // ErrWrongPassword: the login with the given password was refused.
@@ -226,3 +281,11 @@ type SessionsError struct {
 func (e *SessionsError) Error() string {
 	return fmt.Sprintf("%d other session(s) connected to database %q", e.Count, e.DBName)
 }
+
+// ErrNotOurs: the instance's objects are gone, or do not carry its
+// ownership proof (someone else's now), so nothing was done to them.
+var ErrNotOurs = errors.New("the instance's objects are gone or do not carry its ownership proof")
+
+// ErrNotRunning: the instance's server is not running (a stopped
+// container), so nothing can be done inside it.
+var ErrNotRunning = errors.New("the instance's server is not running")

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -202,6 +203,11 @@ func (s *Store) queryOne(ctx context.Context, sql string, args ...any) (Record, 
 
 // Get returns the row with that id.
 func (s *Store) Get(ctx context.Context, id int64) (Record, error) {
+	if id < math.MinInt32 || id > math.MaxInt32 {
+		// The id column is postgraas_server's serial (int4): no such row,
+		// rather than an error encoding the parameter.
+		return Record{}, ErrNotFound
+	}
 	return s.queryOne(ctx, `SELECT `+selectColumns+` FROM db_instance WHERE id = $1`, id)
 }
 

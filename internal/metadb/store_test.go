@@ -422,3 +422,14 @@ func TestLoginWithAtSignAndSpecialPassword(t *testing.T) {
 		t.Fatalf("wrong password: %v", err)
 	}
 }
+
+// TestGetIDOutOfRange: the id column is an int4 (postgraas_server's
+// serial), so a larger id is no such instance, not an encoding error.
+func TestGetIDOutOfRange(t *testing.T) {
+	s := newStore(t, freshDB(t))
+	for _, id := range []string{"999999999999", "2147483648", "-2147483649"} {
+		if _, err := s.Lookup(ctx(t), id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Lookup(%s) = %v, want ErrNotFound", id, err)
+		}
+	}
+}

@@ -202,10 +202,18 @@ func addError(diags *diag.Diagnostics, action, name string, err error, timeout t
 				"to someone else (another tenant, a DBA, another meta DB) and was left exactly as it was; nothing "+
 				"was created. Choose another %s, or have its owner remove the existing %s if it is no longer used.",
 				action, name, conflict.Error(), conflict.Attribute, conflict.Kind))
-	case errors.As(err, &notOurs):
+	case errors.As(err, &notOurs), errors.Is(err, backend.ErrNotOurs):
+		what := err.Error()
+		if notOurs != nil {
+			what = notOurs.Error()
+		}
 		diags.AddError("Instance objects are not this instance's",
 			fmt.Sprintf("Cannot %s instance %q: %s, so nothing was changed. It was removed or replaced outside "+
-				"Terraform; refresh, and apply to create the instance anew.", action, name, notOurs.Error()))
+				"Terraform; refresh, and apply to create the instance anew.", action, name, what))
+	case errors.Is(err, backend.ErrNotRunning):
+		diags.AddError("Instance not running",
+			fmt.Sprintf("Cannot %s instance %q: %s. Nothing was changed. Start it (for a docker instance, "+
+				"`docker start` its container) and retry.", action, name, err))
 	case errors.Is(err, backend.ErrLegacy):
 		diags.AddError(fmt.Sprintf("Could not %s instance", action),
 			fmt.Sprintf("Cannot %s instance %q: %s.", action, name, err))

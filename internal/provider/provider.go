@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/diag"
+	"github.com/hashicorp/terraform-plugin-framework/ephemeral"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/provider"
 	"github.com/hashicorp/terraform-plugin-framework/provider/schema"
@@ -25,7 +26,10 @@ import (
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
-var _ provider.Provider = (*postgraasProvider)(nil)
+var (
+	_ provider.Provider                       = (*postgraasProvider)(nil)
+	_ provider.ProviderWithEphemeralResources = (*postgraasProvider)(nil)
+)
 
 type postgraasProvider struct {
 	version string
@@ -317,10 +321,15 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 	}
 	resp.ResourceData = c
 	resp.DataSourceData = c
+	resp.EphemeralResourceData = c
 }
 
 func (p *postgraasProvider) Resources(context.Context) []func() resource.Resource {
 	return []func() resource.Resource{NewInstanceResource}
+}
+
+func (p *postgraasProvider) EphemeralResources(context.Context) []func() ephemeral.EphemeralResource {
+	return []func() ephemeral.EphemeralResource{NewCredentialsEphemeralResource}
 }
 
 func (p *postgraasProvider) DataSources(context.Context) []func() datasource.DataSource {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
@@ -119,4 +120,38 @@ func (r reservedPrefixes) ValidateString(ctx context.Context, req validator.Stri
 			return
 		}
 	}
+}
+
+// durationBetween accepts a Go duration ("90s", "15m", "1h30m") from min to
+// max. The framework's validators have no duration type.
+type durationBetween struct{ min, max time.Duration }
+
+func (d durationBetween) Description(context.Context) string {
+	return fmt.Sprintf("must be a duration such as \"15m\" or \"1h30m\" (units h, m, s), from %s to %s", formatDuration(d.min), formatDuration(d.max))
+}
+
+func (d durationBetween) MarkdownDescription(ctx context.Context) string { return d.Description(ctx) }
+
+func (d durationBetween) ValidateString(ctx context.Context, req validator.StringRequest, resp *validator.StringResponse) {
+	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() {
+		return
+	}
+	v, err := time.ParseDuration(req.ConfigValue.ValueString())
+	if err == nil && v >= d.min && v <= d.max {
+		return
+	}
+	resp.Diagnostics.AddAttributeError(req.Path, "Invalid duration",
+		fmt.Sprintf("Attribute %s %s, got %q.", req.Path, d.Description(ctx), req.ConfigValue.ValueString()))
+}
+
+// formatDuration writes a duration as one would: "15m", not "15m0s".
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }

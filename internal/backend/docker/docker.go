@@ -79,6 +79,8 @@ type Backend struct {
 	// created, when set (by tests), is called as soon as Create has made a
 	// container, so a test can learn its volumes before a failure removes it.
 	created func(id string)
+	// execed, when set (by tests), sees every exec the backend starts.
+	execed func(container.ExecOptions)
 }
 
 var _ backend.Backend = (*Backend)(nil)

@@ -61,6 +61,9 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backen
 			return err
 		}
 	}
+	if err := b.dropTempRoles(ctx, conn.Conn(), inst); err != nil {
+		return err
+	}
 	return dropRole(ctx, conn.Conn(), role)
 }
 
@@ -86,6 +89,9 @@ func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
 		if err := dropDatabase(ctx, conn.Conn(), inst.DBName, true); err != nil {
 			return err
 		}
+	}
+	if err := b.dropTempRoles(ctx, conn.Conn(), inst); err != nil {
+		return err
 	}
 	return dropRole(ctx, conn.Conn(), role)
 }
