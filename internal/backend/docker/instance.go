@@ -107,7 +107,7 @@ func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, auth b
 	if s.conn != nil {
 		_, err = s.conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier))
 	} else {
-		err = b.setVerifier(ctx, s.id, inst.Username, inst.DBName, verifier)
+		err = b.setVerifier(ctx, s.id, inst, verifier)
 	}
 	if err != nil {
 		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
@@ -284,7 +284,7 @@ func (e *stopWaiting) Error() string { return e.err.Error() }
 
 // checkVerifier compares the role's stored verifier with want.
 func (b *Backend) checkVerifier(ctx context.Context, id string, inst backend.Instance, want string) error {
-	secret, canLogin, err := b.storedVerifier(ctx, id, inst.Username, inst.DBName)
+	secret, canLogin, err := b.storedVerifier(ctx, id, inst)
 	switch {
 	case err != nil:
 		return err // the server may still be starting: retried
@@ -320,7 +320,7 @@ func (s *session) sessions(ctx context.Context, b *Backend, inst backend.Instanc
 		err := s.conn.QueryRow(ctx, q).Scan(&n)
 		return n, err
 	}
-	out, err := b.execSQL(ctx, s.id, inst.Username, inst.DBName, q+";")
+	out, err := b.execCount(ctx, s.id, inst, q)
 	if err != nil {
 		return 0, err
 	}
