@@ -236,7 +236,7 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, password str
 		t := b.target(port, inst.Username, password, inst.DBName)
 		actx, cancel := context.WithTimeout(wctx, attemptTimeout)
 		defer cancel()
-		conn, err := t.Connect(actx)
+		conn, err := t.ConnectOnce(actx)
 		if err == nil {
 			s.conn = conn
 		}
