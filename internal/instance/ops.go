@@ -8,6 +8,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
 // Inspect reports on rec's objects through rec's backend.
@@ -91,7 +92,9 @@ func (s *Service) Delete(ctx context.Context, id, password string, force bool) e
 		if err := b.Delete(ctx, InstanceOf(rec), password, force); err != nil {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 			defer cancel()
-			if rerr := s.store.ReleaseDelete(cctx, rec.ID, lease.Owner); rerr != nil {
+			if rerr := pgsql.Retry(cctx, func(ctx context.Context) error {
+				return s.store.ReleaseDelete(ctx, rec.ID, lease.Owner)
+			}); rerr != nil {
 				return errors.Join(err, rerr)
 			}
 			return err

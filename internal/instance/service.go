@@ -27,6 +27,7 @@ import (
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
 // Service is safe for concurrent use.
@@ -176,22 +177,28 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, error
 }
 
 // undo removes what a failed create attempt made and then its row. It
-// runs on a context of its own: the caller's may be what failed.
+// runs on a context of its own: the caller's may be what failed. Each step
+// is idempotent (Purge removes only what carries this attempt's proof,
+// Release only a row this run still holds), so a step that fails
+// transiently (a full server, one restarting, a dropped connection) is
+// tried again with backoff within undoTimeout: a failed create leaves
+// nothing behind even when the server is full. The row's lease is the
+// backstop for what even that cannot remove.
 func (s *Service) undo(ctx context.Context, b backend.Backend, rec metadb.Record, created backend.Created, lease metadb.Lease, cause error) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
 	inst := InstanceOf(rec)
 	inst.ContainerID = created.ContainerID
-	if perr := b.Purge(cctx, inst); perr != nil {
+	if perr := pgsql.Retry(cctx, func(ctx context.Context) error { return b.Purge(ctx, inst) }); perr != nil {
 		return &UndoError{Err: cause, UndoErr: perr, ID: rec.ID, LeaseTTL: lease.TTL}
 	}
-	if derr := s.store.Release(cctx, rec.ID, lease.Owner); derr != nil {
+	if derr := pgsql.Retry(cctx, func(ctx context.Context) error { return s.store.Release(ctx, rec.ID, lease.Owner) }); derr != nil {
 		return &UndoError{Err: cause, UndoErr: derr, ID: rec.ID, LeaseTTL: lease.TTL, RowOnly: true}
 	}
 	return cause
 }
 
-// undoTimeout bounds the undo of a failed create.
+// undoTimeout bounds the undo of a failed create, retries included.
 const undoTimeout = 90 * time.Second
 
 // UndoError: a create failed and so did removing what it made. Nothing is
