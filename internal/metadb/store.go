@@ -119,6 +119,9 @@ func NewOnPool(pool *pgsql.Pool) *Store {
 	return &Store{pool: pool}
 }
 
+// Pool is the store's connection pool.
+func (s *Store) Pool() *pgsql.Pool { return s.pool }
+
 // db returns the pool, migrating the schema on first use. A failure is
 // not remembered, so a later call retries.
 func (s *Store) db(ctx context.Context) (*pgsql.Pool, error) {

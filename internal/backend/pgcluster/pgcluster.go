@@ -129,6 +129,9 @@ func marker(p backend.Proof) string {
 	return fmt.Sprintf("postgraas instance %d proof %s", p.ID, p.Value)
 }
 
+// SharedPool is the pool given in Config.Pool, nil if none.
+func (b *Backend) SharedPool() *pgsql.Pool { return b.shared }
+
 // Close releases the admin pool (unless it is shared); the backend is
 // unusable afterwards.
 func (b *Backend) Close() {
