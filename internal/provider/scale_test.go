@@ -3,7 +3,8 @@
 package provider
 
 // Scale: many `terraform apply` processes started at the same moment, as CI
-// runners do, against one small server that is both meta DB and cluster.
+// runners do, against one small server that is both meta DB and cluster,
+// as two logins.
 // Terraform runs as a subprocess against the provider as released
 // (plainBuild), on a PostgreSQL server of the test's own with the default
 // max_connections of 100, so the shared test server's setting and load do
@@ -29,12 +30,16 @@ const (
 	scalePerRun   = 3   // instances each
 	scaleMaxConns = 100 // the server's max_connections, PostgreSQL's default
 	scaleRunLimit = 8 * time.Minute
+	// scaleHeld connections are held by another client for the whole test,
+	// as a shared cluster's tenants hold theirs: 27 slots are left for
+	// connections that are no superuser's (the meta DB's), fewer than the
+	// runs, so they find the server full and must wait.
+	scaleHeld = 70
 )
 
-// scaleProviderHCL points both the meta DB and the cluster at target (one
-// server, one login: the usual small setup).
-func scaleProviderHCL(target pgsql.Target, metaDB string) string {
-	block := func(name, dbKey, db string) string {
+// scaleProviderHCL points the meta DB and the cluster at their targets.
+func scaleProviderHCL(admin, meta pgsql.Target) string {
+	block := func(name, dbKey string, t pgsql.Target) string {
 		return fmt.Sprintf(`%s = {
     host     = %s
     port     = %d
@@ -43,9 +48,9 @@ func scaleProviderHCL(target pgsql.Target, metaDB string) string {
     password = %s
     sslmode  = "disable"
   }
-  `, name, hclString(target.Host), target.Port, dbKey, hclString(db), hclString(target.User), hclString(target.Password))
+  `, name, hclString(t.Host), t.Port, dbKey, hclString(t.Database), hclString(t.User), hclString(t.Password))
 	}
-	return block("metadb", "db_name ", metaDB) + block("pg_cluster", "database", target.Database)
+	return block("metadb", "db_name ", meta) + block("pg_cluster", "database", admin)
 }
 
 // scalePhase runs one terraform command in every workspace at once and
@@ -90,10 +95,38 @@ func scaleLeft(t *testing.T, admin, meta pgsql.Target, prefix string) (states ma
 	return states, roles, dbs
 }
 
+// scaleHold opens n idle connections as a login role of no privilege,
+// closed when the test ends.
+func scaleHold(t *testing.T, admin pgsql.Target, n int) error {
+	t.Helper()
+	other := admin
+	other.User, other.Password = "other_client", "pw-"+faultRandomHex(12)
+	verifier, err := pgsql.ScramVerifier(other.Password)
+	if err != nil {
+		return err
+	}
+	if err := withConn(admin, func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "CREATE ROLE other_client LOGIN PASSWORD "+pgsql.QuoteLiteral(verifier))
+		return err
+	}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for range n {
+		c, err := other.Connect(ctx)
+		if err != nil {
+			return fmt.Errorf("holding connections: %w", err)
+		}
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+	}
+	return nil
+}
+
 // TestAccScale_fortyConcurrentApplies: 40 applies of 3 pg_cluster instances
-// each, started at once against a server with max_connections 100, all
-// succeed and leave no row in 'creating'; 40 concurrent destroys then
-// leave nothing.
+// each, started at once against a server with max_connections 100 of which
+// another client holds 70, all succeed and leave no row in 'creating'; 40
+// concurrent destroys then leave nothing.
 func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 	// Not parallel: 40 terraform processes take both cores for a minute or
 	// two, which would push other tests' timing limits.
@@ -116,13 +149,28 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 			t.Log(err)
 		}
 	})
+	// Two logins, the worst case: two pools of 2 per provider process, 160
+	// connections wanted by 40 processes at once, and the meta DB's user is
+	// no superuser, so it cannot use the slots reserved for superusers.
+	// Only waiting with backoff gets every run through.
 	admin := srv.Target
 	meta := admin
-	meta.Database = "postgraas"
+	meta.Database, meta.User, meta.Password = "postgraas", "postgraas", "pw-"+faultRandomHex(12)
 	if err := withConn(admin, func(ctx context.Context, c *pgx.Conn) error {
-		_, err := c.Exec(ctx, "CREATE DATABASE postgraas")
+		verifier, err := pgsql.ScramVerifier(meta.Password)
+		if err != nil {
+			return err
+		}
+		if _, err := c.Exec(ctx, "CREATE ROLE postgraas LOGIN PASSWORD "+pgsql.QuoteLiteral(verifier)); err != nil {
+			return err
+		}
+		_, err = c.Exec(ctx, "CREATE DATABASE postgraas OWNER postgraas")
 		return err
 	}); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := scaleHold(t, admin, scaleHeld); err != nil {
 		t.Fatal(err)
 	}
 
@@ -136,13 +184,11 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 		}
 		// The shared servers' variables are left out: only the provider
 		// block's settings reach the private server.
-		ws[k] = newFaultWorkspace(t, providerDir, faultTerraformBlock+clusterConfig(scaleProviderHCL(admin, meta.Database), insts...),
+		ws[k] = newFaultWorkspace(t, providerDir, faultTerraformBlock+clusterConfig(scaleProviderHCL(admin, meta), insts...),
 			"", "POSTGRAAS_METADB_", "POSTGRAAS_PG_CLUSTER_")
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	watch, err := pgserver.WatchConnections(ctx, admin, 10*time.Millisecond)
+	watch, err := pgserver.WatchConnections(context.Background(), admin, 10*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,9 +200,9 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 	}
 	fullApply := srv.CountLog("too many clients") - full
 	states, roles, dbs := scaleLeft(t, admin, meta, prefix)
-	t.Logf("%d concurrent applies x %d instances: %d/%d succeeded in %s; peak %d client connections (%d samples), "+
+	t.Logf("%d concurrent applies x %d instances (%d connections held by another client): %d/%d succeeded in %s; peak %d client connections (%d samples), "+
 		"%d connection attempts refused as too many; rows %v, %d roles, %d databases",
-		scaleRuns, scalePerRun, ok, scaleRuns, wall.Round(time.Millisecond), peak, samples, fullApply, states, roles, dbs)
+		scaleRuns, scalePerRun, scaleHeld, ok, scaleRuns, wall.Round(time.Millisecond), peak, samples, fullApply, states, roles, dbs)
 	if ok != scaleRuns {
 		t.Errorf("%d of %d applies failed; the first:\n%s", scaleRuns-ok, scaleRuns, strings.Join(failures, "\n\n"))
 	}
@@ -166,7 +212,7 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 			states, roles, dbs, want)
 	}
 
-	if watch, err = pgserver.WatchConnections(ctx, admin, 10*time.Millisecond); err != nil {
+	if watch, err = pgserver.WatchConnections(context.Background(), admin, 10*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	full = srv.CountLog("too many clients")
