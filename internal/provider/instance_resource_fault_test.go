@@ -1065,19 +1065,27 @@ type faultMetaServer struct {
 
 func startFaultMetaServer(t *testing.T) *faultMetaServer {
 	t.Helper()
-	srv, err := pgserver.Start(pgserver.Options{Superuser: "postgraas", MaxConnections: 200})
+	srv := startPrivateServer(t, "meta DB", pgserver.Options{Superuser: "postgraas", MaxConnections: 200})
+	return &faultMetaServer{Server: srv, target: srv.Target}
+}
+
+// startPrivateServer starts a PostgreSQL server of the test's own, removed
+// when the test ends (with the end of its log when the test failed).
+func startPrivateServer(t *testing.T, what string, opts pgserver.Options) *pgserver.Server {
+	t.Helper()
+	srv, err := pgserver.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("private meta DB server log (end):\n%s", srv.LogTail(40))
+			t.Logf("private %s server log (end):\n%s", what, srv.LogTail(40))
 		}
 		if err := srv.Remove(); err != nil {
 			t.Log(err)
 		}
 	})
-	return &faultMetaServer{Server: srv, target: srv.Target}
+	return srv
 }
 
 func (p *faultMetaServer) start() error { return p.Start() }

@@ -137,18 +137,7 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 		t.Fatalf("terraform is not on PATH: %v", err)
 	}
 	providerDir := plainBuild.get(t)
-	srv, err := pgserver.Start(pgserver.Options{MaxConnections: scaleMaxConns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("private server log (end):\n%s", srv.LogTail(40))
-		}
-		if err := srv.Remove(); err != nil {
-			t.Log(err)
-		}
-	})
+	srv := startPrivateServer(t, "meta DB and cluster", pgserver.Options{MaxConnections: scaleMaxConns})
 	// Two logins, the worst case: two pools of 2 per provider process, 160
 	// connections wanted by 40 processes at once, and the meta DB's user is
 	// no superuser, so it cannot use the slots reserved for superusers.
