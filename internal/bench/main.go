@@ -427,19 +427,26 @@ func (b *bench) workdir(name, kind string, n int, tag string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
-	var sb strings.Builder
-	fmt.Fprintf(&sb, `terraform {
+	cfg := terraformBlock + fmt.Sprintf("\nprovider \"postgraas\" {\n  backend = %q\n}\n", kind) + b.instancesHCL(n, tag)
+	return dir, os.WriteFile(filepath.Join(dir, "main.tf"), []byte(cfg), 0o600)
+}
+
+// terraformBlock makes Terraform take the provider from the CLI
+// configuration's dev_overrides.
+const terraformBlock = `terraform {
   required_providers {
     postgraas = { source = "postgraas/postgraas" }
   }
 }
+`
 
-provider "postgraas" {
-  backend = %q
-}
-`, kind)
-	if n > 0 {
-		fmt.Fprintf(&sb, `
+// instancesHCL is n pg_cluster instances named like names(tag, n); "" for
+// none.
+func (b *bench) instancesHCL(n int, tag string) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(`
 resource "postgraas_instance" "i" {
   count       = %d
   name        = "pgb-%s-%s-${count.index}"
@@ -448,6 +455,4 @@ resource "postgraas_instance" "i" {
   db_password = %q
 }
 `, n, b.runID, tag, b.runID, tag, b.runID, tag, b.password)
-	}
-	return dir, os.WriteFile(filepath.Join(dir, "main.tf"), []byte(sb.String()), 0o600)
 }

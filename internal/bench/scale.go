@@ -169,26 +169,8 @@ func (b *bench) scaleWorkdir(name string, admin, meta pgsql.Target, m int) (stri
 		return fmt.Sprintf("{\n    host = %q\n    port = %d\n    %s = %q\n    username = %q\n    password = %q\n    sslmode = \"disable\"\n  }",
 			t.Host, t.Port, dbKey, t.Database, t.User, t.Password)
 	}
-	cfg := fmt.Sprintf(`terraform {
-  required_providers {
-    postgraas = { source = "postgraas/postgraas" }
-  }
-}
-
-provider "postgraas" {
-  backend    = "pg_cluster"
-  metadb     = %s
-  pg_cluster = %s
-}
-
-resource "postgraas_instance" "i" {
-  count       = %d
-  name        = "pgb-%s-%s-${count.index}"
-  db_name     = "pgb-%s-%s-${count.index}"
-  db_username = "pgb-%s-%s-${count.index}"
-  db_password = %q
-}
-`, block(meta, "db_name"), block(admin, "database"), m, b.runID, name, b.runID, name, b.runID, name, b.password)
+	cfg := terraformBlock + fmt.Sprintf("\nprovider \"postgraas\" {\n  backend    = \"pg_cluster\"\n  metadb     = %s\n  pg_cluster = %s\n}\n",
+		block(meta, "db_name"), block(admin, "database")) + b.instancesHCL(m, name)
 	return dir, os.WriteFile(filepath.Join(dir, "main.tf"), []byte(cfg), 0o600)
 }
 
