@@ -48,6 +48,10 @@ func IsTransient(err error) bool {
 const (
 	retryInitial = 50 * time.Millisecond
 	retryMax     = 2 * time.Second
+	// retryBudget bounds the retries when ctx sets no deadline (a data
+	// source, an import), so a server that stays full still fails the
+	// operation rather than hold it forever.
+	retryBudget = 2 * time.Minute
 )
 
 // RetryError is the failure of an action that was tried more than once
@@ -80,7 +84,8 @@ func (e *RetryError) Unwrap() []error {
 }
 
 // Retry calls attempt until it succeeds, fails with an error that is not
-// transient (IsTransient), or ctx ends, pausing between attempts with
+// transient (IsTransient), or ctx ends (or retryBudget has passed, when
+// ctx sets no deadline), pausing between attempts with
 // jittered exponential backoff. attempt must be safe to repeat. An error
 // after more than one attempt is a *RetryError that says how often and for
 // how long it tried.
@@ -101,6 +106,8 @@ func Retry(ctx context.Context, attempt func(context.Context) error) error {
 		pause := step/2 + rand.N(step/2+1)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause {
 			return &RetryError{Attempts: n, Took: time.Since(start), Err: err, Ctx: context.DeadlineExceeded}
+		} else if !ok && time.Since(start)+pause > retryBudget {
+			return &RetryError{Attempts: n, Took: time.Since(start), Err: err}
 		}
 		t := time.NewTimer(pause)
 		select {
