@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgserver"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
@@ -26,6 +28,7 @@ import (
 var (
 	flagScale       = flag.String("scale", "40x3,10x20", "scale group: comma-separated KxM, K concurrent applies of M instances each")
 	flagScaleLogins = flag.String("scale-logins", "one,two", "scale group: meta DB and cluster admin as one login (one) or two (two: the meta DB as a non-superuser)")
+	flagScaleHeld   = flag.Int("scale-held", 0, "scale group: connections another client holds on the server throughout, as a shared cluster's tenants do")
 )
 
 const (
@@ -37,6 +40,7 @@ const (
 type scaleRow struct {
 	k, m   int
 	logins string
+	held   int
 
 	applyWall, destroyWall       time.Duration
 	applyOK, destroyOK           int
@@ -121,9 +125,14 @@ func (b *bench) scaleOnce(ctx context.Context, sp scaleSpec, logins string) (*sc
 		}
 	}
 	conn.Close(ctx)
+	release, err := b.scaleHold(ctx, admin, *flagScaleHeld)
+	defer release()
+	if err != nil {
+		return nil, err
+	}
 
-	r := &scaleRow{k: sp.k, m: sp.m, logins: logins}
-	what := fmt.Sprintf("scale %dx%d (%s)", sp.k, sp.m, map[string]string{"one": "one login", "two": "two logins"}[logins])
+	r := &scaleRow{k: sp.k, m: sp.m, logins: logins, held: *flagScaleHeld}
+	what := fmt.Sprintf("scale %dx%d (%s, %d held)", sp.k, sp.m, map[string]string{"one": "one login", "two": "two logins"}[logins], r.held)
 	tag := fmt.Sprintf("s%dx%d%s", sp.k, sp.m, logins[:1])
 	dirs := make([]string, sp.k)
 	for i := range dirs {
@@ -156,6 +165,42 @@ func (b *bench) scaleOnce(ctx context.Context, sp scaleSpec, logins string) (*sc
 		logf("first failed destroy:\n%s", r.firstDestroyFailure)
 	}
 	return r, nil
+}
+
+// scaleHold opens n idle connections as a login role of no privilege;
+// release closes them.
+func (b *bench) scaleHold(ctx context.Context, admin pgsql.Target, n int) (release func(), err error) {
+	var held []*pgx.Conn
+	release = func() {
+		for _, c := range held {
+			c.Close(context.Background())
+		}
+	}
+	if n == 0 {
+		return release, nil
+	}
+	other := admin
+	other.User, other.Password = "other_client", "Bo-"+randHex(12)
+	verifier, err := pgsql.ScramVerifier(other.Password)
+	if err != nil {
+		return release, err
+	}
+	conn, err := b.connect(ctx, admin)
+	if err != nil {
+		return release, err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE ROLE other_client LOGIN PASSWORD "+pgsql.QuoteLiteral(verifier)); err != nil {
+		return release, err
+	}
+	for range n {
+		c, err := b.connect(ctx, other)
+		if err != nil {
+			return release, fmt.Errorf("scale: holding connections: %w", err)
+		}
+		held = append(held, c)
+	}
+	return release, nil
 }
 
 // scaleWorkdir writes a configuration of m instances whose provider block
@@ -265,8 +310,12 @@ func (b *bench) scaleReport() string {
 	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range b.scaleRows {
 		left := fmt.Sprintf("%d rows, %d roles, %d databases", sum(r.leftRows), r.leftRoles, r.leftDBs)
+		logins := r.logins
+		if r.held > 0 {
+			logins += fmt.Sprintf(", %d held by another client", r.held)
+		}
 		fmt.Fprintf(&sb, "| %d × %d | %s | %.1f s | %d/%d | %d | %d | %d | %.1f s | %d/%d | %d | %s |\n",
-			r.k, r.m, r.logins, r.applyWall.Seconds(), r.applyOK, r.k, r.applyPeak, r.applyRefused, r.afterApply["creating"],
+			r.k, r.m, logins, r.applyWall.Seconds(), r.applyOK, r.k, r.applyPeak, r.applyRefused, r.afterApply["creating"],
 			r.destroyWall.Seconds(), r.destroyOK, r.k, r.destroyPeak, left)
 	}
 	return sb.String()
