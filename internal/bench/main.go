@@ -43,7 +43,7 @@ var (
 	flagDockerReps = flag.Int("docker-reps", 7, "repetitions of the docker rows; at least 3")
 	flagMD         = flag.String("md", "", "replace the generated section of this markdown file (BENCHMARKS.md) with the results")
 	flagKeep       = flag.Bool("keep", false, "keep the temporary directory (terraform logs, configurations)")
-	flagOnly       = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker (default all)")
+	flagOnly       = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker,scale (default all)")
 	flagPGNs       = flag.String("pg-n", "1,20,100", "instance counts for pg_cluster create/destroy")
 	flagRefNs      = flag.String("refresh-n", "20,200", "instance counts for refresh")
 	flagDocNs      = flag.String("docker-n", "1,5", "instance counts for docker create/destroy")
@@ -71,13 +71,22 @@ func main() {
 	if runErr != nil {
 		fatalf("%v", runErr)
 	}
-	out := b.report(time.Since(start))
-	fmt.Print(out)
-	if *flagMD != "" {
-		if err := replaceSection(*flagMD, out); err != nil {
-			fatalf("writing %s: %v", *flagMD, err)
+	// The scale group has a section of its own, so a run of only that
+	// group (or of only the others) leaves the other section as it is.
+	for _, sec := range []struct{ text, begin, end string }{
+		{b.report(time.Since(start)), beginMarker, endMarker},
+		{b.scaleReport(), scaleBeginMarker, scaleEndMarker},
+	} {
+		if sec.text == "" {
+			continue
 		}
-		logf("wrote the results into %s", *flagMD)
+		fmt.Print(sec.text, "\n")
+		if *flagMD != "" {
+			if err := replaceSection(*flagMD, sec.begin, sec.end, sec.text); err != nil {
+				fatalf("writing %s: %v", *flagMD, err)
+			}
+			logf("wrote the results into %s", *flagMD)
+		}
 	}
 }
 
@@ -110,7 +119,8 @@ type bench struct {
 	liveSQL  map[string]bool // floor instances (role = db = name)
 	liveCtrs map[string]bool // floor containers
 
-	rows []*row
+	rows      []*row
+	scaleRows []*scaleRow
 }
 
 // setup builds the provider, writes the CLI configuration and checks that
@@ -340,6 +350,12 @@ func (b *bench) run(ctx context.Context) error {
 		}
 	}
 
+	if wanted("scale") {
+		if err := b.runScale(ctx); err != nil {
+			return err
+		}
+	}
+
 	if wanted("docker") {
 		for _, n := range ints(*flagDocNs) {
 			create := b.newRow("docker create-to-ready", "docker", n, "<= 1.2 x floor")
@@ -411,19 +427,26 @@ func (b *bench) workdir(name, kind string, n int, tag string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
-	var sb strings.Builder
-	fmt.Fprintf(&sb, `terraform {
+	cfg := terraformBlock + fmt.Sprintf("\nprovider \"postgraas\" {\n  backend = %q\n}\n", kind) + b.instancesHCL(n, tag)
+	return dir, os.WriteFile(filepath.Join(dir, "main.tf"), []byte(cfg), 0o600)
+}
+
+// terraformBlock makes Terraform take the provider from the CLI
+// configuration's dev_overrides.
+const terraformBlock = `terraform {
   required_providers {
     postgraas = { source = "postgraas/postgraas" }
   }
 }
+`
 
-provider "postgraas" {
-  backend = %q
-}
-`, kind)
-	if n > 0 {
-		fmt.Fprintf(&sb, `
+// instancesHCL is n pg_cluster instances named like names(tag, n); "" for
+// none.
+func (b *bench) instancesHCL(n int, tag string) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(`
 resource "postgraas_instance" "i" {
   count       = %d
   name        = "pgb-%s-%s-${count.index}"
@@ -432,6 +455,4 @@ resource "postgraas_instance" "i" {
   db_password = %q
 }
 `, n, b.runID, tag, b.runID, tag, b.runID, tag, b.password)
-	}
-	return dir, os.WriteFile(filepath.Join(dir, "main.tf"), []byte(sb.String()), 0o600)
 }

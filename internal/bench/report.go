@@ -120,6 +120,9 @@ func (r *row) verdict() (target string, met, applies bool) {
 }
 
 func (b *bench) report(took time.Duration) string {
+	if len(b.rows) == 0 {
+		return ""
+	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "Measured by one `make bench` run on %s: %d cores (%s), %s; %s, median reported; "+
 		"the run took %.0f s. Load average before/after: %s / %s.\n\n",
@@ -235,12 +238,14 @@ func memTotal() string {
 }
 
 const (
-	beginMarker = "<!-- bench:begin (written by `make bench`; do not edit by hand) -->"
-	endMarker   = "<!-- bench:end -->"
+	beginMarker      = "<!-- bench:begin (written by `make bench`; do not edit by hand) -->"
+	endMarker        = "<!-- bench:end -->"
+	scaleBeginMarker = "<!-- bench:scale:begin (written by `make bench`; do not edit by hand) -->"
+	scaleEndMarker   = "<!-- bench:scale:end -->"
 )
 
 // replaceSection puts text between the markers of the markdown file.
-func replaceSection(path, text string) error {
+func replaceSection(path, beginMarker, endMarker, text string) error {
 	data, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
 		return err

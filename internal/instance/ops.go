@@ -117,7 +117,9 @@ func (s *Service) Delete(ctx context.Context, id string, auth backend.Auth, forc
 		if err := b.Delete(ctx, InstanceOf(rec), auth, force); err != nil {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 			defer cancel()
-			if rerr := s.store.ReleaseDelete(cctx, rec.ID, lease.Owner); rerr != nil {
+			if rerr := pgsql.Retry(cctx, func(ctx context.Context) error {
+				return s.store.ReleaseDelete(ctx, rec.ID, lease.Owner)
+			}); rerr != nil {
 				return errors.Join(err, rerr)
 			}
 			return err

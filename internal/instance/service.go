@@ -163,8 +163,8 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 		return metadb.Record{}, "", err
 	}
 	want.ID = id
-	cctx, stopRenewing := s.keepLease(ctx, id, lease)
-	defer stopRenewing()
+	cctx, halt := s.keepLease(ctx, id, lease)
+	defer halt()
 
 	faultinject.Pause(cctx, "create.reserved")
 	spec := backend.Spec{
@@ -175,35 +175,73 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 	created, err := b.Create(cctx, spec)
 	if err == nil {
 		faultinject.Pause(cctx, "create.backend_done")
-		rec, err = s.store.Complete(cctx, id, lease.Owner, created.Host, created.Port, created.Username, created.ContainerID, created.Image)
+		// Renewing stops before the row is completed: a renewal that ran
+		// just after the completion would find the row no longer
+		// creating, take that for a lost lease and cancel the completion
+		// in flight, and the undo would then remove a completed
+		// instance's objects. Complete is conditional on the lease's
+		// owner, so it cannot complete a row that was taken over.
+		if err = halt(); err == nil {
+			rec, err = s.complete(ctx, want, created, lease)
+		}
+	} else if cause := context.Cause(cctx); cause != nil && !errors.Is(err, cause) {
+		err = fmt.Errorf("%w (%w)", err, cause)
 	}
 	if err != nil {
-		if cause := context.Cause(cctx); cause != nil && !errors.Is(err, cause) {
-			err = fmt.Errorf("%w (%w)", err, cause)
-		}
 		return metadb.Record{}, "", s.undo(ctx, b, want, created, lease, err)
 	}
 	return rec, verifier, nil
 }
 
+// complete marks the row ready. When the completion fails in a way that
+// leaves its outcome open (the context ended while it ran, the connection
+// broke), the row is read back: a row that is ready under this attempt's
+// token was completed, and the create succeeded.
+func (s *Service) complete(ctx context.Context, want metadb.Record, created backend.Created, lease metadb.Lease) (metadb.Record, error) {
+	rec, err := s.store.Complete(ctx, want.ID, lease.Owner, created.Host, created.Port, created.Username, created.ContainerID, created.Image)
+	if err == nil || errors.Is(err, metadb.ErrLeaseLost) || pgsql.Code(err) != "" {
+		return rec, err
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), completeCheckTimeout)
+	defer cancel()
+	var got metadb.Record
+	if gerr := pgsql.Retry(cctx, func(ctx context.Context) (err error) {
+		got, err = s.store.Get(ctx, want.ID)
+		return err
+	}); gerr == nil && got.State == metadb.StateReady && got.Token == want.Token {
+		return got, nil
+	}
+	return rec, err
+}
+
+// completeCheckTimeout bounds the read-back of a completion whose outcome
+// is open.
+const completeCheckTimeout = 30 * time.Second
+
 // undo removes what a failed create attempt made and then its row. It
-// runs on a context of its own: the caller's may be what failed.
+// runs on a context of its own: the caller's may be what failed. Each step
+// is idempotent (Purge removes only what carries this attempt's proof,
+// Release only a row this run still holds), so a step that fails
+// transiently (a full server, one restarting, a dropped connection) is
+// tried again with backoff within undoTimeout: a failed create leaves
+// nothing behind even when the server is full. The row's lease is the
+// backstop for what even that cannot remove.
 func (s *Service) undo(ctx context.Context, b backend.Backend, rec metadb.Record, created backend.Created, lease metadb.Lease, cause error) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
 	inst := InstanceOf(rec)
 	inst.ContainerID = created.ContainerID
 	tflog.Info(ctx, "create failed; removing what it made", map[string]any{"name": rec.Name, "id": rec.ID})
-	if perr := b.Purge(cctx, inst); perr != nil {
+	if perr := pgsql.Retry(cctx, func(ctx context.Context) error { return b.Purge(ctx, inst) }); perr != nil {
 		return &UndoError{Err: cause, UndoErr: perr, ID: rec.ID, LeaseTTL: lease.TTL}
 	}
-	if derr := s.store.Release(cctx, rec.ID, lease.Owner); derr != nil {
+	if derr := pgsql.Retry(cctx, func(ctx context.Context) error { return s.store.Release(ctx, rec.ID, lease.Owner) }); derr != nil {
 		return &UndoError{Err: cause, UndoErr: derr, ID: rec.ID, LeaseTTL: lease.TTL, RowOnly: true}
 	}
 	return cause
 }
 
-// undoTimeout bounds the undo of a failed create.
+// undoTimeout bounds the undo of a failed create, retries included.
 const undoTimeout = 90 * time.Second
 
 // UndoError: a create failed and so did removing what it made. Nothing is
@@ -356,28 +394,34 @@ func (s *Service) waitForLease(ctx context.Context, ex metadb.Record) (metadb.Re
 // time made through two round trips.
 const leaseSlack = 500 * time.Millisecond
 
-// keepLease renews the lease until stopped. The returned context ends when
+// keepLease renews the lease until halted. The returned context ends when
 // the lease is lost (taken over) or can no longer be proven held (the meta
 // DB did not answer for longer than the lease), so the create stops and
-// undoes itself rather than complete a row that is not its own.
-func (s *Service) keepLease(ctx context.Context, id int64, lease metadb.Lease) (context.Context, func()) {
+// undoes itself rather than complete a row that is not its own. halt stops
+// the renewals, waits until none is in flight, ends the context and
+// returns why it had ended before (nil while the lease was held and the
+// caller's context alive); calling it again does no harm.
+func (s *Service) keepLease(ctx context.Context, id int64, lease metadb.Lease) (context.Context, func() error) {
 	cctx, cancel := context.WithCancelCause(ctx)
-	stop := make(chan struct{})
+	renewing, stopRenewing := context.WithCancel(cctx)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		t := time.NewTicker(s.lease.Renew)
 		defer t.Stop()
 		held := time.Now()
 		for {
 			select {
-			case <-stop:
-				return
-			case <-cctx.Done():
+			case <-renewing.Done():
 				return
 			case <-t.C:
 			}
-			rctx, rcancel := context.WithTimeout(cctx, s.lease.Renew)
+			rctx, rcancel := context.WithTimeout(renewing, s.lease.Renew)
 			err := s.store.RenewLease(rctx, id, lease)
 			rcancel()
+			if renewing.Err() != nil {
+				return // halted: what this renewal found no longer matters
+			}
 			switch {
 			case err == nil:
 				held = time.Now()
@@ -390,9 +434,12 @@ func (s *Service) keepLease(ctx context.Context, id int64, lease metadb.Lease) (
 			}
 		}
 	}()
-	return cctx, func() {
-		close(stop)
+	return cctx, func() error {
+		stopRenewing()
+		<-done
+		cause := context.Cause(cctx)
 		cancel(nil)
+		return cause
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
@@ -99,11 +98,10 @@ type Filter struct {
 // Store is safe for concurrent use. It connects on first use, not when
 // made, so a plan never fails because the meta DB does not exist yet.
 type Store struct {
-	target   pgsql.Target
-	maxConns int32
+	pool *pgsql.Pool
 
-	mu   sync.Mutex
-	pool *pgxpool.Pool
+	mu       sync.Mutex
+	migrated bool
 }
 
 // New returns a store for the meta DB at target, with at most maxConns
@@ -112,44 +110,43 @@ func New(target pgsql.Target, maxConns int32) *Store {
 	if maxConns <= 0 {
 		maxConns = 4
 	}
-	return &Store{target: target, maxConns: maxConns}
+	return NewOnPool(target.NewPool(maxConns))
 }
 
-// db returns the pool, creating it and migrating the schema on first use.
-// A failure is not remembered, so a later call retries.
-func (s *Store) db(ctx context.Context) (*pgxpool.Pool, error) {
+// NewOnPool returns a store that uses pool, which may be shared with a
+// backend that logs in to the same server as the same user; the pool's
+// database is the meta DB.
+func NewOnPool(pool *pgsql.Pool) *Store {
+	return &Store{pool: pool}
+}
+
+// Pool is the store's connection pool.
+func (s *Store) Pool() *pgsql.Pool { return s.pool }
+
+// db returns the pool, migrating the schema on first use. A failure is
+// not remembered, so a later call retries.
+func (s *Store) db(ctx context.Context) (*pgsql.Pool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pool != nil {
+	if s.migrated {
 		return s.pool, nil
 	}
-	pool, err := s.target.NewPool(ctx, s.maxConns)
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, err
-	}
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("connecting to the meta DB %s: %w", s.target, err)
+		return nil, fmt.Errorf("the meta DB: %w", err)
 	}
 	err = migrate(ctx, conn.Conn())
 	conn.Release()
 	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("preparing the meta DB schema in %s: %w", s.target, err)
+		return nil, fmt.Errorf("preparing the meta DB schema in %s: %w", s.pool.Target(), err)
 	}
-	s.pool = pool
-	return pool, nil
+	s.migrated = true
+	return s.pool, nil
 }
 
-// Close releases the pool.
+// Close releases the pool's connections (a later call connects again).
 func (s *Store) Close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pool != nil {
-		s.pool.Close()
-		s.pool = nil
-	}
+	s.pool.Close()
 }
 
 // Migrate applies pending schema migrations now (otherwise they run on

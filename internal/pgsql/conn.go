@@ -45,10 +45,7 @@ func (t Target) dsn() string {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	sslmode := t.SSLMode
-	if sslmode == "" {
-		sslmode = "prefer"
-	}
+	sslmode := t.sslmode()
 	parts := []string{
 		"host=" + q(t.Host),
 		"port=" + strconv.Itoa(t.Port),
@@ -62,6 +59,13 @@ func (t Target) dsn() string {
 	return strings.Join(parts, " ")
 }
 
+func (t Target) sslmode() string {
+	if t.SSLMode == "" {
+		return "prefer"
+	}
+	return t.SSLMode
+}
+
 // ConnConfig is the pgx configuration for a single connection.
 func (t Target) ConnConfig() (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(t.dsn())
@@ -73,8 +77,21 @@ func (t Target) ConnConfig() (*pgx.ConnConfig, error) {
 }
 
 // Connect opens one connection (used for logins as a tenant, which cannot
-// be pooled with the admin's).
+// be pooled with the admin's), retrying with backoff while the server is
+// full, starting up, or drops the connection (see Retry), within ctx.
 func (t Target) Connect(ctx context.Context) (*pgx.Conn, error) {
+	var conn *pgx.Conn
+	err := Retry(ctx, func(ctx context.Context) error {
+		var err error
+		conn, err = t.ConnectOnce(ctx)
+		return err
+	})
+	return conn, err
+}
+
+// ConnectOnce makes a single connection attempt, for loops that poll a
+// server until it takes logins and so do their own retrying.
+func (t Target) ConnectOnce(ctx context.Context) (*pgx.Conn, error) {
 	cfg, err := t.ConnConfig()
 	if err != nil {
 		return nil, err
@@ -109,8 +126,18 @@ func CloseAndWait(ctx context.Context, conn *pgx.Conn, wait time.Duration) {
 	_, _ = io.Copy(io.Discard, nc)
 }
 
+// Pool idle settings: a connection unused for poolIdleTime is closed (the
+// health check looks every poolHealthCheck), so a provider process that
+// waits (for a container, for another run's lease, for Terraform) does not
+// keep a slot of the server's max_connections.
+const (
+	poolIdleTime    = time.Second
+	poolHealthCheck = 250 * time.Millisecond
+)
+
 // PoolConfig is a bounded pool that never keeps a connection idle in a
-// transaction for long, even if a caller forgets to end one.
+// transaction for long, even if a caller forgets to end one, and closes
+// connections that sit idle.
 func (t Target) PoolConfig(maxConns int32) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(t.dsn())
 	if err != nil {
@@ -118,18 +145,18 @@ func (t Target) PoolConfig(maxConns int32) (*pgxpool.Config, error) {
 	}
 	cfg.MaxConns = maxConns
 	cfg.MinConns = 0
-	cfg.MaxConnIdleTime = 5 * time.Minute
+	cfg.MaxConnIdleTime = poolIdleTime
+	cfg.HealthCheckPeriod = poolHealthCheck
 	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "60000"
 	return cfg, nil
 }
 
-// NewPool creates a pool; it connects lazily, on first use.
-func (t Target) NewPool(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
-	cfg, err := t.PoolConfig(maxConns)
-	if err != nil {
-		return nil, err
-	}
-	return pgxpool.NewWithConfig(ctx, cfg)
+// SameLogin reports whether t and o log in to the same server as the same
+// user with the same password and TLS mode, so one pool can serve both
+// (the database may differ: see Pool).
+func (t Target) SameLogin(o Target) bool {
+	return t.Host == o.Host && t.Port == o.Port && t.User == o.User && t.Password == o.Password &&
+		t.sslmode() == o.sslmode()
 }
 
 // Code returns the SQLSTATE of a server error, or "".

@@ -16,10 +16,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -37,6 +35,7 @@ import (
 	"github.com/docker/docker/errdefs"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgserver"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -75,22 +74,34 @@ const faultTerraformBlock = `terraform {
 
 // ---------------------------------------------------------------- provider binary
 
-// faultBuild holds the provider built with the faultinject tag: built once
-// while any test of this file runs, removed when the last one ends.
-var faultBuild struct {
+// providerBuild is a provider binary for tests that run Terraform as a
+// subprocess, with a CLI configuration pointing Terraform at it: built once
+// while any test using it runs, removed when the last one ends.
+type providerBuild struct {
+	tags string // go build -tags
 	mu   sync.Mutex
 	refs int
 	dir  string // terraform-provider-postgraas and cli.tfrc
 }
 
+// faultBuild pauses where POSTGRAAS_FAULT_PAUSE says; plainBuild is the
+// provider as released.
+var (
+	faultBuild = &providerBuild{tags: "faultinject"}
+	plainBuild = &providerBuild{}
+)
+
 // faultProviderDir returns the directory of the fault-injecting provider
 // and of a CLI configuration that points Terraform at it.
-func faultProviderDir(t *testing.T) string {
+func faultProviderDir(t *testing.T) string { return faultBuild.get(t) }
+
+// get returns the directory of the binary and its cli.tfrc.
+func (pb *providerBuild) get(t *testing.T) string {
 	t.Helper()
-	faultBuild.mu.Lock()
-	defer faultBuild.mu.Unlock()
-	if faultBuild.dir == "" {
-		dir, err := os.MkdirTemp("", "postgraas-fault-provider-")
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	if pb.dir == "" {
+		dir, err := os.MkdirTemp("", "postgraas-test-provider-")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,18 +111,20 @@ func faultProviderDir(t *testing.T) string {
 		}
 		bin := filepath.Join(dir, "terraform-provider-postgraas")
 		start := time.Now()
-		cmd := exec.Command("go", "build", "-tags", "faultinject", "-o", bin, ".")
+		cmd := exec.Command("go", "build", "-tags", pb.tags, "-o", bin, ".")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			_ = os.RemoveAll(dir)
-			t.Fatalf("building the provider with -tags faultinject in %s: %v\n%s", root, err, out)
+			t.Fatalf("building the provider with -tags %q in %s: %v\n%s", pb.tags, root, err, out)
 		}
 		// A binary without the tag would never pause: say so here rather
 		// than as a timeout later.
-		out, err := exec.Command("go", "version", "-m", bin).CombinedOutput()
-		if err != nil || !bytes.Contains(out, []byte("-tags=faultinject")) {
-			_ = os.RemoveAll(dir)
-			t.Fatalf("%s was not built with the faultinject tag (%v):\n%s", bin, err, out)
+		if pb.tags != "" {
+			out, err := exec.Command("go", "version", "-m", bin).CombinedOutput()
+			if err != nil || !bytes.Contains(out, []byte("-tags="+pb.tags)) {
+				_ = os.RemoveAll(dir)
+				t.Fatalf("%s was not built with the %s tag (%v):\n%s", bin, pb.tags, err, out)
+			}
 		}
 		cfg := fmt.Sprintf("provider_installation {\n  dev_overrides {\n    %q = %s\n  }\n  direct {}\n}\n",
 			faultProviderAddr, hclString(dir))
@@ -119,19 +132,19 @@ func faultProviderDir(t *testing.T) string {
 			_ = os.RemoveAll(dir)
 			t.Fatal(err)
 		}
-		t.Logf("built the provider with -tags faultinject in %s", time.Since(start).Round(time.Millisecond))
-		faultBuild.dir = dir
+		t.Logf("built the provider with -tags %q in %s", pb.tags, time.Since(start).Round(time.Millisecond))
+		pb.dir = dir
 	}
-	faultBuild.refs++
+	pb.refs++
 	t.Cleanup(func() {
-		faultBuild.mu.Lock()
-		defer faultBuild.mu.Unlock()
-		if faultBuild.refs--; faultBuild.refs == 0 {
-			_ = os.RemoveAll(faultBuild.dir)
-			faultBuild.dir = ""
+		pb.mu.Lock()
+		defer pb.mu.Unlock()
+		if pb.refs--; pb.refs == 0 {
+			_ = os.RemoveAll(pb.dir)
+			pb.dir = ""
 		}
 	})
-	return faultBuild.dir
+	return pb.dir
 }
 
 // ---------------------------------------------------------------- terraform runs
@@ -1050,117 +1063,37 @@ func faultDanglingVolumes(t *testing.T) map[string]time.Time {
 // faultMetaServer is a PostgreSQL 15 server of the test's own, for the meta DB
 // only, so it can be killed without disturbing the other tests.
 type faultMetaServer struct {
-	base, data, log string
-	target          pgsql.Target
-}
-
-const faultPGBin = "/usr/lib/postgresql/15/bin"
-
-func faultAsPostgres(name string, args ...string) *exec.Cmd {
-	return exec.Command("runuser", append([]string{"-u", "postgres", "--", filepath.Join(faultPGBin, name)}, args...)...)
-}
-
-func faultFreePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	*pgserver.Server
+	target pgsql.Target
 }
 
 func startFaultMetaServer(t *testing.T) *faultMetaServer {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatalf("the private meta DB server runs as the postgres OS user, which needs root (runuser)")
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		t.Fatalf("OS user postgres: %v (make testenv creates it)", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	base, err := os.MkdirTemp("", "postgraas-fault-metadb-")
+	srv := startPrivateServer(t, "meta DB", pgserver.Options{Superuser: "postgraas", MaxConnections: 200})
+	return &faultMetaServer{Server: srv, target: srv.Target}
+}
+
+// startPrivateServer starts a PostgreSQL server of the test's own, removed
+// when the test ends (with the end of its log when the test failed).
+func startPrivateServer(t *testing.T, what string, opts pgserver.Options) *pgserver.Server {
+	t.Helper()
+	srv, err := pgserver.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &faultMetaServer{base: base, data: filepath.Join(base, "data"), log: filepath.Join(base, "postgres.log")}
 	t.Cleanup(func() {
-		if out, err := faultAsPostgres("pg_ctl", "-D", p.data, "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil &&
-			!bytes.Contains(out, []byte("Is server running?")) {
-			t.Logf("stopping the private meta DB server: %v: %s", err, out)
-		}
 		if t.Failed() {
-			if b, err := os.ReadFile(p.log); err == nil {
-				t.Logf("private meta DB server log (end):\n%s", faultTail(string(b), 40))
-			}
+			t.Logf("private %s server log (end):\n%s", what, srv.LogTail(40))
 		}
-		_ = os.RemoveAll(base)
+		if err := srv.Remove(); err != nil {
+			t.Log(err)
+		}
 	})
-	sock := filepath.Join(base, "sock")
-	pwfile := filepath.Join(base, "pwfile")
-	password := "pw" + faultRandomHex(12)
-	if err := os.Mkdir(sock, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(pwfile, []byte(password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{base, sock, pwfile} {
-		if err := os.Chown(f, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if out, err := faultAsPostgres("initdb", "-D", p.data, "-U", "postgraas", "--pwfile="+pwfile, "--auth-host=scram-sha-256",
-		"--auth-local=trust", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
-	_ = os.Remove(pwfile)
-	port := faultFreePort(t)
-	conf := fmt.Sprintf(`
-# postgraas fault test: private meta DB
-listen_addresses = '127.0.0.1'
-port = %d
-unix_socket_directories = '%s'
-password_encryption = 'scram-sha-256'
-max_connections = 200
-# An immediate shutdown is a crash of the server, not of the machine: what
-# reached the OS survives it, so fsync can go. synchronous_commit stays on,
-# or the crash would lose commits the provider was told had happened.
-fsync = off
-full_page_writes = off
-`, port, sock)
-	f, err := os.OpenFile(filepath.Join(p.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.WriteString(conf)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.target = pgsql.Target{Host: "127.0.0.1", Port: port, Database: "postgres", User: "postgraas", Password: password, SSLMode: "disable"}
-	if err := p.start(); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return srv
 }
 
-func (p *faultMetaServer) start() error {
-	if out, err := faultAsPostgres("pg_ctl", "-D", p.data, "-l", p.log, "-w", "-t", "60", "start").CombinedOutput(); err != nil {
-		return fmt.Errorf("starting the private meta DB server: %v\n%s", err, out)
-	}
-	return nil
-}
-
-func (p *faultMetaServer) kill() error {
-	if out, err := faultAsPostgres("pg_ctl", "-D", p.data, "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil {
-		return fmt.Errorf("stopping the private meta DB server: %v\n%s", err, out)
-	}
-	return nil
-}
+func (p *faultMetaServer) start() error { return p.Start() }
+func (p *faultMetaServer) kill() error  { return p.Kill() }
 
 func (p *faultMetaServer) hcl() string {
 	t := p.target

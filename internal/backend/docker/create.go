@@ -190,7 +190,7 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 func personalise(ctx context.Context, t pgsql.Target, verifier string) error {
 	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
-	conn, err := t.Connect(ctx)
+	conn, err := t.ConnectOnce(ctx)
 	if err != nil {
 		return err
 	}
@@ -212,13 +212,17 @@ func randomSecret() string {
 // credentials are refused, the container stops, or ctx ends. The official
 // image initialises with a server that listens only on its unix socket, so
 // a TCP login means the real server is up; before that docker-proxy
-// accepts and resets connections, which is expected. restarts is the
+// accepts and resets connections, which is expected. Every failure but a
+// refusal of the credentials is retried (a full or starting server too),
+// every ReadyPollInterval: a new server's readiness is what is waited for,
+// so the pause does not grow. restarts is the
 // container's restart count when it was started: under unless-stopped a
 // crashing server is restarted, and a higher count means it exited.
 func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attempt func(port int) error) (int, error) {
 	var lastErr error
 	var port int
 	var inspected time.Time
+	start, attempts := time.Now(), 0
 	// check reads the container's state and port. It runs every
 	// inspectInterval rather than before every attempt: attempts are tens
 	// of milliseconds apart, and an API call each time would cost the
@@ -246,6 +250,7 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 				return 0, err
 			}
 		}
+		attempts++
 		if lastErr = attempt(port); lastErr == nil {
 			// Only a login to the server that was started counts: make
 			// sure the container has not restarted since it was looked at.
@@ -265,7 +270,8 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("gave up waiting for a login on port %d (%w); last attempt: %v", port, context.Cause(ctx), lastErr)
+			return 0, fmt.Errorf("gave up waiting for a login on port %d after %d attempts over %s (%w); last attempt: %v",
+				port, attempts, time.Since(start).Round(time.Millisecond), context.Cause(ctx), lastErr)
 		case <-time.After(b.cfg.ReadyPollInterval):
 		}
 	}

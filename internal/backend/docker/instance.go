@@ -246,7 +246,7 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 			return b.checkVerifier(actx, c.ID, inst, auth.Verifier)
 		}
 		t := b.target(port, inst.Username, auth.Password, inst.DBName)
-		conn, err := t.Connect(actx)
+		conn, err := t.ConnectOnce(actx)
 		if err == nil {
 			s.conn = conn
 		}

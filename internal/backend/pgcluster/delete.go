@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
@@ -22,7 +21,7 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backen
 	if err != nil {
 		return err
 	}
-	p, err := b.adminPool(ctx)
+	p, err := b.adminPool()
 	if err != nil {
 		return err
 	}
@@ -64,7 +63,7 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backen
 	if err := b.dropTempRoles(ctx, conn.Conn(), inst); err != nil {
 		return err
 	}
-	return dropRole(ctx, conn.Conn(), role)
+	return b.dropRole(ctx, conn.Conn(), role)
 }
 
 // Purge implements backend.Backend.
@@ -93,7 +92,7 @@ func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
 	if err := b.dropTempRoles(ctx, conn.Conn(), inst); err != nil {
 		return err
 	}
-	return dropRole(ctx, conn.Conn(), role)
+	return b.dropRole(ctx, conn.Conn(), role)
 }
 
 // deleteCheckSecretSQL is ownershipSQL plus the role's stored secret when
@@ -106,7 +105,7 @@ FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (` + owners
 // deleteCheck finds out what is left of an instance and what of it is
 // proven, and, when the admin may read it, the role's stored secret (nil
 // otherwise).
-func (b *Backend) deleteCheck(ctx context.Context, p *pgxpool.Pool, role, db string, proof backend.Proof) (o ownership, secret *string, err error) {
+func (b *Backend) deleteCheck(ctx context.Context, p *pgsql.Pool, role, db string, proof backend.Proof) (o ownership, secret *string, err error) {
 	if !b.authidDenied.Load() {
 		err = p.QueryRow(ctx, deleteCheckSecretSQL, role, db, markerOf(proof)).
 			Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &o.loginOK, &secret)
@@ -163,6 +162,12 @@ func (b *Backend) authenticate(ctx context.Context, role, db string, auth backen
 	t.Database = db
 	t.User = StoredUsername(role, b.server)
 	t.Password = auth.Password
+	select {
+	case b.logins <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting to log in as %q to authenticate the delete: %w", t.User, context.Cause(ctx))
+	}
+	defer func() { <-b.logins }()
 	conn, err := t.Connect(ctx)
 	switch {
 	case err == nil:
@@ -233,16 +238,22 @@ WHERE datname = $1 AND backend_type = 'client backend'`, db).Scan(&n); err != ni
 	}
 }
 
-func dropRole(ctx context.Context, conn *pgx.Conn, role string) error {
+// dropRole drops role, whose proof the caller has just checked.
+func (b *Backend) dropRole(ctx context.Context, conn *pgx.Conn, role string) error {
 	r := pgsql.QuoteIdent(role)
 	_, err := conn.Exec(ctx, "DROP ROLE IF EXISTS "+r)
 	if pgsql.Code(err) == codeDependentObjects {
 		// The role still owns objects or holds privileges outside its
 		// database (a table in the maintenance database on PG <= 14, a
 		// GRANT from another tenant). DROP OWNED removes those in the
-		// maintenance database and on shared objects; both run in one
+		// current database and on shared objects; both run in one
 		// transaction so a failure changes nothing.
 		_, err = conn.Exec(ctx, "DROP OWNED BY "+r+"; DROP ROLE "+r)
+		if pgsql.Code(err) == codeDependentObjects && conn.Config().Database != b.admin.Database {
+			// A pool shared with the meta DB is connected to the meta
+			// DB's database: the maintenance database is another one.
+			err = b.dropOwnedInMaintenanceDB(ctx, r)
+		}
 		if pgsql.Code(err) == pgsql.CodeUndefinedObject {
 			return nil // dropped concurrently
 		}
@@ -251,4 +262,16 @@ func dropRole(ctx context.Context, conn *pgx.Conn, role string) error {
 		return fmt.Errorf("dropping role %q: %w", role, err)
 	}
 	return nil
+}
+
+// dropOwnedInMaintenanceDB runs DROP OWNED and DROP ROLE for the quoted
+// role r on a connection of its own to the maintenance database.
+func (b *Backend) dropOwnedInMaintenanceDB(ctx context.Context, r string) error {
+	conn, err := b.admin.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "DROP OWNED BY "+r+"; DROP ROLE "+r)
+	return err
 }

@@ -514,6 +514,53 @@ func TestDeleteChecksPasswordLikeALogin(t *testing.T) {
 	})
 }
 
+// TestSharedPoolOnAnotherDatabase: on a pool shared with a meta DB in
+// another database, everything works as on the maintenance database, and a
+// role that owns an object in the maintenance database is still dropped
+// (DROP OWNED there, on a connection of its own).
+func TestSharedPoolOnAnotherDatabase(t *testing.T) {
+	env := requireEnv(t)
+	ctx := testCtx(t)
+	super := connect(t, env.super)
+	other := uniqueName(t, "meta")
+	if _, err := super.Exec(ctx, "CREATE DATABASE "+pgsql.QuoteIdent(other)); err != nil {
+		t.Fatal(err)
+	}
+	dropLater(t, env.super, "", other)
+	shared := env.super
+	shared.Database = other
+	pool := shared.NewPool(2)
+	defer pool.Close()
+	b := New(Config{Admin: env.super, Pool: pool})
+	defer b.Close()
+
+	a := create(t, b, newSpec(t, env))
+	if st, err := b.Inspect(ctx, a.inst); err != nil || !st.Exists {
+		t.Fatalf("Inspect: %+v, %v", st, err)
+	}
+	table := uniqueName(t, "t")
+	if _, err := super.Exec(ctx, "CREATE TABLE "+pgsql.QuoteIdent(table)+" (); ALTER TABLE "+pgsql.QuoteIdent(table)+
+		" OWNER TO "+pgsql.QuoteIdent(a.spec.Username)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = super.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgsql.QuoteIdent(table)) })
+	if err := b.Delete(ctx, a.inst, backend.Auth{Password: a.spec.Password}, false); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if r, d := exists(t, super, a.spec.Username, a.spec.DBName); r || d {
+		t.Errorf("after Delete: role %v, database %v", r, d)
+	}
+	var left bool
+	if err := super.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", pgsql.QuoteIdent(table)).Scan(&left); err != nil || left {
+		t.Errorf("the role's table in the maintenance database: still there %v (%v)", left, err)
+	}
+	b.Close()
+	var one int
+	if err := pool.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Errorf("the shared pool after the backend closed: %v; the backend must not close a pool it was given", err)
+	}
+}
+
 // TestVerifierAuth: with a write-only password the provider holds only the
 // verifier it stored; it authenticates when the server's is that one, and
 // not after an out-of-band change. A limited admin cannot read verifiers

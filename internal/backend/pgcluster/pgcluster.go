@@ -34,6 +34,12 @@ type Config struct {
 	Server string
 	// MaxConns bounds the admin pool; 0 means 4.
 	MaxConns int32
+	// Pool, when set, is used instead of a pool of the backend's own: one
+	// that logs in as Admin's user (with Server applied) to the same
+	// server, such as the meta DB store's when the meta DB lives on the
+	// cluster (pgsql.Target.SameLogin). Its database may be another one
+	// than Admin.Database; the backend does not close it.
+	Pool *pgsql.Pool
 }
 
 // Backend implements backend.Backend on a PostgreSQL cluster.
@@ -42,9 +48,16 @@ type Backend struct {
 	server   string
 	maxConns int32
 
+	shared *pgsql.Pool
+
 	mu     sync.Mutex
-	pool   *pgxpool.Pool
+	pool   *pgsql.Pool
 	closed bool
+
+	// logins bounds the tenant logins that authenticate deletes at once,
+	// so a destroy of many instances adds at most cap(logins) connections
+	// to the pool's.
+	logins chan struct{}
 
 	// authidDenied is set once the admin turned out unable to read
 	// pg_authid (not a superuser): deletes then authenticate by logging in.
@@ -62,8 +75,12 @@ func New(cfg Config) *Backend {
 	if maxConns <= 0 {
 		maxConns = 4
 	}
-	return &Backend{admin: admin, server: cfg.Server, maxConns: maxConns}
+	return &Backend{admin: admin, server: cfg.Server, maxConns: maxConns, shared: cfg.Pool,
+		logins: make(chan struct{}, maxTenantLogins)}
 }
+
+// maxTenantLogins bounds the concurrent tenant logins of one backend.
+const maxTenantLogins = 2
 
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return backend.KindPGCluster }
@@ -112,47 +129,45 @@ func marker(p backend.Proof) string {
 	return fmt.Sprintf("postgraas instance %d proof %s", p.ID, p.Value)
 }
 
-// Close releases the admin pool; the backend is unusable afterwards.
+// SharedPool is the pool given in Config.Pool, nil if none.
+func (b *Backend) SharedPool() *pgsql.Pool { return b.shared }
+
+// Close releases the admin pool (unless it is shared); the backend is
+// unusable afterwards.
 func (b *Backend) Close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.pool != nil {
+	if b.pool != nil && b.pool != b.shared {
 		b.pool.Close()
-		b.pool = nil
 	}
+	b.pool = nil
 	b.closed = true
 }
 
-// adminPool creates the pool on first use. Creation only fails on bad
-// settings, and is retried by the next call rather than remembered.
-func (b *Backend) adminPool(ctx context.Context) (*pgxpool.Pool, error) {
+// adminPool returns the pool, made on first use; it connects lazily.
+func (b *Backend) adminPool() (*pgsql.Pool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, errors.New("pg_cluster backend is closed")
 	}
 	if b.pool == nil {
-		p, err := b.admin.NewPool(ctx, b.maxConns)
-		if err != nil {
-			return nil, fmt.Errorf("connecting to %s: %w", b.admin, err)
+		b.pool = b.shared
+		if b.pool == nil {
+			b.pool = b.admin.NewPool(b.maxConns)
 		}
-		b.pool = p
 	}
 	return b.pool, nil
 }
 
 // acquire returns one admin connection; every operation runs all its
-// statements on a single one.
+// statements on a single one. A full server is waited for (pgsql.Retry).
 func (b *Backend) acquire(ctx context.Context) (*pgxpool.Conn, error) {
-	p, err := b.adminPool(ctx)
+	p, err := b.adminPool()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := p.Acquire(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", b.admin, err)
-	}
-	return conn, nil
+	return p.Acquire(ctx)
 }
 
 // RoleName returns the role to create for a configured username. With a
@@ -221,7 +236,7 @@ func (b *Backend) InspectMany(ctx context.Context, insts []backend.Instance) ([]
 		}
 		roles[i], dbs[i], markers[i] = role, inst.DBName, markerOf(inst.Proof)
 	}
-	p, err := b.adminPool(ctx)
+	p, err := b.adminPool()
 	if err != nil {
 		return nil, err
 	}
@@ -350,7 +365,7 @@ func (b *Backend) Authenticate(ctx context.Context, inst backend.Instance, auth 
 	if err != nil {
 		return err
 	}
-	p, err := b.adminPool(ctx)
+	p, err := b.adminPool()
 	if err != nil {
 		return err
 	}

@@ -238,7 +238,7 @@ WHERE usename = $1 AND pid <> pg_backend_pid()`, role); err != nil {
 		if err := b.disown(ctx, inst.DBName, role, owner); err != nil && pgsql.Code(err) != pgsql.CodeInvalidCatalogName {
 			return err
 		}
-		return dropRole(ctx, conn, role)
+		return b.dropRole(ctx, conn, role)
 	}
 	if err != nil {
 		return fmt.Errorf("dropping temporary login %q: %w", role, err)
