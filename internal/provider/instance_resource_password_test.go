@@ -246,7 +246,6 @@ func TestAccInstance_pgClusterImportNeedsCurrentPassword(t *testing.T) {
 	i := newClusterInstance("imp")
 	wrong := i
 	wrong.password = "not-the-password-" + randomName("p")
-	admin := clusterAdmin()
 	resource.ParallelTest(t, resource.TestCase{
 		PreCheck:                 func() { testAccPreCheck(t) },
 		ProtoV6ProviderFactories: testAccProviders,
@@ -254,13 +253,7 @@ func TestAccInstance_pgClusterImportNeedsCurrentPassword(t *testing.T) {
 		Steps: []resource.TestStep{
 			{Config: clusterConfig("")},
 			{
-				PreConfig: func() {
-					mustDo(t, adminExec(
-						"CREATE USER "+pgsql.QuoteIdent(i.user)+" WITH PASSWORD "+pgsql.QuoteLiteral(i.password),
-						"CREATE DATABASE "+pgsql.QuoteIdent(i.db)+" OWNER "+pgsql.QuoteIdent(i.user),
-					))
-					insertLegacyRows(t, legacyRow{name: i.name, db: i.db, user: i.user, host: admin.Host, port: admin.Port})
-				},
+				PreConfig:          func() { makeLegacyInstance(t, i) },
 				Config:             clusterConfig("", wrong),
 				ResourceName:       i.address(),
 				ImportState:        true,

@@ -109,9 +109,20 @@ data "postgraas_instance" "by_id" {
 
 // A pg_cluster instance that postgraas_server created (role, database and a
 // legacy row) can be imported by name, adopted and destroyed.
+// makeLegacyInstance makes i as postgraas_server did (a plaintext password,
+// the database owned by the role) with its legacy meta DB row.
+func makeLegacyInstance(t *testing.T, i clusterInstance) {
+	t.Helper()
+	admin := clusterAdmin()
+	mustDo(t, adminExec(
+		"CREATE USER "+pgsql.QuoteIdent(i.user)+" WITH PASSWORD "+pgsql.QuoteLiteral(i.password),
+		"CREATE DATABASE "+pgsql.QuoteIdent(i.db)+" OWNER "+pgsql.QuoteIdent(i.user),
+	))
+	insertLegacyRows(t, legacyRow{name: i.name, db: i.db, user: i.user, host: admin.Host, port: admin.Port})
+}
+
 func TestAccInstance_pgClusterImportLegacy(t *testing.T) {
 	i := newClusterInstance("legacy")
-	admin := clusterAdmin()
 	resource.ParallelTest(t, resource.TestCase{
 		PreCheck:                 func() { testAccPreCheck(t) },
 		ProtoV6ProviderFactories: testAccProviders,
@@ -119,14 +130,7 @@ func TestAccInstance_pgClusterImportLegacy(t *testing.T) {
 		Steps: []resource.TestStep{
 			{Config: clusterConfig("")},
 			{
-				PreConfig: func() {
-					// As postgraas_server did it: plaintext password, GRANT to admin.
-					mustDo(t, adminExec(
-						"CREATE USER "+pgsql.QuoteIdent(i.user)+" WITH PASSWORD "+pgsql.QuoteLiteral(i.password),
-						"CREATE DATABASE "+pgsql.QuoteIdent(i.db)+" OWNER "+pgsql.QuoteIdent(i.user),
-					))
-					insertLegacyRows(t, legacyRow{name: i.name, db: i.db, user: i.user, host: admin.Host, port: admin.Port})
-				},
+				PreConfig:          func() { makeLegacyInstance(t, i) },
 				Config:             clusterConfig("", i),
 				ResourceName:       i.address(),
 				ImportState:        true,

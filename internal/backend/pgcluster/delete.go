@@ -17,18 +17,7 @@ import (
 // that carries the instance's proof, and the database that role owns, are
 // dropped; same-named objects of anyone else are left as they are.
 func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backend.Auth, force bool) error {
-	role, err := RoleName(inst.Username, b.server)
-	if err != nil {
-		return err
-	}
-	p, err := b.adminPool()
-	if err != nil {
-		return err
-	}
-	// No admin connection is held across the tenant login below: with
-	// Terraform destroying 10 instances at once, a small pool would
-	// otherwise spend most of its time waiting for logins.
-	o, secret, err := b.deleteCheck(ctx, p, role, inst.DBName, inst.Proof)
+	role, o, secret, err := b.inspectForAuth(ctx, inst)
 	if err != nil {
 		return err
 	}
@@ -93,6 +82,23 @@ func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
 		return err
 	}
 	return b.dropRole(ctx, conn.Conn(), role)
+}
+
+// inspectForAuth reads, in one round trip and without holding a connection
+// (with Terraform destroying 10 instances at once, a small pool would
+// otherwise spend its time waiting for tenant logins), what exists of the
+// instance, what of it is proven, and the role's secret where readable.
+func (b *Backend) inspectForAuth(ctx context.Context, inst backend.Instance) (string, ownership, *string, error) {
+	role, err := RoleName(inst.Username, b.server)
+	if err != nil {
+		return "", ownership{}, nil, err
+	}
+	p, err := b.adminPool()
+	if err != nil {
+		return "", ownership{}, nil, err
+	}
+	o, secret, err := b.deleteCheck(ctx, p, role, inst.DBName, inst.Proof)
+	return role, o, secret, err
 }
 
 // deleteCheckSecretSQL is ownershipSQL plus the role's stored secret when

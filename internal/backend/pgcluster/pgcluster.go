@@ -361,15 +361,7 @@ func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, _ back
 
 // Authenticate implements backend.Backend.
 func (b *Backend) Authenticate(ctx context.Context, inst backend.Instance, auth backend.Auth) error {
-	role, err := RoleName(inst.Username, b.server)
-	if err != nil {
-		return err
-	}
-	p, err := b.adminPool()
-	if err != nil {
-		return err
-	}
-	o, secret, err := b.deleteCheck(ctx, p, role, inst.DBName, inst.Proof)
+	role, o, secret, err := b.inspectForAuth(ctx, inst)
 	if err != nil {
 		return err
 	}
