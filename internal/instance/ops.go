@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
@@ -77,6 +78,9 @@ func (s *Service) Rotate(ctx context.Context, rec metadb.Record, current backend
 	if err := b.SetPassword(ctx, inst, proven, verifier); err != nil {
 		return "", err
 	}
+	// Killed here, the server has the new password and the state does
+	// not know: the next apply finds the instance already accepting it.
+	faultinject.Pause(ctx, "rotate.password_set")
 	return verifier, nil
 }
 

@@ -1289,3 +1289,74 @@ func TestAccFault_metaDBKilledMidApply(t *testing.T) {
 		t.Errorf("after destroy: roles %v, databases %v (%v)", roles, dbs, err)
 	}
 }
+
+// TestAccFault_rotationKilledAfterAlter: SIGKILL right after a write-only
+// rotation's ALTER ROLE, before Terraform records the new verifier. The
+// server has the new password, state the old verifier; the re-apply finds
+// the instance already accepting the configured password (no other proof
+// is needed), records it, and the destroy that follows authenticates.
+func TestAccFault_rotationKilledAfterAlter(t *testing.T) {
+	faultAccPreCheck(t)
+	const point = "rotate.password_set"
+	i := newClusterInstance("rot")
+	i.name = "flt_" + faultRandomHex(4)
+	i.db, i.user = i.name+"_db", i.name+"_u"
+	t.Cleanup(func() {
+		_ = adminExec("DROP DATABASE IF EXISTS "+pgsql.QuoteIdent(i.db)+" WITH (FORCE)", "DROP ROLE IF EXISTS "+pgsql.QuoteIdent(i.user))
+		_ = withConnExec(metaDB(), "DELETE FROM db_instance WHERE postgraas_instance_name = "+pgsql.QuoteLiteral(i.name))
+	})
+	config := func(password string, version int) string {
+		v := i
+		v.password, v.woVersion = password, version
+		return "terraform {\n  required_providers {\n    postgraas = { source = \"postgraas/postgraas\" }\n  }\n}\n" +
+			clusterConfig("", v)
+	}
+	pw1, pw2 := "rot-1-"+faultRandomHex(6), "rot-2-"+faultRandomHex(6)
+	w := newFaultWorkspace(t, faultProviderDir(t), config(pw1, 1), "DEBUG")
+	write := func(cfg string) {
+		if err := os.WriteFile(filepath.Join(w.dir, "main.tf"), []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p, err := w.run("apply-1", faultRunLimit, nil, faultApply...); err != nil {
+		t.Fatalf("first apply: %v\n%s", err, faultTail(p.out.String(), 30))
+	}
+
+	write(config(pw2, 2))
+	pauseDir := filepath.Join(w.dir, "pause")
+	if err := os.Mkdir(pauseDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	killed := w.start("killed-rotate", []string{"POSTGRAAS_FAULT_PAUSE=" + point, "POSTGRAAS_FAULT_DIR=" + pauseDir}, faultApply...)
+	pid, err := faultWaitForPause(killed, pauseDir, point)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	faultKillAtCleanup(t, pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := killed.wait(faultExitWait); !killed.exited() {
+		t.Fatalf("%v", err)
+	}
+	if killed.err == nil {
+		t.Fatal("the killed rotation's apply succeeded; want an error")
+	}
+	// The kill landed after the act: the server already has pw2.
+	mustDo(t, writeAndRead(clusterTenant(i.db, i.user, pw2)))
+
+	if p, err := w.run("recover-rotate", faultRunLimit, nil, faultApply...); err != nil {
+		t.Fatalf("re-apply after the killed rotation: %v\n%s", err, faultTail(p.out.String(), 30))
+	}
+	mustDo(t, writeAndRead(clusterTenant(i.db, i.user, pw2)))
+	if p, err := w.run("destroy", faultRunLimit, nil, faultDestroy...); err != nil {
+		t.Fatalf("destroy after recovery: %v\n%s", err, faultTail(p.out.String(), 30))
+	}
+	role, db, err := clusterObjects(i.user, i.db)
+	if err != nil || role || db {
+		t.Fatalf("after destroy: role %v, database %v (%v)", role, db, err)
+	}
+	if n, err := metaRows(i.name); err != nil || n != 0 {
+		t.Fatalf("after destroy: %d rows (%v)", n, err)
+	}
+}
