@@ -202,11 +202,15 @@ var testLease = Lease{Owner: "test-run", TTL: time.Minute}
 
 // A lease is renewed only by its owner; an expired one is claimed by
 // exactly one of the runs that try at once.
+// shortTTL is a lease a test waits out.
+const shortTTL = 2 * time.Second
+
 func TestLeaseRenewClaimRespec(t *testing.T) {
 	t.Parallel()
 	s := newStore(t, freshDB(t))
 	c := ctx(t)
-	short := Lease{Owner: "dead-run", TTL: 50 * time.Millisecond}
+	// Long enough that a loaded CI machine reads the lease before it ends.
+	short := Lease{Owner: "dead-run", TTL: shortTTL}
 	id, err := s.Reserve(c, Record{Name: "leased", DBName: "d", Username: "u", Backend: "docker", Token: "t1"}, short)
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +225,7 @@ func TestLeaseRenewClaimRespec(t *testing.T) {
 	if ok, err := s.Claim(c, r, testLease); ok || err != nil {
 		t.Fatalf("claim of a live lease: %v %v", ok, err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(r.LeaseLeft + 50*time.Millisecond)
 	r, _ = s.Get(c, id)
 	if r.LeaseLeft > 0 {
 		t.Fatalf("lease left after expiry: %v", r.LeaseLeft)
@@ -431,5 +435,51 @@ func TestGetIDOutOfRange(t *testing.T) {
 		if _, err := s.Lookup(ctx(t), id); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Lookup(%s) = %v, want ErrNotFound", id, err)
 		}
+	}
+}
+
+// A destroy claims a ready row in one statement and gets the row back; a
+// row being created, one another destroy holds, and one gone are not
+// claimed; an expired destroy lease is claimed again.
+func TestClaimDelete(t *testing.T) {
+	t.Parallel()
+	s := newStore(t, freshDB(t))
+	c := ctx(t)
+	id, err := s.Reserve(c, Record{Name: "cd", DBName: "d", Username: "u", Backend: "pg_cluster", Token: "tok"}, testLease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimDelete(c, id, Lease{Owner: "destroyer", TTL: time.Minute}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("claiming a row being created: %v", err)
+	}
+	if _, err := s.Complete(c, id, testLease.Owner, "h", 5432, "u", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	first := Lease{Owner: "first", TTL: shortTTL}
+	r, err := s.ClaimDelete(c, id, first)
+	if err != nil || r.ID != id || r.Name != "cd" || r.Token != "tok" || r.State != StateReady || r.LeaseOwner != "first" || r.LeaseLeft <= 0 {
+		t.Fatalf("claim of a ready row: %+v %v", r, err)
+	}
+	if _, err := s.ClaimDelete(c, id, Lease{Owner: "second", TTL: time.Minute}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("claim while another destroy's lease is live: %v", err)
+	}
+	time.Sleep(r.LeaseLeft + 50*time.Millisecond)
+	if r, err = s.ClaimDelete(c, id, Lease{Owner: "second", TTL: time.Minute}); err != nil || r.LeaseOwner != "second" {
+		t.Fatalf("claim after the first destroy's lease expired: %+v %v", r, err)
+	}
+	if err := s.ReleaseDelete(c, id, "first"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Get(c, id); r.LeaseOwner != "second" {
+		t.Fatalf("a stale release ended the live claim: %+v", r)
+	}
+	if err := s.Delete(c, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimDelete(c, id, testLease); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("claim of a deleted row: %v", err)
+	}
+	if _, err := s.ClaimDelete(c, 1<<40, testLease); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("claim of an id out of the serial's range: %v", err)
 	}
 }

@@ -137,6 +137,19 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 		t.Fatalf("terraform is not on PATH: %v", err)
 	}
 	providerDir := plainBuild.get(t)
+	// fail reports a problem now and once more after the server's log,
+	// which the cleanups print on failure: CI shows a failing test's end.
+	var problems []string
+	t.Cleanup(func() {
+		if len(problems) > 0 {
+			t.Logf("what failed (repeated from above):\n%s", strings.Join(problems, "\n"))
+		}
+	})
+	fail := func(format string, args ...any) {
+		t.Helper()
+		problems = append(problems, fmt.Sprintf(format, args...))
+		t.Errorf(format, args...)
+	}
 	srv := startPrivateServer(t, "meta DB and cluster", pgserver.Options{MaxConnections: scaleMaxConns})
 	// Two logins, the worst case: two pools of 2 per provider process, 160
 	// connections wanted by 40 processes at once, and the meta DB's user is
@@ -185,7 +198,8 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 	ok, wall, failures := scalePhase(t, ws, "apply", faultApply)
 	peak, samples, werr := watch.Stop()
 	if werr != nil {
-		t.Errorf("watching connections: %v", werr)
+		// An observer: its numbers are then partial, the test is not wrong.
+		t.Logf("watching connections stopped early: %v", werr)
 	}
 	fullApply := srv.CountLog("too many clients") - full
 	states, roles, dbs := scaleLeft(t, admin, meta, prefix)
@@ -193,11 +207,11 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 		"%d connection attempts refused as too many; rows %v, %d roles, %d databases",
 		scaleRuns, scalePerRun, scaleHeld, ok, scaleRuns, wall.Round(time.Millisecond), peak, samples, fullApply, states, roles, dbs)
 	if ok != scaleRuns {
-		t.Errorf("%d of %d applies failed; the first:\n%s", scaleRuns-ok, scaleRuns, strings.Join(failures, "\n\n"))
+		fail("%d of %d applies failed; the first:\n%s", scaleRuns-ok, scaleRuns, strings.Join(failures, "\n\n"))
 	}
 	want := scaleRuns * scalePerRun
 	if states["creating"] != 0 || states["ready"] != want || roles != want || dbs != want {
-		t.Errorf("after the applies: rows %v, %d roles, %d databases; want %d ready rows, roles and databases and none creating",
+		fail("after the applies: rows %v, %d roles, %d databases; want %d ready rows, roles and databases and none creating",
 			states, roles, dbs, want)
 	}
 
@@ -208,16 +222,17 @@ func TestAccScale_fortyConcurrentApplies(t *testing.T) {
 	ok, wall, failures = scalePhase(t, ws, "destroy", faultDestroy)
 	peak, samples, werr = watch.Stop()
 	if werr != nil {
-		t.Errorf("watching connections: %v", werr)
+		// An observer: its numbers are then partial, the test is not wrong.
+		t.Logf("watching connections stopped early: %v", werr)
 	}
 	states, roles, dbs = scaleLeft(t, admin, meta, prefix)
 	t.Logf("%d concurrent destroys: %d/%d succeeded in %s; peak %d client connections (%d samples), "+
 		"%d connection attempts refused as too many; left: rows %v, %d roles, %d databases",
 		scaleRuns, ok, scaleRuns, wall.Round(time.Millisecond), peak, samples, srv.CountLog("too many clients")-full, states, roles, dbs)
 	if ok != scaleRuns {
-		t.Errorf("%d of %d destroys failed; the first:\n%s", scaleRuns-ok, scaleRuns, strings.Join(failures, "\n\n"))
+		fail("%d of %d destroys failed; the first:\n%s", scaleRuns-ok, scaleRuns, strings.Join(failures, "\n\n"))
 	}
 	if len(states) != 0 || roles != 0 || dbs != 0 {
-		t.Errorf("after the destroys: rows %v, %d roles, %d databases; want nothing", states, roles, dbs)
+		fail("after the destroys: rows %v, %d roles, %d databases; want nothing", states, roles, dbs)
 	}
 }
