@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
@@ -91,7 +92,7 @@ func (s *Service) Rotate(ctx context.Context, rec metadb.Record, current backend
 func (s *Service) Delete(ctx context.Context, id string, auth backend.Auth, force bool) error {
 	lease := metadb.Lease{Owner: randomHex(16), TTL: s.lease.TTL}
 	for {
-		rec, err := s.store.Lookup(ctx, id)
+		rec, claimed, err := s.claimDelete(ctx, id, lease)
 		if errors.Is(err, metadb.ErrNotFound) {
 			return nil
 		}
@@ -100,14 +101,6 @@ func (s *Service) Delete(ctx context.Context, id string, auth backend.Auth, forc
 		}
 		if rec.State == metadb.StateCreating {
 			return &BusyError{Record: rec}
-		}
-		b, err := s.Backend(rec.Backend)
-		if err != nil {
-			return err
-		}
-		claimed, err := s.store.ClaimDelete(ctx, rec.ID, lease)
-		if err != nil {
-			return err
 		}
 		if !claimed {
 			// Another run is destroying it: its outcome is ours.
@@ -118,18 +111,54 @@ func (s *Service) Delete(ctx context.Context, id string, auth backend.Auth, forc
 			}
 			continue
 		}
-		if err := b.Delete(ctx, InstanceOf(rec), auth, force); err != nil {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
-			defer cancel()
-			if rerr := pgsql.Retry(cctx, func(ctx context.Context) error {
-				return s.store.ReleaseDelete(ctx, rec.ID, lease.Owner)
-			}); rerr != nil {
-				return errors.Join(err, rerr)
-			}
-			return err
+		err = s.deleteClaimed(ctx, rec, auth, force)
+		if err == nil {
+			return s.store.Delete(ctx, rec.ID)
 		}
-		return s.store.Delete(ctx, rec.ID)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		defer cancel()
+		if rerr := pgsql.Retry(cctx, func(ctx context.Context) error {
+			return s.store.ReleaseDelete(ctx, rec.ID, lease.Owner)
+		}); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		return err
 	}
+}
+
+// claimDelete claims the row for a destroy in one round trip when id is a
+// row id (Terraform's state always holds one); otherwise, or when the claim
+// matched nothing, it reads the row to tell why: gone (ErrNotFound), being
+// created, or being destroyed by another run.
+func (s *Service) claimDelete(ctx context.Context, id string, lease metadb.Lease) (metadb.Record, bool, error) {
+	if n, err := strconv.ParseInt(id, 10, 64); err == nil {
+		rec, err := s.store.ClaimDelete(ctx, n, lease)
+		if !errors.Is(err, metadb.ErrNotFound) {
+			return rec, err == nil, err
+		}
+	}
+	rec, err := s.store.Lookup(ctx, id)
+	if err != nil || rec.State == metadb.StateCreating {
+		return rec, false, err
+	}
+	if rec.LeaseOwner == "" || rec.LeaseLeft <= 0 {
+		// Claimable (looked up by name, or its lease ended in between).
+		claimed, err := s.store.ClaimDelete(ctx, rec.ID, lease)
+		if errors.Is(err, metadb.ErrNotFound) {
+			return rec, false, nil // claimed by another run since, or gone: look again
+		}
+		return claimed, err == nil, err
+	}
+	return rec, false, nil
+}
+
+// deleteClaimed deletes the backend objects of a row this run has claimed.
+func (s *Service) deleteClaimed(ctx context.Context, rec metadb.Record, auth backend.Auth, force bool) error {
+	b, err := s.Backend(rec.Backend)
+	if err != nil {
+		return err
+	}
+	return b.Delete(ctx, InstanceOf(rec), auth, force)
 }
 
 // BusyError: the row is being created (or re-created) by a run right now.

@@ -464,19 +464,20 @@ func (s *Store) SetPort(ctx context.Context, id int64, port int) error {
 // ClaimDelete marks a ready (or legacy) row as being destroyed by
 // lease.Owner, so that a second destroy of the same instance waits for the
 // first instead of logging in beside it (its login would count as a
-// session in use). It fails (false) while another destroy's lease is live.
-func (s *Store) ClaimDelete(ctx context.Context, id int64, lease Lease) (bool, error) {
-	pool, err := s.db(ctx)
-	if err != nil {
-		return false, err
+// session in use), and returns the row as claimed: a destroy needs no read
+// of its own. ErrNotFound when it claimed nothing: the row is gone, is
+// being created, or another destroy's lease is live (Lookup tells which).
+func (s *Store) ClaimDelete(ctx context.Context, id int64, lease Lease) (Record, error) {
+	if id < math.MinInt32 || id > math.MaxInt32 {
+		return Record{}, ErrNotFound // see Get
 	}
-	tag, err := pool.Exec(ctx, `UPDATE db_instance SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3)
-		WHERE id = $1 AND state IS DISTINCT FROM 'creating' AND (lease_owner IS NULL OR lease_expires_at < now())`,
-		id, lease.Owner, seconds(lease.TTL))
-	if err != nil {
-		return false, fmt.Errorf("marking meta DB row %d for destroy: %w", id, err)
+	rec, err := s.queryOne(ctx, `UPDATE db_instance SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3)
+		WHERE id = $1 AND state IS DISTINCT FROM 'creating' AND (lease_owner IS NULL OR lease_expires_at < now())
+		RETURNING `+selectColumns, id, lease.Owner, seconds(lease.TTL))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return rec, fmt.Errorf("marking meta DB row %d for destroy: %w", id, err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return rec, err
 }
 
 // ReleaseDelete ends a destroy's claim that failed, so the instance can be

@@ -37,22 +37,29 @@ func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backen
 	defer conn.Release()
 	if secret == nil {
 		// A login took time: prove ownership again right before the drop.
-		if o, err = check(ctx, conn, role, inst.DBName, inst.Proof); err != nil {
+		if o, err = b.deleteCheck(ctx, conn, role, inst, false); err != nil {
 			return err
 		}
 		if !o.ours() {
 			return nil
 		}
 	}
+	return b.drop(ctx, conn.Conn(), inst, role, o, force)
+}
+
+// drop removes what o proved to be the instance's: its database, its
+// temporary logins (which would otherwise be left as roles of nobody's),
+// then its role.
+func (b *Backend) drop(ctx context.Context, conn *pgx.Conn, inst backend.Instance, role string, o ownership, force bool) error {
 	if o.oursDB() {
-		if err := dropDatabase(ctx, conn.Conn(), inst.DBName, force); err != nil {
+		if err := dropDatabase(ctx, conn, inst.DBName, force); err != nil {
 			return err
 		}
 	}
-	if err := b.dropTempRoles(ctx, conn.Conn(), inst); err != nil {
+	if err := b.dropTempRoles(ctx, conn, inst, o.temps); err != nil {
 		return err
 	}
-	return b.dropRole(ctx, conn.Conn(), role)
+	return b.dropRole(ctx, conn, role)
 }
 
 // Purge implements backend.Backend.
@@ -69,19 +76,11 @@ func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
 		return err
 	}
 	defer conn.Release()
-	o, err := check(ctx, conn, role, inst.DBName, inst.Proof)
+	o, err := b.deleteCheck(ctx, conn, role, inst, false)
 	if err != nil || !o.ours() {
 		return err
 	}
-	if o.oursDB() {
-		if err := dropDatabase(ctx, conn.Conn(), inst.DBName, true); err != nil {
-			return err
-		}
-	}
-	if err := b.dropTempRoles(ctx, conn.Conn(), inst); err != nil {
-		return err
-	}
-	return b.dropRole(ctx, conn.Conn(), role)
+	return b.drop(ctx, conn.Conn(), inst, role, o, true)
 }
 
 // inspectForAuth reads, in one round trip and without holding a connection
@@ -97,35 +96,51 @@ func (b *Backend) inspectForAuth(ctx context.Context, inst backend.Instance) (st
 	if err != nil {
 		return "", ownership{}, nil, err
 	}
-	o, secret, err := b.deleteCheck(ctx, p, role, inst.DBName, inst.Proof)
-	return role, o, secret, err
-}
-
-// deleteCheckSecretSQL is ownershipSQL plus the role's stored secret when
-// the role may log in now (LOGIN, password not expired), in one round trip;
-// pg_authid is readable by superusers only.
-const deleteCheckSecretSQL = `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned, f.login_ok,
-       (SELECT rolpassword FROM pg_authid WHERE rolname = u.r)
-FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (` + ownershipSQL + `) f`
-
-// deleteCheck finds out what is left of an instance and what of it is
-// proven, and, when the admin may read it, the role's stored secret (nil
-// otherwise).
-func (b *Backend) deleteCheck(ctx context.Context, p *pgsql.Pool, role, db string, proof backend.Proof) (o ownership, secret *string, err error) {
 	if !b.authidDenied.Load() {
-		err = p.QueryRow(ctx, deleteCheckSecretSQL, role, db, markerOf(proof)).
-			Scan(&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &o.loginOK, &secret)
+		o, err := b.deleteCheck(ctx, p, role, inst, true)
 		if pgsql.Code(err) != pgsql.CodeInsufficientPrivilege {
-			if err != nil {
-				err = fmt.Errorf("checking role %q and database %q: %w", role, db, err)
-			}
-			return o, secret, err
+			return role, o, o.secret, err
 		}
 		// Not a superuser: authenticate by logging in, from now on.
 		b.authidDenied.Store(true)
 	}
-	o, err = check(ctx, p, role, db, proof)
-	return o, nil, err
+	o, err := b.deleteCheck(ctx, p, role, inst, false)
+	return role, o, nil, err
+}
+
+// deleteCheckSQL is ownershipSQL plus the instance's temporary logins, in
+// one round trip: a delete needs both, and most instances have no
+// temporary login, so listing them apart would cost every delete a round
+// trip for nothing. A legacy instance's marker is NULL and matches none.
+var deleteCheckSQL = `SELECT f.role_exists, f.role_proven, f.db_exists, f.db_owned, f.login_ok,
+       ARRAY(` + tempRolesSQL + `)
+FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m, $4::text AS tm, $5::text AS tp) u, LATERAL (` + ownershipSQL + `) f`
+
+// deleteCheckSecretSQL adds the role's stored secret when the role may log
+// in now (LOGIN, password not expired); pg_authid is readable by
+// superusers only.
+var deleteCheckSecretSQL = `SELECT c.*, (SELECT rolpassword FROM pg_authid WHERE rolname = $1)
+FROM (` + deleteCheckSQL + `) c`
+
+// deleteCheck finds out what is left of an instance, what of it is proven
+// and its temporary logins, and with withSecret the role's stored secret
+// (the query then fails with insufficient_privilege for a non-superuser).
+func (b *Backend) deleteCheck(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, role string, inst backend.Instance, withSecret bool) (o ownership, err error) {
+	var tm, tp *string
+	if _, marker, prefix, err := b.tempParams(inst); err == nil {
+		tm, tp = &marker, &prefix
+	}
+	dest := []any{&o.roleExists, &o.roleProven, &o.dbExists, &o.dbOwned, &o.loginOK, &o.temps}
+	sql := deleteCheckSQL
+	if withSecret {
+		sql, dest = deleteCheckSecretSQL, append(dest, &o.secret)
+	}
+	if err := q.QueryRow(ctx, sql, role, inst.DBName, markerOf(inst.Proof), tm, tp).Scan(dest...); err != nil {
+		return o, fmt.Errorf("checking role %q and database %q: %w", role, inst.DBName, err)
+	}
+	return o, nil
 }
 
 // authenticate checks password as the tenant's, as postgraas_server did by
@@ -196,6 +211,9 @@ const authCloseWait = 2 * time.Second
 // codeDependentObjects is dependent_objects_still_exist.
 const codeDependentObjects = "2BP01"
 
+// dropAttempts bounds the drops tried while no client session is connected.
+const dropAttempts = 4
+
 // dropDatabase drops db. Without force it refuses when other sessions are
 // connected; with force it ends them first.
 //
@@ -237,10 +255,12 @@ WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid
 WHERE datname = $1 AND backend_type = 'client backend'`, db).Scan(&n); err != nil {
 			return fmt.Errorf("counting sessions on database %q: %w", db, err)
 		}
-		if n > 0 || attempt > 1 {
+		if n > 0 || attempt >= dropAttempts {
 			return &backend.SessionsError{DBName: db, Count: max(n, 1)}
 		}
-		// Everybody left since the drop looked: try once more.
+		// No client session: what held the database was an autovacuum
+		// worker or a backend still exiting, which on a loaded server can
+		// outlast the drop's own 5 s wait. Try again.
 	}
 }
 

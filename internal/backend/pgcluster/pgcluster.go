@@ -300,6 +300,10 @@ type ownership struct {
 	roleExists, roleProven, dbExists, dbOwned bool
 	// loginOK: the role may log in now (LOGIN, VALID UNTIL not passed).
 	loginOK bool
+	// temps and secret are read by deleteCheck only: the instance's
+	// temporary logins, and the role's stored secret where readable.
+	temps  []string
+	secret *string
 }
 
 // ours: the role carries the proof; oursDB: and it owns the database.

@@ -189,25 +189,19 @@ func (b *Backend) CloseTempLogin(ctx context.Context, inst backend.Instance, rol
 	return b.dropTempRole(ctx, conn.Conn(), inst, owner, role, marker, prefix)
 }
 
-// dropTempRoles removes every temporary login of the instance, before the
-// instance's own role goes (which would leave them behind as roles of
-// nobody's).
-func (b *Backend) dropTempRoles(ctx context.Context, conn *pgx.Conn, inst backend.Instance) error {
+// dropTempRoles removes the instance's temporary logins, as listed by
+// deleteCheck, before the instance's own role goes (which would leave them
+// behind as roles of nobody's). Each is proven again right before its drop.
+func (b *Backend) dropTempRoles(ctx context.Context, conn *pgx.Conn, inst backend.Instance, roles []string) error {
+	if len(roles) == 0 {
+		return nil
+	}
 	owner, marker, prefix, err := b.tempParams(inst)
 	if errors.Is(err, backend.ErrLegacy) {
 		return nil // never given any
 	}
 	if err != nil {
 		return err
-	}
-	rows, err := conn.Query(ctx, `SELECT x.rolname FROM (SELECT $1::text AS tm, $2::text AS tp) u,
-LATERAL (`+tempRolesSQL+`) x`, marker, prefix)
-	if err != nil {
-		return fmt.Errorf("listing temporary logins of role %q: %w", owner, err)
-	}
-	roles, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("listing temporary logins of role %q: %w", owner, err)
 	}
 	for _, role := range roles {
 		if err := b.dropTempRole(ctx, conn, inst, owner, role, marker, prefix); err != nil {
