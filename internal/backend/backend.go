@@ -289,3 +289,19 @@ var ErrNotOurs = errors.New("the instance's objects are gone or do not carry its
 // ErrNotRunning: the instance's server is not running (a stopped
 // container), so nothing can be done inside it.
 var ErrNotRunning = errors.New("the instance's server is not running")
+
+// StartError: a new instance's server will never take its login, however
+// long the create waits (its container exited or restarts in a loop, its
+// database does not exist, it refuses the instance's password). What the
+// create made has been removed.
+type StartError struct {
+	Reason string // what was seen, e.g. `database "x" does not exist`
+	Logs   string // the server's last log lines, "" when none
+}
+
+func (e *StartError) Error() string {
+	if e.Logs == "" {
+		return e.Reason + "; no log output"
+	}
+	return e.Reason + "; last log lines:\n" + e.Logs
+}

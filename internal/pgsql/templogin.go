@@ -59,6 +59,16 @@ func IsTempRoleOf(owner, name string) bool {
 	return strings.HasPrefix(name, prefix) && tempRoleTail.MatchString(name[len(prefix):])
 }
 
+// RoleCommentSQL is a scalar subquery for the comment on the role whose
+// oid is the expression oid. It reads pg_shdescription directly rather than
+// calling shobj_description(): that SQL function costs about 4 ms on its
+// first call in every session (each provider process opens new ones) and
+// is not inlined, which make bench showed as a slower refresh.
+func RoleCommentSQL(oid string) string {
+	return "SELECT description FROM pg_catalog.pg_shdescription WHERE objoid = " + oid +
+		" AND classoid = 'pg_catalog.pg_authid'::regclass"
+}
+
 // TempRolesWhere is the SQL condition that a pg_roles row, under alias,
 // is a temporary login of the owner whose name prefix (TempRolePrefix) is
 // the SQL expression prefix and that carries the comment marker (an SQL
@@ -66,7 +76,7 @@ func IsTempRoleOf(owner, name string) bool {
 // It uses only functions PostgreSQL 9.4 has, since a docker instance may
 // run an old image.
 func TempRolesWhere(alias, marker, prefix string) string {
-	return fmt.Sprintf(`shobj_description(%[1]s.oid, 'pg_authid') = %[2]s
+	return fmt.Sprintf(`(`+RoleCommentSQL("%[1]s.oid")+`) = %[2]s
   AND left(%[1]s.rolname, length(%[3]s)) = %[3]s
   AND substr(%[1]s.rolname, length(%[3]s) + 1) ~ '^%[4]s[0-9a-f]{16}$'`, alias, marker, prefix, tempRoleInfix)
 }

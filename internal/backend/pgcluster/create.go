@@ -217,7 +217,7 @@ func (b *Backend) undo(ctx context.Context, c *creation) error {
 		}
 		var ours, dbOurs bool
 		err := conn.QueryRow(ctx, `
-SELECT COALESCE(shobj_description(r.oid, 'pg_authid') = $3, false),
+SELECT COALESCE((`+pgsql.RoleCommentSQL("r.oid")+`) = $3, false),
        EXISTS (SELECT 1 FROM pg_database WHERE datname = $2 AND datdba = r.oid)
 FROM pg_roles r WHERE r.rolname = $1`, c.role, c.db, c.marker).Scan(&ours, &dbOurs)
 		if errors.Is(err, pgx.ErrNoRows) {

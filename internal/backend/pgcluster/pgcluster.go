@@ -285,9 +285,9 @@ func markerOf(p backend.Proof) string {
 // and the database is when the instance's role owns it. A tenant cannot
 // give its database away (it has no CREATEDB), so ownership cannot be
 // faked from inside the cluster.
-const ownershipSQL = `
+var ownershipSQL = `
 SELECT r.oid IS NOT NULL AS role_exists,
-       COALESCE(u.m = '' OR shobj_description(r.oid, 'pg_authid') = u.m, false) AS role_proven,
+       COALESCE(u.m = '' OR (` + pgsql.RoleCommentSQL("r.oid") + `) = u.m, false) AS role_proven,
        d.oid IS NOT NULL AS db_exists,
        COALESCE(d.datdba = r.oid, false) AS db_owned,
        COALESCE(r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now()), false) AS login_ok

@@ -1,0 +1,96 @@
+// Package reach names what failed when the provider could not reach or log
+// in to one of the parts it depends on, so a diagnostic can say which part,
+// why, and which setting changes it. The meta DB store, the backends and
+// the instance logins all report connection failures as *Error; the
+// provider maps Component to its settings and environment variables.
+package reach
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Component is a part the provider connects to.
+type Component string
+
+const (
+	MetaDB       Component = "meta DB"
+	ClusterAdmin Component = "pg_cluster admin"
+	DockerEngine Component = "Docker engine"
+	// Instance is a login to an instance as its own user (a docker
+	// instance's readiness check, a pg_cluster instance's password check).
+	Instance Component = "instance login"
+)
+
+// Reason says why the connection failed.
+type Reason int
+
+const (
+	// Other: any failure not listed below (TLS, DNS, protocol errors).
+	Other Reason = iota
+	// Timeout: nothing answered within the connect timeout (a paused
+	// server, a firewall that drops packets, a listener that never speaks
+	// the protocol).
+	Timeout
+	// Refused: nothing listens at the address (connection refused,
+	// no route to host).
+	Refused
+	// WrongPassword: the server refused the login's credentials.
+	WrongPassword
+	// NoPassword: the server asked for a password and none is set.
+	NoPassword
+	// NoDatabase: the login's database does not exist.
+	NoDatabase
+)
+
+func (r Reason) String() string {
+	switch r {
+	case Timeout:
+		return "no answer within the connect timeout"
+	case Refused:
+		return "connection refused"
+	case WrongPassword:
+		return "password refused"
+	case NoPassword:
+		return "no password set"
+	case NoDatabase:
+		return "database does not exist"
+	}
+	return "connection failed"
+}
+
+// Error is a failed connection to a component. It never contains a
+// password.
+type Error struct {
+	Component Component
+	// Address is where it connected: "user@host:port/db" for PostgreSQL,
+	// the engine's URL for Docker.
+	Address string
+	Reason  Reason
+	// Timeout is the connect timeout in force (set for every reason, so a
+	// diagnostic can say which limit applied).
+	Timeout time.Duration
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Reason == Timeout {
+		return fmt.Sprintf("the %s at %s did not answer within the connect timeout of %s: %v", e.Component, e.Address, e.Timeout, e.Err)
+	}
+	return fmt.Sprintf("connecting to the %s at %s: %s: %v", e.Component, e.Address, e.Reason, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// As returns the *Error in err's chain, or nil.
+func As(err error) *Error {
+	var r *Error
+	if errors.As(err, &r) {
+		return r
+	}
+	return nil
+}
+
+// DefaultConnectTimeout applies when the provider sets none.
+const DefaultConnectTimeout = 10 * time.Second
