@@ -305,3 +305,10 @@ func (e *StartError) Error() string {
 	}
 	return e.Reason + "; last log lines:\n" + e.Logs
 }
+
+// Checker is a backend that can tell, cheaply and without changing
+// anything, whether it answers with the provider's credentials; a plan
+// that creates instances asks before apply would fail.
+type Checker interface {
+	Check(ctx context.Context) error
+}

@@ -11,7 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -100,8 +100,11 @@ type Filter struct {
 type Store struct {
 	pool *pgsql.Pool
 
-	mu       sync.Mutex
-	migrated bool
+	// migrating is one migration attempt shared by every caller that
+	// arrives while it runs, so they all fail together (after one connect
+	// timeout) when the meta DB does not answer.
+	migrating pgsql.Shared
+	migrated  atomic.Bool
 }
 
 // New returns a store for the meta DB at target, with at most maxConns
@@ -126,22 +129,40 @@ func (s *Store) Pool() *pgsql.Pool { return s.pool }
 // db returns the pool, migrating the schema on first use. A failure is
 // not remembered, so a later call retries.
 func (s *Store) db(ctx context.Context) (*pgsql.Pool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.migrated {
+	if s.migrated.Load() {
 		return s.pool, nil
 	}
+	err := s.migrating.Do(ctx, func(ctx context.Context) error {
+		if s.migrated.Load() {
+			return nil
+		}
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		err = migrate(ctx, conn.Conn())
+		conn.Release()
+		if err != nil {
+			return fmt.Errorf("preparing the meta DB schema in %s: %w", s.pool.Target(), err)
+		}
+		s.migrated.Store(true)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.pool, nil
+}
+
+// Check connects to the meta DB (pooled) without changing anything, so a
+// plan can report a meta DB that does not answer or refuses the login.
+func (s *Store) Check(ctx context.Context) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("the meta DB: %w", err)
+		return err
 	}
-	err = migrate(ctx, conn.Conn())
 	conn.Release()
-	if err != nil {
-		return nil, fmt.Errorf("preparing the meta DB schema in %s: %w", s.pool.Target(), err)
-	}
-	s.migrated = true
-	return s.pool, nil
+	return nil
 }
 
 // Close releases the pool's connections (a later call connects again).

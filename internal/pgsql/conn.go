@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // SSLModes are the libpq sslmode values accepted in configuration.
@@ -25,8 +27,12 @@ type Target struct {
 	User     string
 	Password string
 	SSLMode  string
-	// ConnectTimeout bounds one connection attempt; zero means 10 s.
+	// ConnectTimeout bounds one connection attempt; zero means
+	// reach.DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// Component names the login in connection failures (*reach.Error);
+	// "" means an instance login.
+	Component reach.Component
 }
 
 // String names the target for diagnostics; it never contains the password.
@@ -41,10 +47,7 @@ func (t Target) dsn() string {
 	q := func(v string) string {
 		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 	}
-	timeout := t.ConnectTimeout
-	if timeout <= 0 {
-		timeout = 10 * time.Second
-	}
+	timeout := t.connectTimeout()
 	sslmode := t.sslmode()
 	parts := []string{
 		"host=" + q(t.Host),
@@ -96,7 +99,8 @@ func (t Target) ConnectOnce(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgx.ConnectConfig(ctx, cfg)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	return conn, t.connectFailure(ctx, err)
 }
 
 // CloseAndWait ends a session and returns once its server process has left:

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // Pool is a bounded connection pool that connects lazily, on first use,
@@ -26,6 +29,13 @@ type Pool struct {
 
 	mu   sync.Mutex
 	pool *pgxpool.Pool
+
+	// connected is set while connecting works. Until then (and again
+	// after a connect failed), callers share one connect attempt (gate):
+	// a pool of 2 would otherwise meet a server that never answers in
+	// waves of 2, each a connect timeout long.
+	connected atomic.Bool
+	gate      Shared
 }
 
 // NewPool returns a pool of at most maxConns connections to t; nothing
@@ -67,15 +77,38 @@ func (p *Pool) Acquire(ctx context.Context) (*pgxpool.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !p.connected.Load() {
+		err := p.gate.Do(ctx, func(ctx context.Context) error {
+			conn, err := p.acquire(ctx, pool)
+			if err == nil {
+				conn.Release()
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p.acquire(ctx, pool)
+}
+
+// acquire takes a connection from pool, retrying a connect that fails
+// transiently, and keeps p.connected up to date.
+func (p *Pool) acquire(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
 	var conn *pgxpool.Conn
-	err = Retry(ctx, func(ctx context.Context) error {
+	err := Retry(ctx, func(ctx context.Context) error {
 		var err error
 		conn, err = pool.Acquire(ctx)
-		return err
+		return p.target.connectFailure(ctx, err)
 	})
 	if err != nil {
+		if reach.As(err) != nil {
+			p.connected.Store(false)
+			return nil, err
+		}
 		return nil, fmt.Errorf("connecting to %s: %w", p.target, err)
 	}
+	p.connected.Store(true)
 	return conn, nil
 }
 

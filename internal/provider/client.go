@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/diag"
@@ -19,6 +20,7 @@ import (
 	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // Pool bounds. Terraform runs 10 operations at once by default, but every
@@ -42,11 +44,12 @@ const (
 )
 
 type clientSettings struct {
-	kind          string
-	metaDB        pgsql.Target
-	cluster       pgsql.Target
-	clusterServer string
-	docker        dockerSettings
+	kind           string
+	connectTimeout time.Duration
+	metaDB         pgsql.Target
+	cluster        pgsql.Target
+	clusterServer  string
+	docker         dockerSettings
 	// sharedPool is the meta DB's pool when the cluster admin logs in to
 	// the same server as the same user; nil otherwise.
 	sharedPool *pgsql.Pool
@@ -61,6 +64,47 @@ type dockerSettings struct {
 type client struct {
 	svc   *instance.Service
 	store *metadb.Store
+
+	checksMu sync.Mutex
+	checks   map[string]*planCheck
+}
+
+// planCheck is the plan-time check of the meta DB and one backend, run once
+// per provider process (a plan of fifty new instances checks once) by the
+// first resource that asks; the others wait for its result.
+type planCheck struct {
+	once sync.Once
+	err  error
+}
+
+// planCheckTimeout bounds the plan-time check; each connection in it is
+// bounded by connect_timeout too.
+const planCheckTimeout = time.Minute
+
+// checkForPlan reports whether the meta DB and the backend of kind answer
+// with the provider's credentials, without changing anything: a CI plan
+// step then catches a wrong password instead of the apply.
+func (c *client) checkForPlan(ctx context.Context, kind string) error {
+	c.checksMu.Lock()
+	pc, ok := c.checks[kind]
+	if !ok {
+		pc = &planCheck{}
+		c.checks[kind] = pc
+	}
+	c.checksMu.Unlock()
+	pc.once.Do(func() {
+		ctx, cancel := context.WithTimeout(ctx, planCheckTimeout)
+		defer cancel()
+		if pc.err = c.store.Check(ctx); pc.err != nil {
+			return
+		}
+		if b, err := c.svc.Backend(kind); err == nil {
+			if ch, ok := b.(backend.Checker); ok {
+				pc.err = ch.Check(ctx)
+			}
+		}
+	})
+	return pc.err
 }
 
 // backendRegistry lists every backend the provider knows, with how to build
@@ -117,7 +161,7 @@ func newClient(s clientSettings, lease instance.LeaseConfig) (*client, error) {
 		}
 		backends = append(backends, b)
 	}
-	return &client{svc: instance.New(store, s.kind, lease, backends...), store: store}, nil
+	return &client{svc: instance.New(store, s.kind, lease, backends...), store: store, checks: map[string]*planCheck{}}, nil
 }
 
 // clientFrom converts provider data, reporting a clear error when the
@@ -170,7 +214,7 @@ func connectionURI(username, password, host string, port int, dbName string) str
 
 // addError turns an error from the instance service into a diagnostic that
 // says what failed, the likely cause and what to do next.
-func addError(diags *diag.Diagnostics, action, name string, err error, timeout time.Duration) {
+func addError(diags *diag.Diagnostics, action, name string, err error, limit opLimit) {
 	var (
 		conflict  *backend.ConflictError
 		taken     *metadb.NameTakenError
@@ -181,8 +225,18 @@ func addError(diags *diag.Diagnostics, action, name string, err error, timeout t
 		sessions  *backend.SessionsError
 		notOurs   *pgcluster.NotOursError
 		disabled  *backend.LoginDisabledError
+		start     *backend.StartError
 	)
 	switch {
+	case reach.As(err) != nil:
+		r := reach.As(err)
+		diags.AddError(componentTitle[r.Component]+": "+reasonSummary[r.Reason],
+			fmt.Sprintf("Could not %s instance %q: %s. %s", action, name, r.Error(), reachAdvice(r)))
+	case errors.As(err, &start):
+		diags.AddError("Instance did not start",
+			fmt.Sprintf("Could not %s instance %q: its server will never take the instance's login: %s\n\nWhat the create "+
+				"made was removed. Check the image: it must honour the official postgres image's POSTGRES_USER, "+
+				"POSTGRES_PASSWORD and POSTGRES_DB and keep its server running.", action, name, start.Error()))
 	case errors.As(err, &spec):
 		diags.AddAttributeError(path.Root(spec.Attribute), "Invalid instance settings",
 			fmt.Sprintf("Cannot %s instance %q: %s. Nothing was created.", action, name, spec.Err))
@@ -263,11 +317,86 @@ func addError(diags *diag.Diagnostics, action, name string, err error, timeout t
 				"force_destroy = true and apply it first, to have destroy terminate them.", action, name, sessions.Error()))
 	case errors.Is(err, context.DeadlineExceeded):
 		diags.AddError("Timed out",
-			fmt.Sprintf("Could not %s instance %q within %s: %s. Raise the timeout in the resource's timeouts block if the "+
-				"server is just slow.", action, name, timeout, err))
+			fmt.Sprintf("Could not %s instance %q within %s: %s. %s", action, name, limit.d, err, limit.advice()))
 	default:
 		diags.AddError(fmt.Sprintf("Could not %s instance", action),
-			fmt.Sprintf("Could not %s instance %q: %s. Check that the meta DB and the backend are reachable with the "+
-				"provider's credentials, then retry.", action, name, err))
+			fmt.Sprintf("Could not %s instance %q: %s.", action, name, err))
 	}
+}
+
+// opLimit is the time an operation was given, and the setting that gives
+// it ("" for operations Terraform offers no timeouts block for).
+type opLimit struct {
+	setting string
+	d       time.Duration
+}
+
+func (l opLimit) advice() string {
+	if l.setting == "" {
+		return "That is this operation's fixed limit; retry once the server answers faster."
+	}
+	return fmt.Sprintf("That is the limit set by %s; raise it if the server is just slow.", l.setting)
+}
+
+var componentTitle = map[reach.Component]string{
+	reach.MetaDB:       "Meta DB",
+	reach.ClusterAdmin: "pg_cluster admin",
+	reach.DockerEngine: "Docker engine",
+	reach.Instance:     "Instance login",
+}
+
+var reasonSummary = map[reach.Reason]string{
+	reach.Timeout:       "no answer",
+	reach.Refused:       "connection refused",
+	reach.WrongPassword: "wrong password",
+	reach.NoPassword:    "no password set",
+	reach.NoDatabase:    "database does not exist",
+	reach.Other:         "cannot connect",
+}
+
+// componentSettings are the provider settings (and their environment
+// variables) that decide where and how a component is reached.
+type componentSettings struct{ address, login, password, database string }
+
+var settingsOf = map[reach.Component]componentSettings{
+	reach.MetaDB: {
+		address:  "metadb.host and metadb.port (POSTGRAAS_METADB_HOST, POSTGRAAS_METADB_PORT)",
+		login:    "metadb.username and metadb.password (POSTGRAAS_METADB_USERNAME, POSTGRAAS_METADB_PASSWORD)",
+		password: "metadb.password (POSTGRAAS_METADB_PASSWORD)",
+		database: "metadb.db_name (POSTGRAAS_METADB_DB_NAME)",
+	},
+	reach.ClusterAdmin: {
+		address:  "pg_cluster.host and pg_cluster.port (POSTGRAAS_PG_CLUSTER_HOST, POSTGRAAS_PG_CLUSTER_PORT)",
+		login:    "pg_cluster.username and pg_cluster.password (POSTGRAAS_PG_CLUSTER_USERNAME, POSTGRAAS_PG_CLUSTER_PASSWORD)",
+		password: "pg_cluster.password (POSTGRAAS_PG_CLUSTER_PASSWORD)",
+		database: "pg_cluster.database (POSTGRAAS_PG_CLUSTER_DATABASE)",
+	},
+	reach.DockerEngine: {address: "docker.host (DOCKER_HOST)"},
+	reach.Instance: {
+		address:  "the instance's host and port (for docker instances, docker.bind_address and docker.advertised_host)",
+		login:    "the instance's db_username and password",
+		password: "the instance's password",
+		database: "the instance's db_name",
+	},
+}
+
+// reachAdvice says what to check for a failed connection, naming the
+// settings and environment variables that change it.
+func reachAdvice(r *reach.Error) string {
+	s := settingsOf[r.Component]
+	switch r.Reason {
+	case reach.Timeout:
+		return fmt.Sprintf("Nothing answered within the connect timeout of %s: a server that is paused, overloaded or behind "+
+			"a firewall that drops packets never answers. Check %s and that the server runs; if it is only slow to answer, "+
+			"raise connect_timeout in the provider block (POSTGRAAS_CONNECT_TIMEOUT).", r.Timeout, s.address)
+	case reach.Refused:
+		return fmt.Sprintf("Nothing accepts connections there. Check %s and that the server runs.", s.address)
+	case reach.WrongPassword:
+		return fmt.Sprintf("The server refused the login. Check %s.", s.login)
+	case reach.NoPassword:
+		return fmt.Sprintf("The server asks for a password and none is set. Set %s.", s.password)
+	case reach.NoDatabase:
+		return fmt.Sprintf("The login's database does not exist. Check %s.", s.database)
+	}
+	return fmt.Sprintf("Check %s and, for PostgreSQL, sslmode.", s.address)
 }

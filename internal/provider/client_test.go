@@ -1,12 +1,20 @@
 package provider
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/pgcluster"
 	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // One pool serves the meta DB and the cluster exactly when both log in to
@@ -49,5 +57,60 @@ func TestClientSharesOnePoolForOneLogin(t *testing.T) {
 			t.Errorf("%s: meta DB pool of %d, want %d", c.name, cl.store.Pool().MaxConns(), metaDBMaxConns)
 		}
 		cl.svc.Close()
+	}
+}
+
+// Each failure names its component, the reason, and the settings that fix
+// it; a connect timeout and an operation timeout are told apart.
+func TestAddErrorNamesComponentAndSetting(t *testing.T) {
+	wrap := func(e error) error { return fmt.Errorf("reserving the name: %w", e) }
+	cases := []struct {
+		err      error
+		limit    opLimit
+		summary  string
+		contains []string
+		absent   []string
+	}{
+		{wrap(&reach.Error{Component: reach.MetaDB, Address: "postgraas@10.0.0.1:5432/postgraas", Reason: reach.Timeout, Timeout: 2 * time.Second, Err: context.DeadlineExceeded}),
+			opLimit{"timeouts.create", 10 * time.Minute}, "Meta DB: no answer",
+			[]string{"2s", "connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT", "metadb.host", "POSTGRAAS_METADB_PORT"},
+			[]string{"timeouts.create", "10m0s"}},
+		{wrap(&reach.Error{Component: reach.MetaDB, Reason: reach.NoPassword, Err: errors.New("28P01")}), opLimit{}, "Meta DB: no password set",
+			[]string{"metadb.password", "POSTGRAAS_METADB_PASSWORD"}, nil},
+		{&reach.Error{Component: reach.MetaDB, Reason: reach.WrongPassword, Err: errors.New("28P01")}, opLimit{}, "Meta DB: wrong password",
+			[]string{"metadb.password", "POSTGRAAS_METADB_PASSWORD"}, nil},
+		{&reach.Error{Component: reach.ClusterAdmin, Reason: reach.WrongPassword, Err: errors.New("28P01")}, opLimit{}, "pg_cluster admin: wrong password",
+			[]string{"pg_cluster.password", "POSTGRAAS_PG_CLUSTER_PASSWORD"}, []string{"metadb"}},
+		{&reach.Error{Component: reach.ClusterAdmin, Reason: reach.Refused, Err: errors.New("refused")}, opLimit{}, "pg_cluster admin: connection refused",
+			[]string{"pg_cluster.host", "POSTGRAAS_PG_CLUSTER_PORT"}, nil},
+		{&reach.Error{Component: reach.DockerEngine, Reason: reach.Timeout, Timeout: 10 * time.Second, Err: errors.New("ping")}, opLimit{}, "Docker engine: no answer",
+			[]string{"docker.host", "DOCKER_HOST", "10s", "connect_timeout"}, nil},
+		{&reach.Error{Component: reach.MetaDB, Reason: reach.NoDatabase, Err: errors.New("3D000")}, opLimit{}, "Meta DB: database does not exist",
+			[]string{"metadb.db_name", "POSTGRAAS_METADB_DB_NAME"}, nil},
+		{fmt.Errorf("waiting: %w", context.DeadlineExceeded), opLimit{"timeouts.delete", 3 * time.Second}, "Timed out",
+			[]string{"timeouts.delete", "3s"}, []string{"connect_timeout"}},
+		{&backend.StartError{Reason: `database "d" does not exist`, Logs: "FATAL: boom"}, opLimit{}, "Instance did not start",
+			[]string{`database "d" does not exist`, "FATAL: boom", "removed"}, nil},
+	}
+	for _, c := range cases {
+		var diags diag.Diagnostics
+		addError(&diags, "create", "inst", c.err, c.limit)
+		if len(diags) != 1 {
+			t.Fatalf("%v: %d diagnostics", c.err, len(diags))
+		}
+		d := diags[0]
+		if d.Summary() != c.summary {
+			t.Errorf("%v: summary %q, want %q", c.err, d.Summary(), c.summary)
+		}
+		for _, s := range c.contains {
+			if !strings.Contains(d.Detail(), s) {
+				t.Errorf("%s: detail lacks %q: %s", c.summary, s, d.Detail())
+			}
+		}
+		for _, s := range c.absent {
+			if strings.Contains(d.Detail(), s) {
+				t.Errorf("%s: detail mentions %q: %s", c.summary, s, d.Detail())
+			}
+		}
 	}
 }

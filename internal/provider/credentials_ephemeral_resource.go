@@ -279,6 +279,6 @@ func tempLoginError(diags *diag.Diagnostics, id string, rec metadb.Record, err e
 				"postgraas_server or an older provider), so its role or container cannot be proven to be its own, and no "+
 				"login into it is handed out. Use the instance's own password, or create it anew with this provider.", name))
 	default:
-		addError(diags, "open a temporary login to", name, err, tempLoginTimeout)
+		addError(diags, "open a temporary login to", name, err, opLimit{"", tempLoginTimeout})
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/terraform-plugin-framework-timeouts/datasource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/datasourcevalidator"
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/datasource/schema"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
@@ -102,12 +104,32 @@ func (d *instanceDataSource) Metadata(_ context.Context, req datasource.Metadata
 	resp.TypeName = req.ProviderTypeName + "_instance"
 }
 
-func (d *instanceDataSource) Schema(_ context.Context, _ datasource.SchemaRequest, resp *datasource.SchemaResponse) {
+// instanceDataSourceModel is the single-instance data source: one row and
+// its read timeout.
+type instanceDataSourceModel struct {
+	instanceDataModel
+	Timeouts timeouts.Value `tfsdk:"timeouts"`
+}
+
+// defaultDataReadTimeout bounds a data source's read unless its timeouts
+// block says otherwise.
+const defaultDataReadTimeout = 2 * time.Minute
+
+func (d *instanceDataSource) Schema(ctx context.Context, _ datasource.SchemaRequest, resp *datasource.SchemaResponse) {
 	resp.Schema = schema.Schema{
 		MarkdownDescription: "Looks up one instance in the meta DB by `id` or by `name` (exactly one of them), whoever " +
 			"created it, including instances created by postgraas_server. Never exposes a password.",
 		Attributes: instanceDataAttributes(true),
+		Blocks:     map[string]schema.Block{"timeouts": timeouts.Block(ctx)},
 	}
+}
+
+// dataReadContext bounds a data source's read by its timeouts block.
+func dataReadContext(ctx context.Context, t timeouts.Value, diags *diag.Diagnostics) (context.Context, context.CancelFunc, opLimit) {
+	d, ds := t.Read(ctx, defaultDataReadTimeout)
+	diags.Append(ds...)
+	ctx, cancel := context.WithTimeout(ctx, d)
+	return ctx, cancel, opLimit{"timeouts.read", d}
 }
 
 func (d *instanceDataSource) ConfigValidators(context.Context) []datasource.ConfigValidator {
@@ -125,8 +147,13 @@ func (d *instanceDataSource) Read(ctx context.Context, req datasource.ReadReques
 		notConfigured(&resp.Diagnostics)
 		return
 	}
-	var cfg instanceDataModel
+	var cfg instanceDataSourceModel
 	resp.Diagnostics.Append(req.Config.Get(ctx, &cfg)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	ctx, cancel, limit := dataReadContext(ctx, cfg.Timeouts, &resp.Diagnostics)
+	defer cancel()
 	if resp.Diagnostics.HasError() {
 		return
 	}
@@ -152,9 +179,9 @@ func (d *instanceDataSource) Read(ctx context.Context, req datasource.ReadReques
 		return
 	}
 	if err != nil {
-		addError(&resp.Diagnostics, "read", key, err, readTimeout)
+		addError(&resp.Diagnostics, "read", key, err, limit)
 		return
 	}
-	m := instanceDataFromRecord(rec)
+	m := instanceDataSourceModel{instanceDataModel: instanceDataFromRecord(rec), Timeouts: cfg.Timeouts}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }

@@ -45,7 +45,9 @@ const (
 	defaultCreateTimeout = 10 * time.Minute
 	defaultUpdateTimeout = 2 * time.Minute
 	defaultDeleteTimeout = 5 * time.Minute
-	readTimeout          = 2 * time.Minute
+	defaultReadTimeout   = 2 * time.Minute
+	// importTimeout bounds an import, which has no timeouts block.
+	importTimeout = 2 * time.Minute
 )
 
 // NewInstanceResource is the postgraas_instance resource.
@@ -206,7 +208,7 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 			},
 		},
 		Blocks: map[string]schema.Block{
-			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Update: true, Delete: true}),
+			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
 		},
 	}
 }
@@ -292,6 +294,12 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	if err := r.client.svc.CheckRequest(req2); errors.As(err, &spec) {
 		resp.Diagnostics.AddAttributeError(path.Root(spec.Attribute), "Invalid instance settings for the "+b.Kind()+" backend",
 			fmt.Sprintf("%s. Change %s, or put the instance on another backend.", spec.Err, spec.Attribute))
+		return
+	}
+	// The configuration is sound: would the apply get in?
+	if err := r.client.checkForPlan(ctx, b.Kind()); err != nil {
+		addError(&resp.Diagnostics, "plan the creation of", plan.Name.ValueString(), err, opLimit{"", planCheckTimeout})
+		return
 	}
 	if !b.TakesImage() {
 		plan.Image = types.StringNull()
@@ -364,7 +372,7 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 		Backend:  plan.Backend.ValueString(),
 	})
 	if err != nil {
-		addError(&resp.Diagnostics, "create", name, err, timeout)
+		addError(&resp.Diagnostics, "create", name, err, opLimit{"timeouts.create", timeout})
 		return
 	}
 	b := r.backendOf(types.StringValue(rec.Backend))
@@ -478,15 +486,21 @@ func (r *instanceResource) Read(ctx context.Context, req resource.ReadRequest, r
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	timeout, diags := state.Timeouts.Read(ctx, defaultReadTimeout)
+	resp.Diagnostics.Append(diags...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	limit := opLimit{"timeouts.read", timeout}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	rec, st, err := r.client.svc.Refresh(ctx, state.ID.ValueString())
 	if errors.Is(err, metadb.ErrNotFound) {
-		r.readUnrecorded(ctx, state, getToken(ctx, req.Private), resp)
+		r.readUnrecorded(ctx, state, getToken(ctx, req.Private), limit, resp)
 		return
 	}
 	if err != nil {
-		addError(&resp.Diagnostics, "read", state.Name.ValueString(), err, readTimeout)
+		addError(&resp.Diagnostics, "read", state.Name.ValueString(), err, limit)
 		return
 	}
 	if rec.State == metadb.StateCreating {
@@ -521,12 +535,12 @@ func (r *instanceResource) Read(ctx context.Context, req resource.ReadRequest, r
 // still carry its proof keep it in state, marked for the next apply to
 // write the row back; anything else drops it from state (nothing of it is
 // provably left to destroy).
-func (r *instanceResource) readUnrecorded(ctx context.Context, state instanceResourceModel, token string, resp *resource.ReadResponse) {
+func (r *instanceResource) readUnrecorded(ctx context.Context, state instanceResourceModel, token string, limit opLimit, resp *resource.ReadResponse) {
 	rec, ok := recordOf(state, token)
 	if ok {
 		st, err := r.client.svc.Inspect(ctx, rec)
 		if err != nil {
-			addError(&resp.Diagnostics, "read", state.Name.ValueString(), err, readTimeout)
+			addError(&resp.Diagnostics, "read", state.Name.ValueString(), err, limit)
 			return
 		}
 		if st.Exists {
@@ -581,7 +595,7 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 		}
 	}
 	if err != nil {
-		addError(&resp.Diagnostics, "update", state.Name.ValueString(), err, timeout)
+		addError(&resp.Diagnostics, "update", state.Name.ValueString(), err, opLimit{"timeouts.update", timeout})
 		return
 	}
 	if !plan.DBPassword.Equal(state.DBPassword) || !plan.WOVersion.Equal(state.WOVersion) {
@@ -597,7 +611,7 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 		}
 		verifier, err := r.client.svc.Rotate(ctx, rec, current, pw)
 		if err != nil {
-			addError(&resp.Diagnostics, "change the password of", rec.Name, err, timeout)
+			addError(&resp.Diagnostics, "change the password of", rec.Name, err, opLimit{"timeouts.update", timeout})
 			return
 		}
 		resp.Diagnostics.Append(setPrivate(ctx, resp.Private, privateVerifierKey, verifier)...)
@@ -629,7 +643,7 @@ func (r *instanceResource) Delete(ctx context.Context, req resource.DeleteReques
 	auth := backend.Auth{Password: state.DBPassword.ValueString(), Verifier: getPrivate(ctx, req.Private, privateVerifierKey)}
 	err := r.client.svc.Delete(ctx, state.ID.ValueString(), auth, state.ForceDestroy.ValueBool())
 	if err != nil {
-		addError(&resp.Diagnostics, "destroy", state.Name.ValueString(), err, timeout)
+		addError(&resp.Diagnostics, "destroy", state.Name.ValueString(), err, opLimit{"timeouts.delete", timeout})
 		return
 	}
 	tflog.Info(ctx, "destroyed instance", map[string]any{"name": state.Name.ValueString(), "id": state.ID.ValueString()})
@@ -641,6 +655,8 @@ func (r *instanceResource) ImportState(ctx context.Context, req resource.ImportS
 		notConfigured(&resp.Diagnostics)
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, importTimeout)
+	defer cancel()
 	rec, err := r.client.svc.ForImport(ctx, req.ID)
 	if errors.Is(err, metadb.ErrNotFound) {
 		resp.Diagnostics.AddError("No such instance",
@@ -648,7 +664,7 @@ func (r *instanceResource) ImportState(ctx context.Context, req resource.ImportS
 		return
 	}
 	if err != nil {
-		addError(&resp.Diagnostics, "import", req.ID, err, readTimeout)
+		addError(&resp.Diagnostics, "import", req.ID, err, opLimit{"", importTimeout})
 		return
 	}
 	resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("id"), formatID(rec.ID))...)

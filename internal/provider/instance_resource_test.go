@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgserver"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -482,5 +484,43 @@ func TestAccInstance_pgClusterLimitedAdmin(t *testing.T) {
 			},
 			{Config: clusterConfig(admin, forced), Destroy: true},
 		},
+	})
+}
+
+// IPv6 literals work with and without brackets: the meta DB as "[::1]",
+// the cluster as "::1"; the instance's host is the bare address and its
+// connection_uri brackets it, and a client logs in with that URI.
+func TestAccInstance_ipv6Hosts(t *testing.T) {
+	testAccPreCheck(t)
+	srv := startPrivateServer(t, "IPv6", pgserver.Options{Conf: "listen_addresses = '127.0.0.1, ::1'"})
+	a := srv.Target
+	providerHCL := fmt.Sprintf(`metadb = {
+    host = "[::1]", port = %d, db_name = "postgres", username = %s, password = %s, sslmode = "disable"
+  }
+  pg_cluster = {
+    host = "::1", port = %d, database = "postgres", username = %s, password = %s, sslmode = "disable"
+  }`, a.Port, hclString(a.User), hclString(a.Password), a.Port, hclString(a.User), hclString(a.Password))
+	i := newClusterInstance("v6")
+	resource.ParallelTest(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProviders,
+		Steps: []resource.TestStep{{
+			Config: clusterConfig(providerHCL, i),
+			ConfigStateChecks: []statecheck.StateCheck{
+				statecheck.ExpectKnownValue(i.address(), tfjsonpath.New("host"), knownvalue.StringExact("::1")),
+			},
+			Check: func(s *terraform.State) error {
+				uri := s.RootModule().Resources[i.address()].Primary.Attributes["connection_uri"]
+				if !strings.Contains(uri, fmt.Sprintf("@[::1]:%d/", a.Port)) {
+					return fmt.Errorf("connection_uri %q does not bracket the IPv6 host", uri)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				c, err := pgx.Connect(ctx, uri+"?sslmode=disable")
+				if err != nil {
+					return fmt.Errorf("logging in with connection_uri: %w", err)
+				}
+				return c.Close(ctx)
+			},
+		}},
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 
+	"github.com/hashicorp/terraform-plugin-framework-timeouts/datasource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/datasource/schema"
@@ -31,13 +32,14 @@ type instancesDataModel struct {
 	Backend   types.String        `tfsdk:"backend"`
 	NameRegex types.String        `tfsdk:"name_regex"`
 	Instances []instanceDataModel `tfsdk:"instances"`
+	Timeouts  timeouts.Value      `tfsdk:"timeouts"`
 }
 
 func (d *instancesDataSource) Metadata(_ context.Context, req datasource.MetadataRequest, resp *datasource.MetadataResponse) {
 	resp.TypeName = req.ProviderTypeName + "_instances"
 }
 
-func (d *instancesDataSource) Schema(_ context.Context, _ datasource.SchemaRequest, resp *datasource.SchemaResponse) {
+func (d *instancesDataSource) Schema(ctx context.Context, _ datasource.SchemaRequest, resp *datasource.SchemaResponse) {
 	resp.Schema = schema.Schema{
 		MarkdownDescription: "Lists every instance recorded in the meta DB, not only those of this configuration, as " +
 			"postgraas_server's list call did; rows it wrote are included. Never exposes a password.",
@@ -58,6 +60,7 @@ func (d *instancesDataSource) Schema(_ context.Context, _ datasource.SchemaReque
 				NestedObject:        schema.NestedAttributeObject{Attributes: instanceDataAttributes(false)},
 			},
 		},
+		Blocks: map[string]schema.Block{"timeouts": timeouts.Block(ctx)},
 	}
 }
 
@@ -75,6 +78,11 @@ func (d *instancesDataSource) Read(ctx context.Context, req datasource.ReadReque
 	if resp.Diagnostics.HasError() {
 		return
 	}
+	ctx, cancel, limit := dataReadContext(ctx, m.Timeouts, &resp.Diagnostics)
+	defer cancel()
+	if resp.Diagnostics.HasError() {
+		return
+	}
 	f := metadb.Filter{Backend: m.Backend.ValueString()}
 	if !m.NameRegex.IsNull() {
 		re, err := regexp.Compile(m.NameRegex.ValueString())
@@ -86,7 +94,7 @@ func (d *instancesDataSource) Read(ctx context.Context, req datasource.ReadReque
 	}
 	recs, err := d.client.store.List(ctx, f)
 	if err != nil {
-		addError(&resp.Diagnostics, "list", "*", err, readTimeout)
+		addError(&resp.Diagnostics, "list", "*", err, limit)
 		return
 	}
 	m.Instances = make([]instanceDataModel, 0, len(recs))

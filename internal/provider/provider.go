@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
@@ -24,6 +25,7 @@ import (
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 var (
@@ -41,10 +43,11 @@ func New(version string) func() provider.Provider {
 }
 
 type providerModel struct {
-	Backend   types.String `tfsdk:"backend"`
-	MetaDB    types.Object `tfsdk:"metadb"`
-	PGCluster types.Object `tfsdk:"pg_cluster"`
-	Docker    types.Object `tfsdk:"docker"`
+	Backend        types.String `tfsdk:"backend"`
+	ConnectTimeout types.Int64  `tfsdk:"connect_timeout"`
+	MetaDB         types.Object `tfsdk:"metadb"`
+	PGCluster      types.Object `tfsdk:"pg_cluster"`
+	Docker         types.Object `tfsdk:"docker"`
 }
 
 type metaDBModel struct {
@@ -88,11 +91,11 @@ func envDoc(env, def string) string {
 
 // stringSetting is an optional, non-empty setting with an environment
 // variable fallback.
-func stringSetting(desc, env, def string) schema.StringAttribute {
+func stringSetting(desc, env, def string, more ...validator.String) schema.StringAttribute {
 	return schema.StringAttribute{
 		MarkdownDescription: desc + envDoc(env, def),
 		Optional:            true,
-		Validators:          []validator.String{stringvalidator.LengthAtLeast(1)},
+		Validators:          append([]validator.String{stringvalidator.LengthAtLeast(1)}, more...),
 	}
 }
 
@@ -126,12 +129,22 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 				Optional:   true,
 				Validators: []validator.String{stringvalidator.OneOf(backendKinds()...)},
 			},
+			"connect_timeout": schema.Int64Attribute{
+				MarkdownDescription: "Seconds one connection attempt may take: to the meta DB, the pg_cluster admin's " +
+					"server, an instance, and the Docker engine's first answer. A server that accepts connections but never " +
+					"answers (paused, overloaded, behind a firewall that drops packets) fails after this long, for every " +
+					"operation waiting on it at once; it is separate from the resource's `timeouts`, which bound whole " +
+					"operations." + envDoc("POSTGRAAS_CONNECT_TIMEOUT", "10"),
+				Optional:   true,
+				Validators: []validator.Int64{int64validator.Between(1, 600)},
+			},
 			"metadb": schema.SingleNestedAttribute{
 				MarkdownDescription: "The PostgreSQL database that records every instance (postgraas_server's `db_instance` table). " +
 					"It is connected to on first use, so it may be created in the same configuration.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
-					"host":     stringSetting("Host name or address of the meta DB server.", "POSTGRAAS_METADB_HOST", "127.0.0.1"),
+					"host": stringSetting("Host name or address of the meta DB server (IPv6 with or without brackets), or a unix socket directory.",
+						"POSTGRAAS_METADB_HOST", "127.0.0.1", hostValidator{socketDir: true}),
 					"port":     portAttribute("the meta DB server", "POSTGRAAS_METADB_PORT"),
 					"db_name":  stringSetting("Database that holds the `db_instance` table.", "POSTGRAAS_METADB_DB_NAME", "postgraas"),
 					"username": stringSetting("Login of the meta DB. It needs to create tables in `db_name` on first use.", "POSTGRAAS_METADB_USERNAME", "postgraas"),
@@ -151,7 +164,8 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 					"The login must be a superuser or have `CREATEDB` and `CREATEROLE`.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
-					"host":     stringSetting("Host name or address of the cluster; also the `host` reported for its instances.", "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1"),
+					"host": stringSetting("Host name or address of the cluster (IPv6 with or without brackets); also the `host` reported for its instances.",
+						"POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1", hostValidator{}),
 					"port":     portAttribute("the cluster", "POSTGRAAS_PG_CLUSTER_PORT"),
 					"database": stringSetting("Maintenance database the admin logs into.", "POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
 					"username": stringSetting("Admin login (without `@server`).", "POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),
@@ -179,9 +193,10 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 						"which needs the docker CLI there.", "DOCKER_HOST", "unix:///var/run/docker.sock"),
 					"image": stringSetting("Default image for new instances; any image honouring the official `postgres` image's "+
 						"`POSTGRES_USER`/`POSTGRES_PASSWORD`/`POSTGRES_DB` contract.", "POSTGRAAS_DOCKER_IMAGE", "postgres:17"),
-					"bind_address": stringSetting("Host address that port 5432 of each container is published on.", "POSTGRAAS_DOCKER_BIND_ADDRESS", "0.0.0.0"),
+					"bind_address": stringSetting("Host address that port 5432 of each container is published on (IPv6 with or without brackets).",
+						"POSTGRAAS_DOCKER_BIND_ADDRESS", "0.0.0.0", hostValidator{}),
 					"advertised_host": stringSetting("Host name reported as instances' `host`. Defaults to the host of a `tcp://` or `ssh://` "+
-						"Docker host, else `localhost`.", "POSTGRAAS_DOCKER_ADVERTISED_HOST", ""),
+						"Docker host, else `localhost`.", "POSTGRAAS_DOCKER_ADVERTISED_HOST", "", hostValidator{}),
 				},
 			},
 		},
@@ -210,24 +225,43 @@ func (s *setting) str(v types.String, env, def string) string {
 	return def
 }
 
+// host is a host setting; an environment variable's value is checked as
+// the attribute's validator checks the attribute, and IPv6 brackets go.
+func (s *setting) host(v types.String, p path.Path, env, def string, socketDir bool) string {
+	h := s.str(v, env, def)
+	if h == "" {
+		return h
+	}
+	if err := checkHost(h, socketDir); err != nil {
+		s.diags.AddAttributeError(p, "Invalid provider setting", fmt.Sprintf("%s (from the attribute or %s).", err, env))
+	}
+	return bareHost(h)
+}
+
 func (s *setting) port(v types.Int64, p path.Path, env string) int {
+	return s.integer(v, p, env, 5432, 1, 65535)
+}
+
+// integer is an integer setting within [lo, hi] (the attribute's
+// validator checks the attribute; this checks the environment variable).
+func (s *setting) integer(v types.Int64, p path.Path, env string, def, lo, hi int) int {
 	if v.IsUnknown() {
 		s.anyUnknown = true
-		return 0
+		return def
 	}
 	if !v.IsNull() {
 		return int(v.ValueInt64())
 	}
 	if e, ok := os.LookupEnv(env); ok && e != "" {
 		n, err := strconv.Atoi(e)
-		if err != nil || n < 1 || n > 65535 {
+		if err != nil || n < lo || n > hi {
 			s.diags.AddAttributeError(p, "Invalid provider setting",
-				fmt.Sprintf("Environment variable %s is %q, which is not a TCP port (1-65535).", env, e))
-			return 0
+				fmt.Sprintf("Environment variable %s is %q, which is not a whole number from %d to %d.", env, e, lo, hi))
+			return def
 		}
 		return n
 	}
-	return 5432
+	return def
 }
 
 func (s *setting) oneOf(val string, p path.Path, env string, allowed ...string) {
@@ -264,16 +298,21 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 
 	settings := clientSettings{}
 	settings.kind = s.str(cfg.Backend, "POSTGRAAS_BACKEND", backend.KindDocker)
+	settings.connectTimeout = time.Duration(s.integer(cfg.ConnectTimeout, path.Root("connect_timeout"), "POSTGRAAS_CONNECT_TIMEOUT",
+		int(reach.DefaultConnectTimeout/time.Second), 1, 600)) * time.Second
 	s.oneOf(settings.kind, path.Root("backend"), "POSTGRAAS_BACKEND", backendKinds()...)
 
 	mp := path.Root("metadb")
 	settings.metaDB = pgsql.Target{
-		Host:     s.str(meta.Host, "POSTGRAAS_METADB_HOST", "127.0.0.1"),
+		Host:     s.host(meta.Host, mp.AtName("host"), "POSTGRAAS_METADB_HOST", "127.0.0.1", true),
 		Port:     s.port(meta.Port, mp.AtName("port"), "POSTGRAAS_METADB_PORT"),
 		Database: s.str(meta.DBName, "POSTGRAAS_METADB_DB_NAME", "postgraas"),
 		User:     s.str(meta.Username, "POSTGRAAS_METADB_USERNAME", "postgraas"),
 		Password: s.str(meta.Password, "POSTGRAAS_METADB_PASSWORD", ""),
 		SSLMode:  s.str(meta.SSLMode, "POSTGRAAS_METADB_SSLMODE", "prefer"),
+
+		ConnectTimeout: settings.connectTimeout,
+		Component:      reach.MetaDB,
 	}
 	s.oneOf(settings.metaDB.SSLMode, mp.AtName("sslmode"), "POSTGRAAS_METADB_SSLMODE", pgsql.SSLModes...)
 	if server := s.str(meta.Server, "POSTGRAAS_METADB_SERVER", ""); server != "" {
@@ -282,21 +321,25 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 
 	cp := path.Root("pg_cluster")
 	settings.cluster = pgsql.Target{
-		Host:     s.str(cluster.Host, "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1"),
+		Host:     s.host(cluster.Host, cp.AtName("host"), "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1", false),
 		Port:     s.port(cluster.Port, cp.AtName("port"), "POSTGRAAS_PG_CLUSTER_PORT"),
 		Database: s.str(cluster.Database, "POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
 		User:     s.str(cluster.Username, "POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),
 		Password: s.str(cluster.Password, "POSTGRAAS_PG_CLUSTER_PASSWORD", ""),
 		SSLMode:  s.str(cluster.SSLMode, "POSTGRAAS_PG_CLUSTER_SSLMODE", "prefer"),
+
+		ConnectTimeout: settings.connectTimeout,
+		Component:      reach.ClusterAdmin,
 	}
 	s.oneOf(settings.cluster.SSLMode, cp.AtName("sslmode"), "POSTGRAAS_PG_CLUSTER_SSLMODE", pgsql.SSLModes...)
 	settings.clusterServer = s.str(cluster.Server, "POSTGRAAS_PG_CLUSTER_SERVER", "")
 
+	dp := path.Root("docker")
 	settings.docker = dockerSettings{
 		host:           s.str(dock.Host, "DOCKER_HOST", ""),
 		image:          s.str(dock.Image, "POSTGRAAS_DOCKER_IMAGE", ""),
-		bindAddress:    s.str(dock.BindAddress, "POSTGRAAS_DOCKER_BIND_ADDRESS", ""),
-		advertisedHost: s.str(dock.AdvertisedHost, "POSTGRAAS_DOCKER_ADVERTISED_HOST", ""),
+		bindAddress:    s.host(dock.BindAddress, dp.AtName("bind_address"), "POSTGRAAS_DOCKER_BIND_ADDRESS", "", false),
+		advertisedHost: s.host(dock.AdvertisedHost, dp.AtName("advertised_host"), "POSTGRAAS_DOCKER_ADVERTISED_HOST", "", false),
 	}
 
 	if resp.Diagnostics.HasError() {

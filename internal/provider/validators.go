@@ -3,6 +3,7 @@ package provider
 import (
 	"context"
 	"fmt"
+	"net"
 	"regexp"
 	"strings"
 	"time"
@@ -154,4 +155,64 @@ func formatDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// hostnameRegexp is a DNS name (RFC 1123 labels; '_' is allowed, as some
+// internal DNS names have it).
+var hostnameRegexp = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$`)
+
+// bareHost drops the brackets around an IPv6 literal ("[::1]" is "::1"):
+// URLs need them, PostgreSQL clients and Docker's port bindings do not take
+// them.
+func bareHost(h string) string {
+	if inner, ok := strings.CutPrefix(h, "["); ok {
+		if inner, ok = strings.CutSuffix(inner, "]"); ok && net.ParseIP(stripZone(inner)) != nil {
+			return inner
+		}
+	}
+	return h
+}
+
+func stripZone(h string) string {
+	if i := strings.LastIndexByte(h, '%'); i >= 0 {
+		return h[:i]
+	}
+	return h
+}
+
+// checkHost accepts a host name, an IPv4 address, an IPv6 address with or
+// without brackets, or (for PostgreSQL) a unix socket directory.
+func checkHost(h string, socketDir bool) error {
+	b := bareHost(h)
+	switch {
+	case net.ParseIP(stripZone(b)) != nil:
+		return nil
+	case socketDir && strings.HasPrefix(b, "/"):
+		return nil
+	case strings.ContainsAny(b, "[]"):
+		return fmt.Errorf("%q is not a host: brackets only go around a whole IPv6 address, as in [::1]", h)
+	case strings.Contains(b, ":"):
+		return fmt.Errorf("%q is not a host: set the port in its own attribute, and write IPv6 addresses as ::1 or [::1]", h)
+	case !hostnameRegexp.MatchString(b):
+		return fmt.Errorf("%q is not a host name or IP address", h)
+	}
+	return nil
+}
+
+// hostValidator checks a host attribute at plan time (see checkHost).
+type hostValidator struct{ socketDir bool }
+
+func (hostValidator) Description(context.Context) string {
+	return "must be a host name or an IP address (IPv6 with or without brackets)"
+}
+
+func (v hostValidator) MarkdownDescription(ctx context.Context) string { return v.Description(ctx) }
+
+func (v hostValidator) ValidateString(_ context.Context, req validator.StringRequest, resp *validator.StringResponse) {
+	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() {
+		return
+	}
+	if err := checkHost(req.ConfigValue.ValueString(), v.socketDir); err != nil {
+		resp.Diagnostics.AddAttributeError(req.Path, "Invalid host", err.Error()+".")
+	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // Delete implements backend.Backend. Every step tolerates objects already
@@ -183,6 +184,7 @@ func (b *Backend) authenticate(ctx context.Context, role, db string, auth backen
 	t.Database = db
 	t.User = StoredUsername(role, b.server)
 	t.Password = auth.Password
+	t.Component = reach.Instance
 	select {
 	case b.logins <- struct{}{}:
 	case <-ctx.Done():

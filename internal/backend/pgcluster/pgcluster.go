@@ -18,6 +18,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // maxIdentLen is NAMEDATALEN-1: PostgreSQL silently truncates longer names
@@ -71,6 +72,9 @@ var _ backend.Backend = (*Backend)(nil)
 func New(cfg Config) *Backend {
 	admin := cfg.Admin
 	admin.User = StoredUsername(admin.User, cfg.Server)
+	if admin.Component == "" {
+		admin.Component = reach.ClusterAdmin
+	}
 	maxConns := cfg.MaxConns
 	if maxConns <= 0 {
 		maxConns = 4
@@ -84,6 +88,20 @@ const maxTenantLogins = 2
 
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return backend.KindPGCluster }
+
+// Check implements backend.Checker: the admin logs in (pooled).
+func (b *Backend) Check(ctx context.Context) error {
+	p, err := b.adminPool()
+	if err != nil {
+		return err
+	}
+	conn, err := p.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	conn.Release()
+	return nil
+}
 
 // StatusAfterCreate implements backend.Backend.
 func (b *Backend) StatusAfterCreate() string { return "ready" }

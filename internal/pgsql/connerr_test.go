@@ -1,0 +1,179 @@
+package pgsql
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
+)
+
+// silentListener accepts TCP connections and never answers, as a paused
+// server or a port that speaks another protocol does.
+func silentListener(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// closedPort is a port nothing listens on.
+func closedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	return port
+}
+
+// Every way a login fails comes back as a *reach.Error naming the
+// component and the reason, on a real server.
+func TestConnectFailureReasons(t *testing.T) {
+	t.Parallel()
+	srv := testServer(t)
+	srv.Component = reach.MetaDB
+	srv.ConnectTimeout = time.Second
+	wrong, none, nodb, refused, silent := srv, srv, srv, srv, srv
+	wrong.Password = "wrong-" + srv.Password
+	none.Password = ""
+	nodb.Database = "no_such_database_x"
+	refused.Host, refused.Port = "127.0.0.1", closedPort(t)
+	silent.Host, silent.Port = "127.0.0.1", silentListener(t)
+	for _, c := range []struct {
+		what   string
+		target Target
+		reason reach.Reason
+	}{
+		{"wrong password", wrong, reach.WrongPassword},
+		{"no password", none, reach.NoPassword},
+		{"missing database", nodb, reach.NoDatabase},
+		{"closed port", refused, reach.Refused},
+		{"silent listener", silent, reach.Timeout},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		start := time.Now()
+		_, err := c.target.Connect(ctx)
+		took := time.Since(start)
+		cancel()
+		r := reach.As(err)
+		if r == nil || r.Reason != c.reason || r.Component != reach.MetaDB || r.Timeout != time.Second {
+			t.Errorf("%s: %v (%#v), want reason %v of the meta DB", c.what, err, r, c.reason)
+			continue
+		}
+		if r.Reason == reach.Timeout && (took < 900*time.Millisecond || took > 10*time.Second) {
+			t.Errorf("%s: failed after %s with a 1s connect timeout", c.what, took)
+		}
+		t.Logf("%s: %s after %s", c.what, r.Reason, took.Round(time.Millisecond))
+	}
+	// The caller's own deadline is the operation's, not the connect
+	// timeout: it is not reported as one.
+	slow := silent
+	slow.ConnectTimeout = time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := slow.Connect(ctx); reach.As(err) != nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("operation deadline before the connect timeout: %v", err)
+	}
+}
+
+// Callers of a pool that meet a server that never answers share one
+// connect attempt: eight of them fail together after one connect timeout,
+// not in waves of the pool's size.
+func TestPoolCallersFailTogether(t *testing.T) {
+	t.Parallel()
+	target := Target{Host: "127.0.0.1", Port: silentListener(t), Database: "d", User: "u", Password: "p",
+		SSLMode: "disable", ConnectTimeout: time.Second, Component: reach.ClusterAdmin}
+	p := target.NewPool(2)
+	defer p.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, errs[i] = p.Acquire(ctx)
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	for i, err := range errs {
+		if r := reach.As(err); r == nil || r.Reason != reach.Timeout || r.Component != reach.ClusterAdmin {
+			t.Errorf("caller %d: %v", i, err)
+		}
+	}
+	t.Logf("8 callers failed after %s (connect timeout 1s, pool of 2)", took.Round(time.Millisecond))
+	// In waves of 2 they would take 4 s; a loaded machine gets slack.
+	if took > 3500*time.Millisecond {
+		t.Errorf("8 callers took %s to fail with a 1s connect timeout", took)
+	}
+}
+
+func TestSharedRunsOnceForWaiters(t *testing.T) {
+	var s Shared
+	var runs int
+	var mu sync.Mutex
+	release := make(chan struct{})
+	boom := errors.New("boom")
+	var wg sync.WaitGroup
+	errs := make([]error, 5)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.Do(context.Background(), func(context.Context) error {
+				mu.Lock()
+				runs++
+				mu.Unlock()
+				<-release
+				return boom
+			})
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	if runs != 1 {
+		t.Errorf("%d runs for 5 callers arriving together, want 1", runs)
+	}
+	for i, err := range errs {
+		if !errors.Is(err, boom) {
+			t.Errorf("caller %d: %v", i, err)
+		}
+	}
+	// A failure is not remembered.
+	if err := s.Do(context.Background(), func(context.Context) error { return nil }); err != nil {
+		t.Errorf("after a failure: %v", err)
+	}
+}
