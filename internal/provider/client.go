@@ -120,6 +120,7 @@ var backendRegistry = []struct {
 			Image:          s.docker.image,
 			BindAddress:    s.docker.bindAddress,
 			AdvertisedHost: s.docker.advertisedHost,
+			ConnectTimeout: s.connectTimeout,
 		})
 	}},
 	{backend.KindPGCluster, func(s clientSettings) (backend.Backend, error) {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,9 @@ import (
 
 // Create implements backend.Backend.
 func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Created, error) {
+	if err := b.engine(ctx); err != nil {
+		return backend.Created{}, err
+	}
 	img := spec.Image
 	if img == "" {
 		img = b.cfg.Image
@@ -55,7 +59,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 	faultinject.Pause(ctx, "docker.container_created")
 	port, err := b.startAndWait(ctx, id, spec, bootstrap)
 	if err != nil {
-		return backend.Created{}, fmt.Errorf("container %q did not become ready: %w%s", spec.Name, err, b.removeAfterFailure(ctx, id))
+		return backend.Created{}, b.failedStart(ctx, spec.Name, id, err)
 	}
 	return backend.Created{
 		Host:        b.cfg.AdvertisedHost,
@@ -180,9 +184,46 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 			return 0, err
 		}
 	}
-	return b.untilLogin(ctx, id, 0, func(port int) error {
+	port, err := b.untilLogin(ctx, id, 0, func(port int) error {
 		return personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier)
 	})
+	// What cannot clear by waiting: the server will never take the login.
+	var stopped *containerStopped
+	switch {
+	case err == nil:
+	case errors.As(err, &stopped):
+		return 0, &backend.StartError{Reason: "the container " + stopped.Error()}
+	case pgsql.Code(err) == pgsql.CodeInvalidCatalogName:
+		return 0, &backend.StartError{Reason: fmt.Sprintf("database %q does not exist in the new container (the image did not "+
+			"create POSTGRES_DB)", spec.DBName)}
+	case pgsql.IsAuthFailure(err):
+		return 0, &backend.StartError{Reason: fmt.Sprintf("the new server refused %q the bootstrap password it was started with "+
+			"(the image did not honour POSTGRES_USER and POSTGRES_PASSWORD)", spec.Username)}
+	}
+	return port, err
+}
+
+// failedStart removes the container of a create that failed after making
+// it, and says why, with the server's last log lines.
+func (b *Backend) failedStart(ctx context.Context, name, id string, err error) error {
+	ctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	logs := b.tailLogs(ctx, id)
+	rerr := b.remove(ctx, id)
+	var start *backend.StartError
+	if errors.As(err, &start) && rerr == nil {
+		start.Logs = logs
+		return fmt.Errorf("container %q: %w", name, start)
+	}
+	suffix := "; no log output"
+	if logs != "" {
+		suffix = "; last log lines:\n" + logs
+	}
+	if rerr != nil {
+		// Not a StartError: the diagnostic must not say it was removed.
+		return fmt.Errorf("container %q did not become ready: %v; removing it failed too: %v%s", name, err, rerr, suffix)
+	}
+	return fmt.Errorf("container %q did not become ready: %w%s", name, err, suffix)
 }
 
 // personalise logs in with the bootstrap secret and replaces it with the
@@ -221,7 +262,7 @@ func randomSecret() string {
 func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attempt func(port int) error) (int, error) {
 	var lastErr error
 	var port int
-	var inspected time.Time
+	var inspected, noDB time.Time
 	start, attempts := time.Now(), 0
 	// check reads the container's state and port. It runs every
 	// inspectInterval rather than before every attempt: attempts are tens
@@ -233,9 +274,7 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 			return fmt.Errorf("inspecting: %w", err)
 		}
 		if c.State != nil && (!c.State.Running || c.State.Restarting || c.RestartCount > restarts) {
-			// The exit code is only a hint: the engine may report one in
-			// passing (0 while a restart begins); the logs tell more.
-			return fmt.Errorf("container stopped (status %s, exit code %d)", c.State.Status, c.State.ExitCode)
+			return &containerStopped{status: c.State.Status, code: c.State.ExitCode, restarts: c.RestartCount - restarts}
 		}
 		p, err := hostPort(c)
 		if err != nil {
@@ -268,6 +307,16 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 			// longer will not help.
 			return 0, fmt.Errorf("login refused: %w", lastErr)
 		}
+		if pgsql.Code(lastErr) != pgsql.CodeInvalidCatalogName {
+			noDB = time.Time{}
+		} else if noDB.IsZero() {
+			noDB = time.Now()
+		} else if time.Since(noDB) >= missingDBGrace {
+			// The official image's TCP logins reach only its final
+			// server, which has the database; the grace is for images
+			// that open TCP while still setting up.
+			return 0, fmt.Errorf("the database stayed missing for %s: %w", time.Since(noDB).Round(time.Millisecond), lastErr)
+		}
 		select {
 		case <-ctx.Done():
 			return 0, fmt.Errorf("gave up waiting for a login on port %d after %d attempts over %s (%w); last attempt: %v",
@@ -276,6 +325,27 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 		}
 	}
 }
+
+// containerStopped: the container exited or restarted while a login was
+// waited for.
+type containerStopped struct {
+	status   string
+	code     int
+	restarts int
+}
+
+func (e *containerStopped) Error() string {
+	if e.restarts > 0 {
+		// The exit code is then of no use: the engine reports 0 while a
+		// restart begins. The logs tell more.
+		return fmt.Sprintf("stopped: its server exited and Docker restarted it (%d time(s))", e.restarts)
+	}
+	return fmt.Sprintf("stopped (status %s, exit code %d)", e.status, e.code)
+}
+
+// missingDBGrace is how long a login's database may be missing before a
+// create gives up on it.
+const missingDBGrace = 2 * time.Second
 
 func (b *Backend) target(port int, user, password, dbname string) pgsql.Target {
 	return pgsql.Target{
@@ -289,24 +359,8 @@ func (b *Backend) target(port int, user, password, dbname string) pgsql.Target {
 	}
 }
 
-// removeAfterFailure removes a container this create made and returns its
-// last log lines, formatted to end the error message.
-func (b *Backend) removeAfterFailure(ctx context.Context, id string) string {
-	ctx, cancel := cleanupContext(ctx)
-	defer cancel()
-	logs := b.tailLogs(ctx, id)
-	var suffix string
-	if err := b.remove(ctx, id); err != nil {
-		suffix = fmt.Sprintf("; removing it failed too: %v", err)
-	}
-	if logs == "" {
-		return suffix + "; no log output"
-	}
-	return suffix + "; last log lines:\n" + logs
-}
-
 func (b *Backend) tailLogs(ctx context.Context, id string) string {
-	rc, err := b.cli.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: logTail})
+	rc, err := b.cli.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: logFetch})
 	if err != nil {
 		return fmt.Sprintf("(could not read logs: %v)", err)
 	}
@@ -316,7 +370,43 @@ func (b *Backend) tailLogs(ctx context.Context, id string) string {
 	if _, err := stdcopy.StdCopy(&buf, &buf, rc); err != nil {
 		fmt.Fprintf(&buf, "(reading logs: %v)", err)
 	}
-	return strings.TrimRight(buf.String(), "\n")
+	return collapseRepeats(strings.TrimRight(buf.String(), "\n"), logTail)
+}
+
+// logPrefix is PostgreSQL's default log line prefix: time and process id.
+var logPrefix = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \S+ \[\d+\] `)
+
+// collapseRepeats folds runs of lines that differ only in their time and
+// process id (a login refused forty times while a create waited) into one
+// line and a count, so the last max lines still show how the server got
+// there.
+func collapseRepeats(logs string, max int) string {
+	if logs == "" {
+		return ""
+	}
+	var out []string
+	var last string
+	n := 0
+	flush := func() {
+		if n > 1 {
+			out = append(out, fmt.Sprintf("  (the line above %d times)", n))
+		}
+	}
+	for _, line := range strings.Split(logs, "\n") {
+		key := logPrefix.ReplaceAllString(line, "")
+		if n > 0 && key == last {
+			n++
+			continue
+		}
+		flush()
+		out = append(out, line)
+		last, n = key, 1
+	}
+	flush()
+	if len(out) > max {
+		out = out[len(out)-max:]
+	}
+	return strings.Join(out, "\n")
 }
 
 // Retries of a removal that raced with the container changing state:
@@ -333,7 +423,7 @@ const (
 //
 // A forced removal is not atomic in the engine: it kills the container,
 // then removes it. A container that exits by itself in between (a failed
-// init, the case removeAfterFailure handles) makes dockerd 20.10 answer
+// init, the case failedStart handles) makes dockerd 20.10 answer
 // 409 "Could not kill running container …, cannot remove - Container … is
 // not running" (seen in CI: TestCreateContainerExitsDuringInit), and a
 // removal running concurrently (a parallel destroy, Docker's own cleanup)

@@ -12,6 +12,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -19,6 +21,8 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // Labels put on every container, so instances (and orphans left by a
@@ -49,7 +53,10 @@ const (
 	// cleanupTimeout bounds removal after a failure; it runs on a context
 	// detached from the caller's, which may be the one that expired.
 	cleanupTimeout = 60 * time.Second
-	logTail        = "30"
+	// logFetch lines are read from a failed container's log; logTail of
+	// them are shown, after runs of repeats are folded.
+	logFetch = "200"
+	logTail  = 30
 )
 
 // Config configures the backend. Zero values mean the documented defaults.
@@ -69,6 +76,10 @@ type Config struct {
 	// ReadyPollInterval is the pause between login attempts while a new
 	// container starts; 0 means 20ms.
 	ReadyPollInterval time.Duration
+	// ConnectTimeout bounds the engine's first answer (and each login to
+	// an instance's published port while it is waited for is bounded by
+	// attemptTimeout); 0 means reach.DefaultConnectTimeout.
+	ConnectTimeout time.Duration
 }
 
 // Backend implements backend.Backend on a Docker engine. It is safe for
@@ -81,6 +92,11 @@ type Backend struct {
 	created func(id string)
 	// execed, when set (by tests), sees every exec the backend starts.
 	execed func(container.ExecOptions)
+
+	// answered is set once the engine has answered a ping; until then,
+	// callers share one ping (pinging), bounded by ConnectTimeout.
+	answered atomic.Bool
+	pinging  pgsql.Shared
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -122,6 +138,9 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.ReadyPollInterval <= 0 {
 		cfg.ReadyPollInterval = defaultPollInterval
 	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = reach.DefaultConnectTimeout
+	}
 	return &Backend{cli: cli, cfg: cfg}, nil
 }
 
@@ -137,6 +156,59 @@ func DefaultAdvertisedHost(dockerHost string) string {
 
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return backend.KindDocker }
+
+// engine makes sure the engine answers, before an operation's first API
+// call. An engine that accepts connections but never answers would
+// otherwise hold every call until the operation's timeout (minutes); this
+// fails within ConnectTimeout, for every operation waiting on it at once.
+// Only a success is remembered.
+func (b *Backend) engine(ctx context.Context) error {
+	if b.answered.Load() {
+		return nil
+	}
+	return b.pinging.Do(ctx, func(ctx context.Context) error {
+		if b.answered.Load() {
+			return nil
+		}
+		pctx, cancel := context.WithTimeout(ctx, b.cfg.ConnectTimeout)
+		defer cancel()
+		_, err := b.cli.Ping(pctx)
+		if err == nil {
+			b.answered.Store(true)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err // the operation's own time ran out
+		}
+		reason := reach.Other
+		switch {
+		case pctx.Err() != nil:
+			reason = reach.Timeout
+		case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT), client.IsErrConnectionFailed(err):
+			reason = reach.Refused
+		}
+		return &reach.Error{Component: reach.DockerEngine, Address: b.cli.DaemonHost(), Reason: reason,
+			Timeout: b.cfg.ConnectTimeout, Err: sentence{err}}
+	})
+}
+
+// Check implements backend.Checker.
+func (b *Backend) Check(ctx context.Context) error { return b.engine(ctx) }
+
+// sentence drops the question the docker client ends some errors with
+// ("Is the docker daemon running?"), so the diagnostic's next sentence
+// does not start after "?.".
+type sentence struct{ err error }
+
+func (s sentence) Error() string {
+	msg := s.err.Error()
+	if i := strings.LastIndex(msg, ". Is the docker daemon running?"); i >= 0 {
+		msg = msg[:i]
+	}
+	return strings.TrimRight(msg, ".? ")
+}
+
+func (s sentence) Unwrap() error { return s.err }
 
 // StatusAfterCreate implements backend.Backend: the container's state.
 func (b *Backend) StatusAfterCreate() string { return "running" }
@@ -159,6 +231,9 @@ func (b *Backend) Close() { _ = b.cli.Close() }
 // running or not. Comparing their instance-id labels with the meta DB
 // finds orphans.
 func (b *Backend) ListContainers(ctx context.Context) ([]container.Summary, error) {
+	if err := b.engine(ctx); err != nil {
+		return nil, err
+	}
 	list, err := b.cli.ContainerList(ctx, container.ListOptions{
 		All:     true,
 		Filters: filters.NewArgs(filters.Arg("label", LabelInstance+"=true")),

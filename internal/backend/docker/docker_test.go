@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/big"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // Unit tests: no engine needed.
@@ -448,20 +450,16 @@ func TestCreateStartFails(t *testing.T) {
 	}
 }
 
-func TestCreateContainerExitsDuringInit(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, nil)
-	ctx := ctxFor(t, 2*time.Minute)
-	// An image whose entrypoint fails like a broken initialisation.
+// imageWithEntrypoint commits the test image with another entrypoint, as
+// a broken or unusual image would have, removed when the test ends.
+func (e env) imageWithEntrypoint(t *testing.T, ctx context.Context, tag, entrypoint string) string {
+	t.Helper()
 	tmp, err := e.b.cli.ContainerCreate(ctx, &container.Config{Image: e.image}, nil, nil, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := "pgtest-exits:" + randHex(4)
-	_, err = e.b.cli.ContainerCommit(ctx, tmp.ID, container.CommitOptions{
-		Reference: ref,
-		Changes:   []string{`ENTRYPOINT ["/bin/sh", "-c", "echo initdb: simulated failure >&2; exit 3"]`},
-	})
+	ref := tag + ":" + randHex(4)
+	_, err = e.b.cli.ContainerCommit(ctx, tmp.ID, container.CommitOptions{Reference: ref, Changes: []string{"ENTRYPOINT " + entrypoint}})
 	_ = e.b.cli.ContainerRemove(ctx, tmp.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	if err != nil {
 		t.Fatal(err)
@@ -469,20 +467,126 @@ func TestCreateContainerExitsDuringInit(t *testing.T) {
 	t.Cleanup(func() {
 		_, _ = e.b.cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true})
 	})
+	return ref
+}
 
-	spec := e.spec(t)
-	spec.Image = ref
-	m := e.watch(t)
-	start := time.Now()
-	_, err = e.b.Create(ctx, spec)
-	if err == nil || !strings.Contains(err.Error(), "container stopped") || !strings.Contains(err.Error(), "simulated failure") {
-		t.Fatalf("want exit with logs, got %v", err)
+// A new instance whose server can never take its login fails at once with
+// a StartError carrying the server's last log lines, and leaves nothing:
+// a container that exits during initialisation, and an image that does not
+// create POSTGRES_DB (the login's database never appears: before, every
+// attempt was retried until the create's timeout, 10 minutes by default).
+func TestCreateFailsFastWhenItCannotStart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := ctxFor(t, 3*time.Minute)
+	for _, c := range []struct {
+		what, entrypoint, reason, logs string
+	}{
+		{"exits during init", `["/bin/sh", "-c", "echo initdb: simulated failure >&2; exit 3"]`, "exited", "simulated failure"},
+		{"database never appears", `["/bin/sh", "-c", "unset POSTGRES_DB; exec docker-entrypoint.sh postgres"]`,
+			"does not exist", "database system is ready to accept connections"},
+	} {
+		spec := e.spec(t)
+		spec.Image = e.imageWithEntrypoint(t, ctx, "pgtest-start", c.entrypoint)
+		m := e.watch(t)
+		start := time.Now()
+		_, err := e.b.Create(ctx, spec)
+		took := time.Since(start)
+		var se *backend.StartError
+		if !errors.As(err, &se) || !strings.Contains(se.Reason, c.reason) || !strings.Contains(se.Logs, c.logs) {
+			t.Fatalf("%s: want a StartError (%q, logs with %q), got %v", c.what, c.reason, c.logs, err)
+		}
+		if strings.Contains(err.Error(), spec.Password) {
+			t.Errorf("%s: error contains the password", c.what)
+		}
+		// Generous: the create's context allows 3 minutes.
+		if took > 45*time.Second {
+			t.Errorf("%s: failing took %v", c.what, took)
+		}
+		t.Logf("%s: failed after %v: %v", c.what, took.Round(time.Millisecond), se.Reason)
+		e.assertNothingLeft(t, spec.Name, m)
 	}
-	if d := time.Since(start); d > 30*time.Second {
-		t.Errorf("noticing the exit took %v", d)
+}
+
+// silentEngine is a TCP listener that accepts and never answers, as an
+// engine behind a dead proxy or a paused VM does.
+func silentEngine(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("error after %v: %v", time.Since(start), err)
-	e.assertNothingLeft(t, spec.Name, m)
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	})
+	return "tcp://" + l.Addr().String()
+}
+
+// An engine that never answers fails every waiting operation together
+// after one connect timeout; a closed port fails at once. Before, calls
+// waited for the operation's timeout, one after another.
+func TestEngineThatDoesNotAnswer(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "tcp://" + l.Addr().String()
+	_ = l.Close()
+	for _, c := range []struct {
+		host   string
+		reason reach.Reason
+	}{{silentEngine(t), reach.Timeout}, {closed, reach.Refused}} {
+		b, err := New(Config{Host: c.host, ConnectTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst := backend.Instance{Name: "x", ContainerID: "x"}
+		start := time.Now()
+		errs := make([]error, 8)
+		var wg sync.WaitGroup
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = b.Inspect(ctxFor(t, time.Minute), inst)
+			}()
+		}
+		wg.Wait()
+		took := time.Since(start)
+		b.Close()
+		for i, err := range errs {
+			r := reach.As(err)
+			if r == nil || r.Component != reach.DockerEngine || r.Reason != c.reason || r.Address != c.host {
+				t.Errorf("%s, call %d: %v", c.host, i, err)
+			} else if strings.Contains(err.Error(), "?") {
+				t.Errorf("%s: the error keeps the docker client's question: %v", c.host, err)
+			}
+		}
+		t.Logf("%v: 8 calls failed after %v (connect timeout 1s)", c.reason, took.Round(time.Millisecond))
+		// One after another they would take 8 s.
+		if took > 5*time.Second {
+			t.Errorf("%s: 8 calls took %v to fail", c.host, took)
+		}
+	}
 }
 
 func TestCreateTimeout(t *testing.T) {
@@ -747,5 +851,20 @@ func TestWriteOnlyVerifier(t *testing.T) {
 	}
 	if err := e.b.Delete(ctx, inst, backend.Auth{Password: "out of band"}, false); err != nil {
 		t.Fatalf("delete with the accepted password: %v", err)
+	}
+}
+
+func TestCollapseRepeats(t *testing.T) {
+	logs := "init line\n" +
+		"2026-11-26 18:32:39.282 UTC [78] FATAL:  database \"d\" does not exist\n" +
+		"2026-11-26 18:32:39.319 UTC [79] FATAL:  database \"d\" does not exist\n" +
+		"2026-11-26 18:32:39.353 UTC [80] FATAL:  database \"d\" does not exist\n" +
+		"last line"
+	want := "init line\n2026-11-26 18:32:39.282 UTC [78] FATAL:  database \"d\" does not exist\n  (the line above 3 times)\nlast line"
+	if got := collapseRepeats(logs, 30); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	if got := collapseRepeats(logs, 2); got != "  (the line above 3 times)\nlast line" {
+		t.Errorf("cut to 2 lines: %q", got)
 	}
 }

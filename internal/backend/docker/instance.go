@@ -68,6 +68,9 @@ func notOurs(inst backend.Instance) error {
 
 // Inspect implements backend.Backend.
 func (b *Backend) Inspect(ctx context.Context, inst backend.Instance) (backend.Status, error) {
+	if err := b.engine(ctx); err != nil {
+		return backend.Status{}, err
+	}
 	c, ok, ours, err := b.find(ctx, inst)
 	if err != nil || !ok {
 		return backend.Status{}, err
@@ -91,6 +94,9 @@ func (b *Backend) Inspect(ctx context.Context, inst backend.Instance) (backend.S
 // contract promises); without one (write-only mode) it sets the verifier
 // from inside the container.
 func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, auth backend.Auth, verifier string) error {
+	if err := b.engine(ctx); err != nil {
+		return err
+	}
 	s, err := b.login(ctx, inst, auth)
 	if errors.Is(err, errNotOurs) {
 		return notOurs(inst)
@@ -117,6 +123,9 @@ func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, auth b
 
 // Delete implements backend.Backend.
 func (b *Backend) Delete(ctx context.Context, inst backend.Instance, auth backend.Auth, force bool) error {
+	if err := b.engine(ctx); err != nil {
+		return err
+	}
 	s, err := b.login(ctx, inst, auth)
 	if errors.Is(err, errNotOurs) {
 		return nil // the name is someone else's now: nothing of ours is left
@@ -178,6 +187,9 @@ func (b *Backend) gone(ctx context.Context, id string) bool {
 // Purge implements backend.Backend. It authenticates nothing, so it only
 // removes a container that carries the instance's proof.
 func (b *Backend) Purge(ctx context.Context, inst backend.Instance) error {
+	if err := b.engine(ctx); err != nil {
+		return err
+	}
 	if inst.Proof.Legacy() {
 		return fmt.Errorf("purging container %q: %w", inst.Name, backend.ErrLegacy)
 	}
@@ -298,6 +310,9 @@ func (b *Backend) checkVerifier(ctx context.Context, id string, inst backend.Ins
 
 // Authenticate implements backend.Backend.
 func (b *Backend) Authenticate(ctx context.Context, inst backend.Instance, auth backend.Auth) error {
+	if err := b.engine(ctx); err != nil {
+		return err
+	}
 	s, err := b.login(ctx, inst, auth)
 	if errors.Is(err, errNotOurs) {
 		return notOurs(inst)

@@ -62,6 +62,9 @@ func dropTempRolesScript(inst backend.Instance, more string) string {
 
 // OpenTempLogin implements backend.Backend.
 func (b *Backend) OpenTempLogin(ctx context.Context, inst backend.Instance, ttl time.Duration) (backend.TempLogin, error) {
+	if err := b.engine(ctx); err != nil {
+		return backend.TempLogin{}, err
+	}
 	if inst.Proof.Legacy() {
 		return backend.TempLogin{}, fmt.Errorf("opening a temporary login in container %q: %w", inst.Name, backend.ErrLegacy)
 	}
@@ -121,6 +124,9 @@ COMMIT;
 
 // RenewTempLogin implements backend.Backend.
 func (b *Backend) RenewTempLogin(ctx context.Context, inst backend.Instance, role string, ttl time.Duration) (time.Time, error) {
+	if err := b.engine(ctx); err != nil {
+		return time.Time{}, err
+	}
 	if inst.Proof.Legacy() || !pgsql.IsTempRoleOf(inst.Username, role) {
 		return time.Time{}, &backend.TempLoginGoneError{Role: role}
 	}
@@ -150,6 +156,9 @@ SELECT format('ALTER ROLE %I VALID UNTIL %L', t.rolname, now() + make_interval(s
 // CloseTempLogin implements backend.Backend. A container that is gone, or
 // is someone else's now, took the login along.
 func (b *Backend) CloseTempLogin(ctx context.Context, inst backend.Instance, role string) error {
+	if err := b.engine(ctx); err != nil {
+		return err
+	}
 	if inst.Proof.Legacy() || !pgsql.IsTempRoleOf(inst.Username, role) {
 		return nil // never one of ours
 	}
