@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math/big"
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -25,7 +24,6 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
-	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // Unit tests: no engine needed.
@@ -505,87 +503,6 @@ func TestCreateFailsFastWhenItCannotStart(t *testing.T) {
 		}
 		t.Logf("%s: failed after %v: %v", c.what, took.Round(time.Millisecond), se.Reason)
 		e.assertNothingLeft(t, spec.Name, m)
-	}
-}
-
-// silentEngine is a TCP listener that accepts and never answers, as an
-// engine behind a dead proxy or a paused VM does.
-func silentEngine(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			_ = c.Close()
-		}
-	})
-	return "tcp://" + l.Addr().String()
-}
-
-// An engine that never answers fails every waiting operation together
-// after one connect timeout; a closed port fails at once. Before, calls
-// waited for the operation's timeout, one after another.
-func TestEngineThatDoesNotAnswer(t *testing.T) {
-	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := "tcp://" + l.Addr().String()
-	_ = l.Close()
-	for _, c := range []struct {
-		host   string
-		reason reach.Reason
-	}{{silentEngine(t), reach.Timeout}, {closed, reach.Refused}} {
-		b, err := New(Config{Host: c.host, ConnectTimeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		inst := backend.Instance{Name: "x", ContainerID: "x"}
-		start := time.Now()
-		errs := make([]error, 8)
-		var wg sync.WaitGroup
-		for i := range errs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, errs[i] = b.Inspect(ctxFor(t, time.Minute), inst)
-			}()
-		}
-		wg.Wait()
-		took := time.Since(start)
-		b.Close()
-		for i, err := range errs {
-			r := reach.As(err)
-			if r == nil || r.Component != reach.DockerEngine || r.Reason != c.reason || r.Address != c.host {
-				t.Errorf("%s, call %d: %v", c.host, i, err)
-			} else if strings.Contains(err.Error(), "?") {
-				t.Errorf("%s: the error keeps the docker client's question: %v", c.host, err)
-			}
-		}
-		t.Logf("%v: 8 calls failed after %v (connect timeout 1s)", c.reason, took.Round(time.Millisecond))
-		// One after another they would take 8 s.
-		if took > 5*time.Second {
-			t.Errorf("%s: 8 calls took %v to fail", c.host, took)
-		}
 	}
 }
 
