@@ -19,7 +19,6 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/api/types/image"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
@@ -445,64 +444,6 @@ func TestCreateStartFails(t *testing.T) {
 	e.assertNothingLeft(t, spec.Name, m)
 	if len(m.volumes) == 0 {
 		t.Error("saw no volume: the leak check proved nothing")
-	}
-}
-
-// imageWithEntrypoint commits the test image with another entrypoint, as
-// a broken or unusual image would have, removed when the test ends.
-func (e env) imageWithEntrypoint(t *testing.T, ctx context.Context, tag, entrypoint string) string {
-	t.Helper()
-	tmp, err := e.b.cli.ContainerCreate(ctx, &container.Config{Image: e.image}, nil, nil, nil, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := tag + ":" + randHex(4)
-	_, err = e.b.cli.ContainerCommit(ctx, tmp.ID, container.CommitOptions{Reference: ref, Changes: []string{"ENTRYPOINT " + entrypoint}})
-	_ = e.b.cli.ContainerRemove(ctx, tmp.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = e.b.cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true})
-	})
-	return ref
-}
-
-// A new instance whose server can never take its login fails at once with
-// a StartError carrying the server's last log lines, and leaves nothing:
-// a container that exits during initialisation, and an image that does not
-// create POSTGRES_DB (the login's database never appears: before, every
-// attempt was retried until the create's timeout, 10 minutes by default).
-func TestCreateFailsFastWhenItCannotStart(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, nil)
-	ctx := ctxFor(t, 3*time.Minute)
-	for _, c := range []struct {
-		what, entrypoint, reason, logs string
-	}{
-		{"exits during init", `["/bin/sh", "-c", "echo initdb: simulated failure >&2; exit 3"]`, "exited", "simulated failure"},
-		{"database never appears", `["/bin/sh", "-c", "unset POSTGRES_DB; exec docker-entrypoint.sh postgres"]`,
-			"does not exist", "database system is ready to accept connections"},
-	} {
-		spec := e.spec(t)
-		spec.Image = e.imageWithEntrypoint(t, ctx, "pgtest-start", c.entrypoint)
-		m := e.watch(t)
-		start := time.Now()
-		_, err := e.b.Create(ctx, spec)
-		took := time.Since(start)
-		var se *backend.StartError
-		if !errors.As(err, &se) || !strings.Contains(se.Reason, c.reason) || !strings.Contains(se.Logs, c.logs) {
-			t.Fatalf("%s: want a StartError (%q, logs with %q), got %v", c.what, c.reason, c.logs, err)
-		}
-		if strings.Contains(err.Error(), spec.Password) {
-			t.Errorf("%s: error contains the password", c.what)
-		}
-		// Generous: the create's context allows 3 minutes.
-		if took > 45*time.Second {
-			t.Errorf("%s: failing took %v", c.what, took)
-		}
-		t.Logf("%s: failed after %v: %v", c.what, took.Round(time.Millisecond), se.Reason)
-		e.assertNothingLeft(t, spec.Name, m)
 	}
 }
 
