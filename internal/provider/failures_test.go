@@ -12,7 +12,6 @@ package provider
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"sort"
@@ -26,6 +25,7 @@ import (
 	dockerclient "github.com/docker/docker/client"
 	"github.com/docker/go-connections/nat"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/netfake"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -59,39 +59,27 @@ func TestAccFailures(t *testing.T) {
 	providerDir := plainBuild.get(t)
 	cli := dockerClient(t)
 	paused := pausedPostgres(t, cli)
-	silent := silentPort(t)
-	closed := closedTCPPort(t)
+	silent := netfake.Silent(t)
+	closed := netfake.ClosedPort(t)
 	noDB := imageWithEntrypoint(t, cli, "pgfail-nodb", `["/bin/sh", "-c", "unset POSTGRES_DB; exec docker-entrypoint.sh postgres"]`)
 	slow := imageWithEntrypoint(t, cli, "pgfail-slow", `["/bin/sh", "-c", "sleep 120; exec docker-entrypoint.sh postgres"]`)
 
 	meta, admin := metaDB(), clusterAdmin()
-	withMeta := func(host string, port int, password *string) string {
+	// login is a provider block for a PostgreSQL login; a nil password
+	// leaves the attribute out.
+	login := func(block, dbKey, host string, port int, db, user string, password *string) string {
 		pw := ""
 		if password != nil {
 			pw = "password = " + hclString(*password)
 		}
-		return fmt.Sprintf(`metadb = {
-    host = %s
-    port = %d
-    db_name = %s
-    username = %s
-    sslmode = "disable"
-    %s
-  }`, hclString(host), port, hclString(meta.Database), hclString(meta.User), pw)
+		return fmt.Sprintf("%s = {\n    host = %s\n    port = %d\n    %s = %s\n    username = %s\n    sslmode = \"disable\"\n    %s\n  }",
+			block, hclString(host), port, dbKey, hclString(db), hclString(user), pw)
+	}
+	withMeta := func(host string, port int, password *string) string {
+		return login("metadb", "db_name", host, port, meta.Database, meta.User, password)
 	}
 	withCluster := func(password *string) string {
-		pw := ""
-		if password != nil {
-			pw = "password = " + hclString(*password)
-		}
-		return fmt.Sprintf(`pg_cluster = {
-    host = %s
-    port = %d
-    database = %s
-    username = %s
-    sslmode = "disable"
-    %s
-  }`, hclString(admin.Host), admin.Port, hclString(admin.Database), hclString(admin.User), pw)
+		return login("pg_cluster", "database", admin.Host, admin.Port, admin.Database, admin.User, password)
 	}
 	str := func(s string) *string { return &s }
 	goodMeta := func() string { return withMeta(meta.Host, meta.Port, &meta.Password) }
@@ -308,49 +296,6 @@ func pausedPostgres(t *testing.T, cli *dockerclient.Client) int {
 	if err := cli.ContainerPause(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	return port
-}
-
-// silentPort accepts TCP connections and never answers.
-func silentPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			_ = c.Close()
-		}
-	})
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// closedTCPPort is a port nothing listens on.
-func closedTCPPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
 	return port
 }
 
