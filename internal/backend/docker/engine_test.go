@@ -3,6 +3,7 @@ package docker
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/netfake"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
@@ -27,7 +29,9 @@ import (
 // fakeEngine listens on TCP and, until forwarding is switched on, accepts
 // connections and holds them without a byte in reply, as an engine behind
 // a dead proxy or in a paused VM does. Forwarding relays new connections
-// to target (a DOCKER_HOST) and counts the pings relayed.
+// to target (a DOCKER_HOST) and counts the pings relayed. Unlike
+// netfake.Silent it counts connections, which shows a ping is shared, and
+// can come alive, which shows a failure is not remembered.
 type fakeEngine struct {
 	l        net.Listener
 	target   string
@@ -213,12 +217,7 @@ func TestEngineThatNeverAnswers(t *testing.T) {
 // refused; something that is no engine fails as what it is.
 func TestEngineRefusedOrNotAnEngine(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedPort := "tcp://" + l.Addr().String()
-	_ = l.Close()
+	closedPort := fmt.Sprintf("tcp://127.0.0.1:%d", netfake.ClosedPort(t))
 	web := httptest.NewServer(http.NotFoundHandler())
 	t.Cleanup(web.Close)
 
