@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/docker/docker/client"
 
@@ -29,7 +30,8 @@ func (b *Backend) engine(ctx context.Context) error {
 		if b.answered.Load() {
 			return nil
 		}
-		pctx, cancel := context.WithTimeout(ctx, b.cfg.ConnectTimeout)
+		limit := b.handshakeLimit()
+		pctx, cancel := context.WithTimeout(ctx, limit)
 		defer cancel()
 		p, err := b.cli.Ping(pctx)
 		if err == nil {
@@ -47,8 +49,20 @@ func (b *Backend) engine(ctx context.Context) error {
 		}
 		reason, cause := b.whyNoAnswer(pctx, err)
 		return &reach.Error{Component: reach.DockerEngine, Address: b.engineAddr, Reason: reason,
-			Timeout: b.cfg.ConnectTimeout, Err: cause}
+			Timeout: limit, Err: cause}
 	})
+}
+
+// handshakeLimit bounds the engine's first answer: the connect timeout, or
+// for an ssh:// engine at least ssh's own ConnectTimeout, since the answer
+// then includes a whole ssh login and the remote docker CLI starting (the
+// docker CLI allows the same 30 s; on a loaded machine 10 s were seen not
+// to be enough).
+func (b *Backend) handshakeLimit() time.Duration {
+	if strings.HasPrefix(b.engineAddr, "ssh://") {
+		return max(b.cfg.ConnectTimeout, sshConnectTimeout)
+	}
+	return b.cfg.ConnectTimeout
 }
 
 // errPingTimeout is the cause of a ping that the connect timeout cut off.
