@@ -229,10 +229,15 @@ func serverSaid(err error) string {
 func (b *Backend) failedStart(ctx context.Context, name, id string, err error) error {
 	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
+	var start *backend.StartError
+	if errors.As(err, &start) {
+		// The server logged why before it answered, but Docker's log
+		// driver copies output asynchronously: let the last lines arrive.
+		time.Sleep(logSettle)
+	}
 	logs := b.tailLogs(ctx, id)
 	rerr := b.remove(ctx, id)
-	var start *backend.StartError
-	if errors.As(err, &start) && rerr == nil {
+	if start != nil && rerr == nil {
 		start.Logs = logs
 		return fmt.Errorf("starting container %q: %w", name, start)
 	}
@@ -420,6 +425,9 @@ func (b *Backend) lastExit(ctx context.Context, c container.InspectResponse) (co
 
 // lastExitTimeout bounds the look at past events.
 const lastExitTimeout = 5 * time.Second
+
+// logSettle is the pause before a failed start's logs are read.
+const logSettle = 300 * time.Millisecond
 
 // missingDBGrace is how long a login's database may be missing before a
 // create gives up on it.
