@@ -3,57 +3,13 @@ package pgsql
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/netfake"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
-
-// silentListener accepts TCP connections and never answers, as a paused
-// server or a port that speaks another protocol does.
-func silentListener(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			_ = c.Close()
-		}
-	})
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// closedPort is a port nothing listens on.
-func closedPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	return port
-}
 
 // Every way a login fails comes back as a *reach.Error naming the
 // component and the reason, on a real server.
@@ -66,8 +22,8 @@ func TestConnectFailureReasons(t *testing.T) {
 	wrong.Password = "wrong-" + srv.Password
 	none.Password = ""
 	nodb.Database = "no_such_database_x"
-	refused.Host, refused.Port = "127.0.0.1", closedPort(t)
-	silent.Host, silent.Port = "127.0.0.1", silentListener(t)
+	refused.Host, refused.Port = "127.0.0.1", netfake.ClosedPort(t)
+	silent.Host, silent.Port = "127.0.0.1", netfake.Silent(t)
 	for _, c := range []struct {
 		what   string
 		target Target
@@ -110,7 +66,7 @@ func TestConnectFailureReasons(t *testing.T) {
 // not in waves of the pool's size.
 func TestPoolCallersFailTogether(t *testing.T) {
 	t.Parallel()
-	target := Target{Host: "127.0.0.1", Port: silentListener(t), Database: "d", User: "u", Password: "p",
+	target := Target{Host: "127.0.0.1", Port: netfake.Silent(t), Database: "d", User: "u", Password: "p",
 		SSLMode: "disable", ConnectTimeout: time.Second, Component: reach.ClusterAdmin}
 	p := target.NewPool(2)
 	defer p.Close()

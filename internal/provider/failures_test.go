@@ -2,14 +2,14 @@
 
 package provider
 
-// Failures (issue 9): each way the servers the provider depends on can fail
-// it is produced for real — a paused meta DB container, a closed port, a
-// listener that never speaks the protocol, wrong and missing passwords, a
-// Docker engine that never answers, an image whose database never appears,
-// a create that outlasts its timeout — and the diagnostic is checked: its
-// summary ("<Component>: <reason>", "Timed out", "Instance did not start"),
-// the timeout and the settings its detail names, and how long the run took
-// to fail.
+// Failures as users meet them (issue 9): each way the servers the provider
+// depends on can fail it is produced for real — a paused meta DB
+// container, a closed port, a listener that never speaks the protocol,
+// wrong and missing passwords, a Docker engine that never answers, an image
+// whose database never appears, an operation that outlasts its timeout —
+// and the diagnostic is checked: its summary ("<Component>: <reason>",
+// "Timed out", "Instance did not start"), the timeout and the settings its
+// detail names, and how long the run took to fail.
 //
 // Terraform runs as a subprocess against the provider as released
 // (plainBuild) with -json, so summary and detail are read as the provider
@@ -26,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -43,24 +42,29 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
-	"github.com/postgraas/terraform-provider-postgraas/internal/pgserver"
+	"github.com/postgraas/terraform-provider-postgraas/internal/netfake"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
 const (
-	// failureConnectTimeout is every case's connect_timeout: short, so the
-	// cases that wait for it are quick, and distinct from the default.
-	failureConnectTimeout    = 2 * time.Second
-	failureConnectTimeoutHCL = "connect_timeout = 2"
+	// failureConnectTimeout is the cases' connect_timeout unless they set
+	// one: short, so the cases that wait for it are quick, and distinct
+	// from the default.
+	failureConnectTimeout = 2 * time.Second
 	// failureRunLimit: a run still going then is interrupted (SIGINT, so
 	// the provider can remove what it made, then SIGKILL) and the case
 	// fails.
 	failureRunLimit = 3 * time.Minute
 	// Bounds on the time to fail. Fast: what the provider can tell at once
-	// (a refused connection or login, a container whose database is
-	// missing), which used to wait for a timeout of minutes. Connect: one
-	// connect timeout, plus terraform's own start and plan.
+	// (a refused connection or login), which used to wait for a timeout of
+	// minutes. Start: a docker create that fails fast, the new server's
+	// initialisation included (the old provider waited for the 10-minute
+	// create timeout); Ready: from the server's "ready to accept
+	// connections" to the failure. Connect: one connect timeout, plus
+	// terraform's own start and plan.
 	failureFastBound     = 30 * time.Second
+	failureStartBound    = 90 * time.Second
+	failureReadyBound    = 15 * time.Second
 	failureConnectBound  = 3*failureConnectTimeout + 10*time.Second
 	failureParallelBound = 4*failureConnectTimeout + 10*time.Second
 	// failureParallel instances meet the paused meta DB in one run.
@@ -72,12 +76,13 @@ const (
 type failureCase struct {
 	name    string
 	backend string // backend.KindPGCluster or backend.KindDocker
-	count   int    // instances in the configuration; 0 means 1
+	count   int    // instances in the configuration; 0 means 1, unless lookups
+	lookups int    // postgraas_instance data sources, of names nothing has
 	plan    bool   // run terraform plan; otherwise apply
 	// setup makes the failure and says how the configuration uses it.
 	setup func(t *testing.T, fx *failureFixtures) failureSetup
 	// Every error diagnostic has this summary, and one names each
-	// instance.
+	// instance and each data source's name.
 	summary string
 	// detail lists words each detail contains, absent words none does
 	// ({db} is the instance's db_name).
@@ -90,12 +95,17 @@ type failureSetup struct {
 	provider string   // more lines of the provider block
 	docker   string   // more lines of its docker block
 	instance string   // more lines of every instance
+	lookup   string   // more lines of every data source
 	extra    string   // more HCL at the top level
 	dropEnv  []string // prefixes of the variables the run does not inherit
+	// connectTimeout is connect_timeout in seconds; 0 means
+	// failureConnectTimeout.
+	connectTimeout int
 	// prepare runs before the run that fails, finish after it, before
 	// the check that nothing is left.
 	prepare, finish func(t *testing.T, w *faultWorkspace)
-	check           func(t *testing.T)
+	// check looks at the failed run's error diagnostics.
+	check func(t *testing.T, diags []failureDiag)
 }
 
 var failureCases = []failureCase{
@@ -107,6 +117,7 @@ var failureCases = []failureCase{
 		},
 		summary: "Meta DB: no answer",
 		detail:  []string{"2s", "connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT", "metadb.host", "POSTGRAAS_METADB_HOST"},
+		absent:  []string{"timeouts.create"},
 		bound:   failureConnectBound,
 	},
 	{
@@ -114,7 +125,7 @@ var failureCases = []failureCase{
 		name: "meta_db_port_closed", backend: backend.KindPGCluster,
 		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
 			m := metaDB()
-			m.Port = failureClosedPort(t)
+			m.Port = netfake.ClosedPort(t)
 			return failureSetup{provider: failureMetaDBHCL(m), dropEnv: []string{"POSTGRAAS_METADB_"}}
 		},
 		summary: "Meta DB: connection refused",
@@ -127,12 +138,13 @@ var failureCases = []failureCase{
 		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
 			m := metaDB()
 			var accepted func() int
-			m.Port, accepted = failureSilentListener(t)
+			m.Port, accepted = netfake.SilentCounting(t)
 			return failureSetup{provider: failureMetaDBHCL(m), dropEnv: []string{"POSTGRAAS_METADB_"},
 				check: failureConnected("meta DB", accepted)}
 		},
 		summary: "Meta DB: no answer",
 		detail:  []string{"2s", "connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT", "metadb.host", "POSTGRAAS_METADB_HOST"},
+		absent:  []string{"timeouts.create"},
 		bound:   failureConnectBound,
 	},
 	{
@@ -153,8 +165,16 @@ var failureCases = []failureCase{
 	},
 	{
 		name: "cluster_admin_wrong_password", backend: backend.KindPGCluster,
-		setup:   failureClusterPassword,
+		setup:   failureClusterPassword("wrong-" + faultRandomHex(8)),
 		summary: "pg_cluster admin: wrong password",
+		detail:  []string{"pg_cluster.password", "POSTGRAAS_PG_CLUSTER_PASSWORD"},
+		absent:  []string{"metadb.password"},
+		bound:   failureFastBound,
+	},
+	{
+		name: "cluster_admin_no_password", backend: backend.KindPGCluster,
+		setup:   failureClusterPassword(""),
+		summary: "pg_cluster admin: no password set",
 		detail:  []string{"pg_cluster.password", "POSTGRAAS_PG_CLUSTER_PASSWORD"},
 		bound:   failureFastBound,
 	},
@@ -162,34 +182,40 @@ var failureCases = []failureCase{
 		// 7. An engine endpoint that accepts and never answers.
 		name: "docker_engine_silent", backend: backend.KindDocker,
 		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
-			port, accepted := failureSilentListener(t)
+			port, accepted := netfake.SilentCounting(t)
 			return failureSetup{docker: fmt.Sprintf("host = \"tcp://127.0.0.1:%d\"", port), check: failureConnected("Docker engine", accepted)}
 		},
 		summary: "Docker engine: no answer",
 		detail:  []string{"docker.host", "DOCKER_HOST", "2s", "connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT"},
+		absent:  []string{"?.", "timeouts.create"},
 		bound:   failureConnectBound,
 	},
 	{
 		name: "docker_engine_port_closed", backend: backend.KindDocker,
 		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
-			return failureSetup{docker: fmt.Sprintf("host = \"tcp://127.0.0.1:%d\"", failureClosedPort(t))}
+			return failureSetup{docker: fmt.Sprintf("host = \"tcp://127.0.0.1:%d\"", netfake.ClosedPort(t))}
 		},
 		summary: "Docker engine: connection refused",
 		detail:  []string{"docker.host", "DOCKER_HOST"},
+		absent:  []string{"?."},
 		bound:   failureFastBound,
 	},
 	{
 		// 9. The server comes up, but the instance's database is never
 		// created: waiting cannot help. "FATAL:" comes from the server's
-		// log lines, which the detail must show.
+		// log lines, which the detail must show. The run includes the new
+		// server's initialisation, which takes the machine's time (40 s on
+		// a busy 2-core one): what the provider adds after the server is
+		// ready is bounded on its own.
 		name: "docker_database_never_created", backend: backend.KindDocker,
 		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
 			img := fx.image(t, "nodb", "unset POSTGRES_DB")
-			return failureSetup{instance: "image = " + hclString(img)}
+			return failureSetup{instance: "image = " + hclString(img), check: failureAfterReady}
 		},
 		summary: "Instance did not start",
 		detail:  []string{`database "{db}" does not exist`, "FATAL:"},
-		bound:   failureFastBound,
+		absent:  []string{"Timed out", "timeouts.create"},
+		bound:   failureStartBound,
 	},
 	{
 		// 10. An operation timeout, on a server that is only slow: the
@@ -208,6 +234,16 @@ var failureCases = []failureCase{
 		// 11. Parallel operations against the paused meta DB fail together,
 		// in the plan's check...
 		name: "parallel_plan", backend: backend.KindPGCluster, count: failureParallel,
+		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
+			return failureSetup{provider: failureMetaDBHCL(fx.pausedMetaDB(t)), dropEnv: []string{"POSTGRAAS_METADB_"}}
+		},
+		summary: "Meta DB: no answer",
+		detail:  []string{"2s", "connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT"},
+		bound:   failureParallelBound,
+	},
+	{
+		// ...in data sources read at plan...
+		name: "parallel_data_sources", backend: backend.KindPGCluster, lookups: failureParallel, plan: true,
 		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
 			return failureSetup{provider: failureMetaDBHCL(fx.pausedMetaDB(t)), dropEnv: []string{"POSTGRAAS_METADB_"}}
 		},
@@ -243,6 +279,19 @@ var failureCases = []failureCase{
 		bound:   failureParallelBound,
 	},
 	{
+		// A data source's read timeout shorter than the connect timeout
+		// fires first, and is the one named.
+		name: "data_source_read_timeout", backend: backend.KindPGCluster, lookups: 1, plan: true,
+		setup: func(t *testing.T, fx *failureFixtures) failureSetup {
+			return failureSetup{provider: failureMetaDBHCL(fx.pausedMetaDB(t)), dropEnv: []string{"POSTGRAAS_METADB_"},
+				connectTimeout: 30, lookup: "timeouts {\n    read = \"1s\"\n  }"}
+		},
+		summary: "Timed out",
+		detail:  []string{"timeouts.read", "1s"},
+		absent:  []string{"connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT", "30s"},
+		bound:   failureFastBound,
+	},
+	{
 		// 12. A CI plan step catches refused credentials.
 		name: "plan_meta_db_wrong_password", backend: backend.KindPGCluster, plan: true,
 		setup:   failureMetaDBPassword("wrong-" + faultRandomHex(8)),
@@ -252,7 +301,7 @@ var failureCases = []failureCase{
 	},
 	{
 		name: "plan_cluster_admin_wrong_password", backend: backend.KindPGCluster, plan: true,
-		setup:   failureClusterPassword,
+		setup:   failureClusterPassword("wrong-" + faultRandomHex(8)),
 		summary: "pg_cluster admin: wrong password",
 		detail:  []string{"pg_cluster.password", "POSTGRAAS_PG_CLUSTER_PASSWORD"},
 		bound:   failureFastBound,
@@ -276,14 +325,25 @@ func TestAccFailures(t *testing.T) {
 
 func runFailureCase(t *testing.T, providerDir string, fx *failureFixtures, c failureCase) {
 	setup := c.setup(t, fx)
-	insts := newFailureInstances(t, c.backend, max(c.count, 1))
+	count := c.count
+	if count == 0 && c.lookups == 0 {
+		count = 1
+	}
+	insts := newFailureInstances(t, c.backend, count)
 	cis := make([]clusterInstance, len(insts))
+	names := make([]string, 0, count+c.lookups)
 	for n, i := range insts {
 		cis[n] = i.clusterInstance
 		cis[n].extra = setup.instance
+		names = append(names, i.name)
 		t.Cleanup(func() { i.sweep(t) })
 	}
-	w := newFaultWorkspace(t, providerDir, failureConfig(c.backend, setup, cis), "INFO", setup.dropEnv...)
+	lookups := make([]string, c.lookups)
+	for n := range lookups {
+		lookups[n] = "nobody-" + faultRandomHex(4)
+	}
+	names = append(names, lookups...)
+	w := newFaultWorkspace(t, providerDir, failureConfig(c.backend, setup, cis, lookups), "INFO", setup.dropEnv...)
 	command := "apply"
 	args := faultArgs(faultApply, "-json")
 	if c.plan {
@@ -310,11 +370,11 @@ func runFailureCase(t *testing.T, providerDir string, fx *failureFixtures, c fai
 	case p.elapsed >= c.bound:
 		t.Errorf("terraform %s failed after %s, want < %s", command, p.elapsed.Round(time.Millisecond), c.bound)
 	}
-	if problems := checkFailureDiags(diags, c, insts); len(problems) > 0 {
+	if problems := checkFailureDiags(diags, c, insts, names); len(problems) > 0 {
 		t.Errorf("%s\nthe error diagnostics:\n%s", strings.Join(problems, "\n"), failureDiagsText(diags, out))
 	}
 	if setup.check != nil {
-		setup.check(t)
+		setup.check(t, diags)
 	}
 	if setup.finish != nil {
 		setup.finish(t, w)
@@ -327,8 +387,9 @@ func runFailureCase(t *testing.T, providerDir string, fx *failureFixtures, c fai
 }
 
 // checkFailureDiags lists how diags differ from what c wants: every error
-// has c's summary and words, and one names each instance.
-func checkFailureDiags(diags []failureDiag, c failureCase, insts []*faultInstance) []string {
+// has c's summary and words, and one names each of names (the instances'
+// and the data sources' names).
+func checkFailureDiags(diags []failureDiag, c failureCase, insts []*faultInstance, names []string) []string {
 	var problems []string
 	if len(diags) == 0 {
 		return []string{fmt.Sprintf("no error diagnostic; want %q", c.summary)}
@@ -356,22 +417,31 @@ func checkFailureDiags(diags []failureDiag, c failureCase, insts []*faultInstanc
 			}
 		}
 	}
-	for _, i := range insts {
+	for _, n := range names {
 		named := false
 		for _, d := range diags {
-			named = named || (d.Summary == c.summary && strings.Contains(d.Detail, i.name))
+			named = named || (d.Summary == c.summary && strings.Contains(d.Detail, `"`+n+`"`))
 		}
 		if !named {
-			problems = append(problems, fmt.Sprintf("no %q diagnostic names instance %q", c.summary, i.name))
+			problems = append(problems, fmt.Sprintf("no %q diagnostic names %q", c.summary, n))
 		}
 	}
 	return problems
 }
 
 // failureWord matches s as a whole word ("2s" not in "12s", "metadb.host"
-// not in "metadb.hostname").
+// not in "metadb.hostname"); an end of s that is punctuation ("?.")
+// matches anywhere.
 func failureWord(s string) *regexp.Regexp {
-	return regexp.MustCompile(`(^|[^\w.])` + regexp.QuoteMeta(s) + `(\W|$)`)
+	word := regexp.MustCompile(`\w`)
+	left, right := "", ""
+	if s != "" && word.MatchString(s[:1]) {
+		left = `(^|[^\w.])`
+	}
+	if s != "" && word.MatchString(s[len(s)-1:]) {
+		right = `(\W|$)`
+	}
+	return regexp.MustCompile(left + regexp.QuoteMeta(s) + right)
 }
 
 // ---------------------------------------------------------------- configuration
@@ -400,10 +470,14 @@ func newFailureInstances(t *testing.T, kind string, n int) []*faultInstance {
 	return insts
 }
 
-func failureConfig(kind string, s failureSetup, insts []clusterInstance) string {
+func failureConfig(kind string, s failureSetup, insts []clusterInstance, lookups []string) string {
 	var b strings.Builder
 	b.WriteString(faultTerraformBlock)
-	fmt.Fprintf(&b, "provider \"postgraas\" {\n  backend = %q\n  %s\n", kind, failureConnectTimeoutHCL)
+	connectTimeout := s.connectTimeout
+	if connectTimeout == 0 {
+		connectTimeout = int(failureConnectTimeout / time.Second)
+	}
+	fmt.Fprintf(&b, "provider \"postgraas\" {\n  backend = %q\n  connect_timeout = %d\n", kind, connectTimeout)
 	if s.provider != "" {
 		b.WriteString("  " + s.provider + "\n")
 	}
@@ -415,6 +489,9 @@ func failureConfig(kind string, s failureSetup, insts []clusterInstance) string 
 	b.WriteString(s.extra)
 	for _, i := range insts {
 		b.WriteString(i.hcl())
+	}
+	for n, name := range lookups {
+		fmt.Fprintf(&b, "\ndata \"postgraas_instance\" \"d%d\" {\n  name = %s\n  %s\n}\n", n, hclString(name), s.lookup)
 	}
 	return b.String()
 }
@@ -440,14 +517,20 @@ func failureMetaDBPassword(password string) func(*testing.T, *failureFixtures) f
 	}
 }
 
-// failureClusterPassword: the shared cluster with a wrong admin password,
-// and nothing from the environment.
-func failureClusterPassword(*testing.T, *failureFixtures) failureSetup {
-	a := clusterAdmin()
-	return failureSetup{provider: fmt.Sprintf("pg_cluster = {\n    host     = %s\n    port     = %d\n    database = %s\n"+
-		"    username = %s\n    password = %s\n    sslmode  = \"disable\"\n  }",
-		hclString(a.Host), a.Port, hclString(a.Database), hclString(a.User), hclString("wrong-"+faultRandomHex(8))),
-		dropEnv: []string{"POSTGRAAS_PG_CLUSTER_"}}
+// failureClusterPassword: the shared cluster with another admin password
+// ("" for none), and nothing from the environment.
+func failureClusterPassword(password string) func(*testing.T, *failureFixtures) failureSetup {
+	return func(*testing.T, *failureFixtures) failureSetup {
+		a := clusterAdmin()
+		pw := ""
+		if password != "" {
+			pw = "password = " + hclString(password)
+		}
+		return failureSetup{provider: fmt.Sprintf("pg_cluster = {\n    host     = %s\n    port     = %d\n    database = %s\n"+
+			"    username = %s\n    sslmode  = \"disable\"\n    %s\n  }",
+			hclString(a.Host), a.Port, hclString(a.Database), hclString(a.User), pw),
+			dropEnv: []string{"POSTGRAAS_PG_CLUSTER_", "PGPASSWORD=", "PGPASSFILE="}}
+	}
 }
 
 // ---------------------------------------------------------------- terraform runs
@@ -470,12 +553,13 @@ func failureRun(w *faultWorkspace, run string, args []string) (p *faultTF, stopp
 }
 
 // failureDiag is a diagnostic of terraform's -json output; Detail with its
-// whitespace normalised.
+// whitespace normalised, At when terraform printed it.
 type failureDiag struct {
 	Severity string `json:"severity"`
 	Summary  string `json:"summary"`
 	Detail   string `json:"detail"`
 	Address  string `json:"address"`
+	At       time.Time
 }
 
 // failureErrors returns the error diagnostics of terraform's -json output.
@@ -484,6 +568,7 @@ func failureErrors(out string) []failureDiag {
 	for _, line := range strings.Split(out, "\n") {
 		var m struct {
 			Type       string       `json:"type"`
+			Timestamp  time.Time    `json:"@timestamp"`
 			Diagnostic *failureDiag `json:"diagnostic"`
 		}
 		if json.Unmarshal([]byte(line), &m) != nil || m.Type != "diagnostic" || m.Diagnostic == nil || m.Diagnostic.Severity != "error" {
@@ -491,6 +576,7 @@ func failureErrors(out string) []failureDiag {
 		}
 		d := *m.Diagnostic
 		d.Detail = strings.Join(strings.Fields(d.Detail), " ")
+		d.At = m.Timestamp
 		diags = append(diags, d)
 	}
 	return diags
@@ -722,60 +808,41 @@ func (fx *failureFixtures) image(t *testing.T, what, script string) string {
 	return tag
 }
 
-// failureClosedPort is a loopback port nothing listens on.
-func failureClosedPort(t *testing.T) int {
-	t.Helper()
-	port, err := pgserver.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
-// failureSilentListener accepts connections on a loopback port and never
-// answers on them; accepted counts them. It closes when the case ends.
-func failureSilentListener(t *testing.T) (port int, accepted func() int) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return l.Addr().(*net.TCPAddr).Port, func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(conns)
-	}
-}
-
 // failureConnected checks that the provider did connect to the listener
 // standing in for what: the silence it met was that listener's.
-func failureConnected(what string, accepted func() int) func(*testing.T) {
-	return func(t *testing.T) {
+func failureConnected(what string, accepted func() int) func(*testing.T, []failureDiag) {
+	return func(t *testing.T, _ []failureDiag) {
 		if n := accepted(); n == 0 {
 			t.Errorf("the provider never connected to the silent listener standing in for the %s", what)
 		} else {
 			t.Logf("the silent %s listener accepted %d connection(s)", what, n)
+		}
+	}
+}
+
+// failureReady finds, in a detail's log lines, when the server last said
+// it was ready (PostgreSQL's default log line prefix is "%m [%p] ").
+var failureReady = regexp.MustCompile(`(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC \[\d+\] LOG: database system is ready to accept connections`)
+
+// failureAfterReady bounds the time from the new server's last "ready to
+// accept connections" to the diagnostic: what the provider itself spends
+// on a database that will never appear, whatever the server's start took.
+func failureAfterReady(t *testing.T, diags []failureDiag) {
+	for _, d := range diags {
+		m := failureReady.FindAllStringSubmatch(d.Detail, -1)
+		if len(m) == 0 {
+			t.Errorf("the detail's log lines never say the server was ready to accept connections: %s", d.Detail)
+			continue
+		}
+		ready, err := time.Parse("2006-01-02 15:04:05.999999999", m[len(m)-1][1])
+		if err != nil {
+			t.Errorf("the server's ready time %q: %v", m[len(m)-1][1], err)
+			continue
+		}
+		after := d.At.Sub(ready)
+		t.Logf("failed %s after the server was ready (bound %s)", after.Round(100*time.Millisecond), failureReadyBound)
+		if after < 0 || after >= failureReadyBound {
+			t.Errorf("failed %s after the server was ready at %s, want within [0, %s)", after, ready, failureReadyBound)
 		}
 	}
 }

@@ -97,6 +97,9 @@ type Backend struct {
 	// callers share one ping (pinging), bounded by ConnectTimeout.
 	answered atomic.Bool
 	pinging  pgsql.Shared
+	// host is the engine's address as configured, for messages (the
+	// client's own is a placeholder for ssh:// engines).
+	host string
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -141,7 +144,11 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = reach.DefaultConnectTimeout
 	}
-	return &Backend{cli: cli, cfg: cfg}, nil
+	host := envHost
+	if host == "" {
+		host = cli.DaemonHost()
+	}
+	return &Backend{cli: cli, cfg: cfg, host: host}, nil
 }
 
 // DefaultAdvertisedHost is the host users connect to when none is
@@ -187,7 +194,7 @@ func (b *Backend) engine(ctx context.Context) error {
 		case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT), client.IsErrConnectionFailed(err):
 			reason = reach.Refused
 		}
-		return &reach.Error{Component: reach.DockerEngine, Address: b.cli.DaemonHost(), Reason: reason,
+		return &reach.Error{Component: reach.DockerEngine, Address: b.host, Reason: reason,
 			Timeout: b.cfg.ConnectTimeout, Err: sentence{err}}
 	})
 }

@@ -7,8 +7,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/netfake"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
@@ -508,53 +509,18 @@ func TestCreateFailsFastWhenItCannotStart(t *testing.T) {
 	}
 }
 
-// silentEngine is a TCP listener that accepts and never answers, as an
-// engine behind a dead proxy or a paused VM does.
-func silentEngine(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			_ = c.Close()
-		}
-	})
-	return "tcp://" + l.Addr().String()
-}
-
 // An engine that never answers fails every waiting operation together
 // after one connect timeout; a closed port fails at once. Before, calls
 // waited for the operation's timeout, one after another.
 func TestEngineThatDoesNotAnswer(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := "tcp://" + l.Addr().String()
-	_ = l.Close()
 	for _, c := range []struct {
 		host   string
 		reason reach.Reason
-	}{{silentEngine(t), reach.Timeout}, {closed, reach.Refused}} {
+	}{
+		{fmt.Sprintf("tcp://127.0.0.1:%d", netfake.Silent(t)), reach.Timeout},
+		{fmt.Sprintf("tcp://127.0.0.1:%d", netfake.ClosedPort(t)), reach.Refused},
+	} {
 		b, err := New(Config{Host: c.host, ConnectTimeout: time.Second})
 		if err != nil {
 			t.Fatal(err)
