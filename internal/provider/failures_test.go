@@ -364,7 +364,7 @@ func runFailureCase(t *testing.T, providerDir string, fx *failureFixtures, c fai
 
 	switch {
 	case stopped:
-		t.Errorf("terraform %s still running after %s; stopped it. Output:\n%s", command, failureRunLimit, faultTail(out, 30))
+		t.Errorf("terraform %s still running after %s; stopped it. Its messages:\n%s", command, failureRunLimit, faultTail(failureMessages(out), 30))
 	case p.err == nil:
 		t.Errorf("terraform %s succeeded after %s; want it to fail with %q", command, p.elapsed.Round(time.Millisecond), c.summary)
 	case p.elapsed >= c.bound:
@@ -582,9 +582,25 @@ func failureErrors(out string) []failureDiag {
 	return diags
 }
 
+// failureMessages is terraform's -json output as the messages it would
+// have printed, one a line.
+func failureMessages(out string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		var m struct {
+			Message string `json:"@message"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.Message != "" {
+			line = strings.TrimSpace(m.Message)
+		}
+		b.WriteString(line + "\n")
+	}
+	return b.String()
+}
+
 func failureDiagsText(diags []failureDiag, out string) string {
 	if len(diags) == 0 {
-		return "(none); the output's end:\n" + faultTail(out, 20)
+		return "(none); terraform's last messages:\n" + faultTail(failureMessages(out), 20)
 	}
 	var b strings.Builder
 	for _, d := range diags {
