@@ -618,8 +618,9 @@ type failureFixtures struct {
 	cli    *dockerclient.Client
 	paused *pgsql.Target
 
-	mu    sync.Mutex
-	times []failureTime
+	mu         sync.Mutex
+	times      []failureTime
+	sigstopped map[string]bool // containers pause stopped with SIGSTOP
 }
 
 type failureTime struct {
@@ -726,19 +727,48 @@ func (fx *failureFixtures) metaDBContainer(t, owner *testing.T) (pgsql.Target, s
 	return target, c.ID
 }
 
+// pause freezes the container (docker pause). The cgroup freezer can fail
+// on a loaded machine ("unable to freeze"): pause is tried again, then the
+// server's postmaster is stopped with SIGSTOP instead, which leaves the
+// port in the same state (connections accepted, never answered).
 func (fx *failureFixtures) pause(t *testing.T, id string) {
 	t.Helper()
 	ctx, cancel := dockerCtx()
 	defer cancel()
-	if err := fx.cli.ContainerPause(ctx, id); err != nil {
-		t.Fatalf("pausing the meta DB container: %v", err)
+	var err error
+	for range 3 {
+		if err = fx.cli.ContainerPause(ctx, id); err == nil {
+			return
+		}
+		time.Sleep(time.Second)
 	}
+	t.Logf("pausing the meta DB container failed (%v): stopping its postmaster with SIGSTOP instead", err)
+	if err := fx.cli.ContainerKill(ctx, id, "SIGSTOP"); err != nil {
+		t.Fatalf("SIGSTOP to the meta DB container: %v", err)
+	}
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	if fx.sigstopped == nil {
+		fx.sigstopped = map[string]bool{}
+	}
+	fx.sigstopped[id] = true
 }
 
+// unpause undoes pause.
 func (fx *failureFixtures) unpause(t *testing.T, id string) {
 	t.Helper()
 	ctx, cancel := dockerCtx()
 	defer cancel()
+	fx.mu.Lock()
+	stopped := fx.sigstopped[id]
+	delete(fx.sigstopped, id)
+	fx.mu.Unlock()
+	if stopped {
+		if err := fx.cli.ContainerKill(ctx, id, "SIGCONT"); err != nil {
+			t.Fatalf("SIGCONT to the meta DB container: %v", err)
+		}
+		return
+	}
 	if err := fx.cli.ContainerUnpause(ctx, id); err != nil {
 		t.Fatalf("unpausing the meta DB container: %v", err)
 	}

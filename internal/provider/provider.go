@@ -131,7 +131,8 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 			},
 			"connect_timeout": schema.Int64Attribute{
 				MarkdownDescription: "Seconds one connection attempt may take: to the meta DB, the pg_cluster admin's " +
-					"server, an instance, and the Docker engine's first answer. A server that accepts connections but never " +
+					"server, an instance, and the Docker engine's first answer (for an `ssh://` engine at least 30 s, ssh's own " +
+					"connect timeout, as the ssh login is part of it). A server that accepts connections but never " +
 					"answers (paused, overloaded, behind a firewall that drops packets) fails after this long, for every " +
 					"operation waiting on it at once; it is separate from the resource's `timeouts`, which bound whole " +
 					"operations." + envDoc("POSTGRAAS_CONNECT_TIMEOUT", "10"),

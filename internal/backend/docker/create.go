@@ -16,9 +16,12 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/docker/go-connections/nat"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
@@ -93,9 +96,22 @@ func (b *Backend) pull(ctx context.Context, img string) error {
 		return err
 	}
 	defer rc.Close()
-	// The engine answers 200 and reports failures inside the progress
-	// stream, so the stream must be read to its end to know the outcome.
-	dec := json.NewDecoder(rc)
+	if err := streamError(rc); err != nil {
+		return err
+	}
+	// A stream that ends cleanly can still leave no image (e.g. cancelled).
+	if _, err := b.cli.ImageInspect(ctx, img); err != nil {
+		return fmt.Errorf("image missing after pull: %w", err)
+	}
+	return nil
+}
+
+// streamError reads a pull's (or a build's) progress stream to its end
+// and returns the failure it reports. The engine answers 200 and reports
+// failures inside the stream, so it must be read through to know the
+// outcome.
+func streamError(r io.Reader) error {
+	dec := json.NewDecoder(r)
 	for {
 		var msg struct {
 			Error       string `json:"error"`
@@ -104,9 +120,9 @@ func (b *Backend) pull(ctx context.Context, img string) error {
 			} `json:"errorDetail"`
 		}
 		if err := dec.Decode(&msg); errors.Is(err, io.EOF) {
-			break
+			return nil
 		} else if err != nil {
-			return fmt.Errorf("reading pull progress: %w", err)
+			return fmt.Errorf("reading progress: %w", err)
 		}
 		if msg.ErrorDetail.Message != "" {
 			return errors.New(msg.ErrorDetail.Message)
@@ -115,11 +131,6 @@ func (b *Backend) pull(ctx context.Context, img string) error {
 			return errors.New(msg.Error)
 		}
 	}
-	// A stream that ends cleanly can still leave no image (e.g. cancelled).
-	if _, err := b.cli.ImageInspect(ctx, img); err != nil {
-		return fmt.Errorf("image missing after pull: %w", err)
-	}
-	return nil
 }
 
 func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img, bootstrap string) (string, error) {
@@ -192,15 +203,25 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 	switch {
 	case err == nil:
 	case errors.As(err, &stopped):
-		return 0, &backend.StartError{Reason: "the container " + stopped.Error()}
+		return 0, &backend.StartError{Reason: stopped.Error()}
 	case pgsql.Code(err) == pgsql.CodeInvalidCatalogName:
 		return 0, &backend.StartError{Reason: fmt.Sprintf("database %q does not exist in the new container (the image did not "+
 			"create POSTGRES_DB)", spec.DBName)}
 	case pgsql.IsAuthFailure(err):
-		return 0, &backend.StartError{Reason: fmt.Sprintf("the new server refused %q the bootstrap password it was started with "+
-			"(the image did not honour POSTGRES_USER and POSTGRES_PASSWORD)", spec.Username)}
+		return 0, &backend.StartError{Reason: fmt.Sprintf("the new server refused the login of %q with the bootstrap password "+
+			"it was started with (%s; the image did not honour POSTGRES_USER and POSTGRES_PASSWORD)", spec.Username, serverSaid(err))}
 	}
 	return port, err
+}
+
+// serverSaid is the server's own message in err, without the client's
+// wrapping (which names host, user and database again).
+func serverSaid(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return fmt.Sprintf("%s: %s (SQLSTATE %s)", pe.Severity, pe.Message, pe.Code)
+	}
+	return err.Error()
 }
 
 // failedStart removes the container of a create that failed after making
@@ -213,7 +234,7 @@ func (b *Backend) failedStart(ctx context.Context, name, id string, err error) e
 	var start *backend.StartError
 	if errors.As(err, &start) && rerr == nil {
 		start.Logs = logs
-		return fmt.Errorf("container %q: %w", name, start)
+		return fmt.Errorf("starting container %q: %w", name, start)
 	}
 	suffix := "; no log output"
 	if logs != "" {
@@ -250,7 +271,8 @@ func randomSecret() string {
 }
 
 // untilLogin calls attempt with the published port until it succeeds, the
-// credentials are refused, the container stops, or ctx ends. The official
+// credentials are refused, the container stops, the login's database stays
+// missing (see missingDBGrace), or ctx ends. The official
 // image initialises with a server that listens only on its unix socket, so
 // a TCP login means the real server is up; before that docker-proxy
 // accepts and resets connections, which is expected. Every failure but a
@@ -274,7 +296,15 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 			return fmt.Errorf("inspecting: %w", err)
 		}
 		if c.State != nil && (!c.State.Running || c.State.Restarting || c.RestartCount > restarts) {
-			return &containerStopped{status: c.State.Status, code: c.State.ExitCode, restarts: c.RestartCount - restarts}
+			s := &containerStopped{status: c.State.Status, restarts: c.RestartCount - restarts}
+			if !c.State.Running || c.State.Restarting {
+				s.code, s.known = c.State.ExitCode, true
+			} else {
+				// Docker has started it again, and a running
+				// container's exit code reads 0.
+				s.code, s.known = b.lastExit(ctx, c)
+			}
+			return s
 		}
 		p, err := hostPort(c)
 		if err != nil {
@@ -307,14 +337,19 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 			// longer will not help.
 			return 0, fmt.Errorf("login refused: %w", lastErr)
 		}
+		// A missing database must stay missing for missingDBGrace. The
+		// official image creates POSTGRES_DB with a temporary server
+		// that listens on its unix socket only, so a TCP login reaches
+		// the final server, which has it: there, the first 3D000 is
+		// final. Other images may open TCP while still setting up, and
+		// two seconds is little next to a create's minutes. A refused
+		// password gets no grace: a role and its password come from
+		// initdb, before any server runs.
 		if pgsql.Code(lastErr) != pgsql.CodeInvalidCatalogName {
 			noDB = time.Time{}
 		} else if noDB.IsZero() {
 			noDB = time.Now()
 		} else if time.Since(noDB) >= missingDBGrace {
-			// The official image's TCP logins reach only its final
-			// server, which has the database; the grace is for images
-			// that open TCP while still setting up.
 			return 0, fmt.Errorf("the database stayed missing for %s: %w", time.Since(noDB).Round(time.Millisecond), lastErr)
 		}
 		select {
@@ -329,19 +364,62 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 // containerStopped: the container exited or restarted while a login was
 // waited for.
 type containerStopped struct {
-	status   string
-	code     int
+	status string
+	// code is the exit code, when known.
+	code  int
+	known bool
+	// restarts is how often Docker restarted it meanwhile.
 	restarts int
 }
 
 func (e *containerStopped) Error() string {
-	if e.restarts > 0 {
-		// The exit code is then of no use: the engine reports 0 while a
-		// restart begins. The logs tell more.
-		return fmt.Sprintf("stopped: its server exited and Docker restarted it (%d time(s))", e.restarts)
+	msg := "container exited"
+	if e.status == "dead" {
+		msg = "container is dead"
 	}
-	return fmt.Sprintf("stopped (status %s, exit code %d)", e.status, e.code)
+	if e.known {
+		msg += fmt.Sprintf(" with code %d", e.code)
+	}
+	if e.restarts > 0 {
+		msg += fmt.Sprintf(" (restart count %d)", e.restarts)
+	}
+	return msg
 }
+
+// lastExit reads the code of the container's last exit from the engine's
+// events, between its creation and its latest start (both by the engine's
+// clock, so a remote engine's skew does not matter).
+func (b *Backend) lastExit(ctx context.Context, c container.InspectResponse) (code int, ok bool) {
+	since, err := time.Parse(time.RFC3339Nano, c.Created)
+	if err != nil || c.State == nil {
+		return 0, false
+	}
+	until, err := time.Parse(time.RFC3339Nano, c.State.StartedAt)
+	if err != nil {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, lastExitTimeout)
+	defer cancel()
+	msgs, errs := b.cli.Events(ctx, events.ListOptions{
+		Since: strconv.FormatInt(since.Unix(), 10),
+		Until: fmt.Sprintf("%d.%09d", until.Unix(), until.Nanosecond()),
+		Filters: filters.NewArgs(filters.Arg("type", string(events.ContainerEventType)),
+			filters.Arg("container", c.ID), filters.Arg("event", string(events.ActionDie))),
+	})
+	for {
+		select {
+		case m := <-msgs:
+			if v, err := strconv.Atoi(m.Actor.Attributes["exitCode"]); err == nil {
+				code, ok = v, true
+			}
+		case <-errs: // io.EOF once until is reached
+			return code, ok
+		}
+	}
+}
+
+// lastExitTimeout bounds the look at past events.
+const lastExitTimeout = 5 * time.Second
 
 // missingDBGrace is how long a login's database may be missing before a
 // create gives up on it.

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -93,13 +92,14 @@ type Backend struct {
 	// execed, when set (by tests), sees every exec the backend starts.
 	execed func(container.ExecOptions)
 
+	// engineAddr is the engine's address as diagnostics show it; dialNet
+	// and dialAddr are where a plain dial reaches it ("" for ssh://).
+	engineAddr        string
+	dialNet, dialAddr string
 	// answered is set once the engine has answered a ping; until then,
 	// callers share one ping (pinging), bounded by ConnectTimeout.
 	answered atomic.Bool
 	pinging  pgsql.Shared
-	// host is the engine's address as configured, for messages (the
-	// client's own is a placeholder for ssh:// engines).
-	host string
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -144,11 +144,18 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = reach.DefaultConnectTimeout
 	}
-	host := envHost
-	if host == "" {
-		host = cli.DaemonHost()
+	b := &Backend{cli: cli, cfg: cfg, engineAddr: cli.DaemonHost()}
+	if strings.HasPrefix(envHost, "ssh://") {
+		// The client's own host is a dummy there; ssh:// addresses
+		// carry no password (parseSSHHost refuses one).
+		b.engineAddr = envHost
+	} else if u, err := client.ParseHostURL(b.engineAddr); err == nil && (u.Scheme == "unix" || u.Scheme == "tcp") {
+		b.dialNet, b.dialAddr = u.Scheme, u.Host
 	}
-	return &Backend{cli: cli, cfg: cfg, host: host}, nil
+	if u, err := url.Parse(b.engineAddr); err == nil && u.User != nil {
+		b.engineAddr = u.Redacted()
+	}
+	return b, nil
 }
 
 // DefaultAdvertisedHost is the host users connect to when none is
@@ -163,59 +170,6 @@ func DefaultAdvertisedHost(dockerHost string) string {
 
 // Kind implements backend.Backend.
 func (b *Backend) Kind() string { return backend.KindDocker }
-
-// engine makes sure the engine answers, before an operation's first API
-// call. An engine that accepts connections but never answers would
-// otherwise hold every call until the operation's timeout (minutes); this
-// fails within ConnectTimeout, for every operation waiting on it at once.
-// Only a success is remembered.
-func (b *Backend) engine(ctx context.Context) error {
-	if b.answered.Load() {
-		return nil
-	}
-	return b.pinging.Do(ctx, func(ctx context.Context) error {
-		if b.answered.Load() {
-			return nil
-		}
-		pctx, cancel := context.WithTimeout(ctx, b.cfg.ConnectTimeout)
-		defer cancel()
-		_, err := b.cli.Ping(pctx)
-		if err == nil {
-			b.answered.Store(true)
-			return nil
-		}
-		if ctx.Err() != nil {
-			return err // the operation's own time ran out
-		}
-		reason := reach.Other
-		switch {
-		case pctx.Err() != nil:
-			reason = reach.Timeout
-		case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT), client.IsErrConnectionFailed(err):
-			reason = reach.Refused
-		}
-		return &reach.Error{Component: reach.DockerEngine, Address: b.host, Reason: reason,
-			Timeout: b.cfg.ConnectTimeout, Err: sentence{err}}
-	})
-}
-
-// Check implements backend.Checker.
-func (b *Backend) Check(ctx context.Context) error { return b.engine(ctx) }
-
-// sentence drops the question the docker client ends some errors with
-// ("Is the docker daemon running?"), so the diagnostic's next sentence
-// does not start after "?.".
-type sentence struct{ err error }
-
-func (s sentence) Error() string {
-	msg := s.err.Error()
-	if i := strings.LastIndex(msg, ". Is the docker daemon running?"); i >= 0 {
-		msg = msg[:i]
-	}
-	return strings.TrimRight(msg, ".? ")
-}
-
-func (s sentence) Unwrap() error { return s.err }
 
 // StatusAfterCreate implements backend.Backend: the container's state.
 func (b *Backend) StatusAfterCreate() string { return "running" }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"math/big"
 	"os"
 	"slices"
@@ -20,13 +19,10 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/api/types/image"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
-	"github.com/postgraas/terraform-provider-postgraas/internal/netfake"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
-	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // Unit tests: no engine needed.
@@ -448,110 +444,6 @@ func TestCreateStartFails(t *testing.T) {
 	e.assertNothingLeft(t, spec.Name, m)
 	if len(m.volumes) == 0 {
 		t.Error("saw no volume: the leak check proved nothing")
-	}
-}
-
-// imageWithEntrypoint commits the test image with another entrypoint, as
-// a broken or unusual image would have, removed when the test ends.
-func (e env) imageWithEntrypoint(t *testing.T, ctx context.Context, tag, entrypoint string) string {
-	t.Helper()
-	tmp, err := e.b.cli.ContainerCreate(ctx, &container.Config{Image: e.image}, nil, nil, nil, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := tag + ":" + randHex(4)
-	_, err = e.b.cli.ContainerCommit(ctx, tmp.ID, container.CommitOptions{Reference: ref, Changes: []string{"ENTRYPOINT " + entrypoint}})
-	_ = e.b.cli.ContainerRemove(ctx, tmp.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = e.b.cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true})
-	})
-	return ref
-}
-
-// A new instance whose server can never take its login fails at once with
-// a StartError carrying the server's last log lines, and leaves nothing:
-// a container that exits during initialisation, and an image that does not
-// create POSTGRES_DB (the login's database never appears: before, every
-// attempt was retried until the create's timeout, 10 minutes by default).
-func TestCreateFailsFastWhenItCannotStart(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, nil)
-	ctx := ctxFor(t, 3*time.Minute)
-	for _, c := range []struct {
-		what, entrypoint, reason, logs string
-	}{
-		{"exits during init", `["/bin/sh", "-c", "echo initdb: simulated failure >&2; exit 3"]`, "exited", "simulated failure"},
-		{"database never appears", `["/bin/sh", "-c", "unset POSTGRES_DB; exec docker-entrypoint.sh postgres"]`,
-			"does not exist", "database system is ready to accept connections"},
-	} {
-		spec := e.spec(t)
-		spec.Image = e.imageWithEntrypoint(t, ctx, "pgtest-start", c.entrypoint)
-		m := e.watch(t)
-		start := time.Now()
-		_, err := e.b.Create(ctx, spec)
-		took := time.Since(start)
-		var se *backend.StartError
-		if !errors.As(err, &se) || !strings.Contains(se.Reason, c.reason) || !strings.Contains(se.Logs, c.logs) {
-			t.Fatalf("%s: want a StartError (%q, logs with %q), got %v", c.what, c.reason, c.logs, err)
-		}
-		if strings.Contains(err.Error(), spec.Password) {
-			t.Errorf("%s: error contains the password", c.what)
-		}
-		// Generous: the create's context allows 3 minutes.
-		if took > 45*time.Second {
-			t.Errorf("%s: failing took %v", c.what, took)
-		}
-		t.Logf("%s: failed after %v: %v", c.what, took.Round(time.Millisecond), se.Reason)
-		e.assertNothingLeft(t, spec.Name, m)
-	}
-}
-
-// An engine that never answers fails every waiting operation together
-// after one connect timeout; a closed port fails at once. Before, calls
-// waited for the operation's timeout, one after another.
-func TestEngineThatDoesNotAnswer(t *testing.T) {
-	t.Parallel()
-	for _, c := range []struct {
-		host   string
-		reason reach.Reason
-	}{
-		{fmt.Sprintf("tcp://127.0.0.1:%d", netfake.Silent(t)), reach.Timeout},
-		{fmt.Sprintf("tcp://127.0.0.1:%d", netfake.ClosedPort(t)), reach.Refused},
-	} {
-		b, err := New(Config{Host: c.host, ConnectTimeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		inst := backend.Instance{Name: "x", ContainerID: "x"}
-		start := time.Now()
-		errs := make([]error, 8)
-		var wg sync.WaitGroup
-		for i := range errs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, errs[i] = b.Inspect(ctxFor(t, time.Minute), inst)
-			}()
-		}
-		wg.Wait()
-		took := time.Since(start)
-		b.Close()
-		for i, err := range errs {
-			r := reach.As(err)
-			if r == nil || r.Component != reach.DockerEngine || r.Reason != c.reason || r.Address != c.host {
-				t.Errorf("%s, call %d: %v", c.host, i, err)
-			} else if strings.Contains(err.Error(), "?") {
-				t.Errorf("%s: the error keeps the docker client's question: %v", c.host, err)
-			}
-		}
-		t.Logf("%v: 8 calls failed after %v (connect timeout 1s)", c.reason, took.Round(time.Millisecond))
-		// One after another they would take 8 s.
-		if took > 5*time.Second {
-			t.Errorf("%s: 8 calls took %v to fail", c.host, took)
-		}
 	}
 }
 
