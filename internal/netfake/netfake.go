@@ -14,6 +14,14 @@ import (
 // port speaking another protocol does. It closes when the test ends.
 func Silent(tb testing.TB) int {
 	tb.Helper()
+	port, _ := SilentCounting(tb)
+	return port
+}
+
+// SilentCounting is Silent that also counts the connections it accepted,
+// so a test can tell that the silence it met was this listener's.
+func SilentCounting(tb testing.TB) (port int, accepted func() int) {
+	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -39,7 +47,11 @@ func Silent(tb testing.TB) int {
 			_ = c.Close()
 		}
 	})
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held)
+	}
 }
 
 // ClosedPort returns a port on 127.0.0.1 that nothing listens on.
