@@ -165,8 +165,8 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 					"The login must be a superuser or have `CREATEDB` and `CREATEROLE`.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
-					"host": stringSetting("Host name or address of the cluster (IPv6 with or without brackets); also the `host` reported for its instances.",
-						"POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1", hostValidator{}),
+					"host": stringSetting("Host name or address of the cluster (IPv6 with or without brackets), or a unix socket directory; "+
+						"also the `host` reported for its instances.", "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1", hostValidator{socketDir: true}),
 					"port":     portAttribute("the cluster", "POSTGRAAS_PG_CLUSTER_PORT"),
 					"database": stringSetting("Maintenance database the admin logs into.", "POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
 					"username": stringSetting("Admin login (without `@server`).", "POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),
@@ -322,7 +322,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 
 	cp := path.Root("pg_cluster")
 	settings.cluster = pgsql.Target{
-		Host:     s.host(cluster.Host, cp.AtName("host"), "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1", false),
+		Host:     s.host(cluster.Host, cp.AtName("host"), "POSTGRAAS_PG_CLUSTER_HOST", "127.0.0.1", true),
 		Port:     s.port(cluster.Port, cp.AtName("port"), "POSTGRAAS_PG_CLUSTER_PORT"),
 		Database: s.str(cluster.Database, "POSTGRAAS_PG_CLUSTER_DATABASE", "postgres"),
 		User:     s.str(cluster.Username, "POSTGRAAS_PG_CLUSTER_USERNAME", "postgres"),

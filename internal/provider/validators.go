@@ -165,6 +165,13 @@ var hostnameRegexp = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A
 // URLs need them, PostgreSQL clients and Docker's port bindings do not take
 // them.
 func bareHost(h string) string {
+	if strings.Contains(h, ",") {
+		parts := strings.Split(h, ",")
+		for i, p := range parts {
+			parts[i] = bareHost(p)
+		}
+		return strings.Join(parts, ",")
+	}
 	if inner, ok := strings.CutPrefix(h, "["); ok {
 		if inner, ok = strings.CutSuffix(inner, "]"); ok && net.ParseIP(stripZone(inner)) != nil {
 			return inner
@@ -181,8 +188,18 @@ func stripZone(h string) string {
 }
 
 // checkHost accepts a host name, an IPv4 address, an IPv6 address with or
-// without brackets, or (for PostgreSQL) a unix socket directory.
+// without brackets, or (for PostgreSQL) a unix socket directory; for
+// PostgreSQL also a comma-separated list of them, which libpq and pgx try
+// in turn.
 func checkHost(h string, socketDir bool) error {
+	if socketDir && strings.Contains(h, ",") {
+		for _, one := range strings.Split(h, ",") {
+			if err := checkHost(one, true); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	b := bareHost(h)
 	switch {
 	case net.ParseIP(stripZone(b)) != nil:

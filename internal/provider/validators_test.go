@@ -190,6 +190,9 @@ func TestHosts(t *testing.T) {
 		{"127.0.0.1:5432", "127.0.0.1:5432", false, false},
 		{"a b", "a b", false, false},
 		{"-lead.example.com", "-lead.example.com", false, false},
+		{"db1.example.com,[::1]", "db1.example.com,::1", true, true}, // libpq's host list
+		{"db1.example.com,[::1]", "db1.example.com,::1", false, false},
+		{"db1,bad host", "db1,bad host", true, false},
 	} {
 		if got := bareHost(c.in); got != c.bare {
 			t.Errorf("bareHost(%q) = %q, want %q", c.in, got, c.bare)
