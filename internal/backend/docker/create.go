@@ -195,9 +195,8 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 			return 0, err
 		}
 	}
-	port, err := b.untilLogin(ctx, id, 0, func(port int) error {
-		return personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier)
-	})
+	var sent bool // an attempt got as far as sending its ALTER ROLE
+	port, err := b.untilLogin(ctx, id, 0, b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &sent))
 	// What cannot clear by waiting: the server will never take the login.
 	var stopped *containerStopped
 	switch {
@@ -252,9 +251,29 @@ func (b *Backend) failedStart(ctx context.Context, name, id string, err error) e
 	return fmt.Errorf("container %q did not become ready: %w%s", name, err, suffix)
 }
 
+// personaliseAttempt is one readiness attempt of a new container: log in
+// with the bootstrap secret and set the instance's verifier. *sent records
+// that an attempt got as far as sending the ALTER ROLE.
+func (b *Backend) personaliseAttempt(ctx context.Context, id string, spec backend.Spec, bootstrap, verifier string, sent *bool) func(port int) error {
+	return func(port int) error {
+		err := personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier, sent)
+		if err != nil && *sent && pgsql.IsAuthFailure(err) {
+			// An earlier attempt's ALTER ROLE can commit after that attempt
+			// stopped waiting for its answer (seen on a loaded CI machine):
+			// the bootstrap secret is then gone because the verifier is
+			// already ours. Only the server can tell: ask it from inside.
+			inst := backend.Instance{Name: spec.Name, DBName: spec.DBName, Username: spec.Username, ContainerID: id}
+			if secret, _, verr := b.storedVerifier(ctx, id, inst); verr == nil && secret == verifier {
+				return nil
+			}
+		}
+		return err
+	}
+}
+
 // personalise logs in with the bootstrap secret and replaces it with the
-// instance's verifier.
-func personalise(ctx context.Context, t pgsql.Target, verifier string) error {
+// instance's verifier; *sent is set once the ALTER ROLE has gone out.
+func personalise(ctx context.Context, t pgsql.Target, verifier string, sent *bool) error {
 	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
 	conn, err := t.ConnectOnce(ctx)
@@ -262,6 +281,7 @@ func personalise(ctx context.Context, t pgsql.Target, verifier string) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	*sent = true
 	_, err = conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier))
 	return err
 }

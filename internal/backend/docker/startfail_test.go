@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
@@ -181,5 +182,45 @@ func TestLastExitAfterARestart(t *testing.T) {
 	msg := (&containerStopped{status: ci.State.Status, code: 3, known: true, restarts: ci.RestartCount}).Error()
 	if want := "container exited with code 3 (restart count 1)"; msg != want {
 		t.Errorf("message %q, want %q", msg, want)
+	}
+}
+
+// An attempt whose ALTER ROLE committed after it gave up waiting for the
+// answer leaves the bootstrap secret refused; the next attempt must see
+// that the verifier is already the instance's, not fail the create (seen
+// on a loaded CI machine as "Instance did not start").
+func TestPersonaliseAfterALostAnswer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := ctxFor(t, 3*time.Minute)
+	spec := e.spec(t)
+	bootstrap := randomSecret()
+	verifier, err := pgsql.ScramVerifier(spec.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := e.b.createContainer(ctx, spec, e.image, bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The lost attempt: it set the verifier, its caller never heard.
+	var lost bool
+	if _, err := e.b.untilLogin(ctx, id, 0, func(port int) error {
+		return personalise(ctx, e.b.target(port, spec.Username, bootstrap, spec.DBName), verifier, &lost)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Without knowing an ALTER went out, the refusal is final.
+	var none bool
+	if _, err := e.b.untilLogin(ctx, id, 0, e.b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &none)); !pgsql.IsAuthFailure(err) {
+		t.Fatalf("no ALTER sent, bootstrap refused: want the refusal, got %v", err)
+	}
+	// Knowing one did, the server's stored verifier settles it.
+	sent := true
+	if _, err := e.b.untilLogin(ctx, id, 0, e.b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &sent)); err != nil {
+		t.Fatalf("after a lost answer: %v", err)
 	}
 }
