@@ -97,15 +97,9 @@ func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, auth b
 	if err := b.engine(ctx); err != nil {
 		return err
 	}
-	s, err := b.login(ctx, inst, auth)
-	if errors.Is(err, errNotOurs) {
-		return notOurs(inst)
-	}
+	s, err := b.provenSession(ctx, inst, auth, "changing password")
 	if err != nil {
-		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
-	}
-	if s == nil {
-		return fmt.Errorf("changing password in container %q: container does not exist", inst.Name)
+		return err
 	}
 	defer s.close(ctx, b, true)
 	// The verifier, not the plaintext, goes into the SQL text, so the new
@@ -313,18 +307,29 @@ func (b *Backend) Authenticate(ctx context.Context, inst backend.Instance, auth 
 	if err := b.engine(ctx); err != nil {
 		return err
 	}
-	s, err := b.login(ctx, inst, auth)
-	if errors.Is(err, errNotOurs) {
-		return notOurs(inst)
-	}
+	s, err := b.provenSession(ctx, inst, auth, "authenticating")
 	if err != nil {
-		return fmt.Errorf("authenticating in container %q: %w", inst.Name, err)
-	}
-	if s == nil {
-		return fmt.Errorf("authenticating in container %q: container does not exist", inst.Name)
+		return err
 	}
 	s.close(ctx, b, true)
 	return nil
+}
+
+// provenSession logs in to the instance's container, which must exist and
+// carry the instance's proof, authenticated by auth; doing names the act
+// in errors.
+func (b *Backend) provenSession(ctx context.Context, inst backend.Instance, auth backend.Auth, doing string) (*session, error) {
+	s, err := b.login(ctx, inst, auth)
+	if errors.Is(err, errNotOurs) {
+		return nil, notOurs(inst)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s in container %q: %w", doing, inst.Name, err)
+	}
+	if s == nil {
+		return nil, fmt.Errorf("%s in container %q: container does not exist", doing, inst.Name)
+	}
+	return s, nil
 }
 
 // sessions counts the client sessions other than the session's own.
