@@ -8,12 +8,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 backend="${BACKEND:-docker}"
 case "$backend" in
-  docker) example=quickstart ;;
-  pg_cluster) example=quickstart-pg-cluster ;;
+  # Only what the demo needs: no sshd, nothing in ~/.ssh (the tests' ssh part).
+  docker) example=quickstart; parts=(pg docker terraform) ;;
+  pg_cluster) example=quickstart-pg-cluster; parts=(pg terraform) ;;
   *) echo "BACKEND must be docker or pg_cluster, not '$backend'" >&2; exit 2 ;;
 esac
 
-env_file="$("$root/.ci/testenv.sh" up | tail -n 1)"
+env_file="$("$root/.ci/testenv.sh" up "${parts[@]}" | tail -n 1)"
 # shellcheck disable=SC1090
 . "$env_file"
 
@@ -49,6 +50,12 @@ export TF_VAR_db_password
 
 if [ "${1:-}" = destroy ]; then
   terraform -chdir="$work" destroy -auto-approve -input=false
+  echo
+  echo "The demo's instance is gone. What the demo started keeps running for the next demo or test:"
+  [[ " ${parts[*]} " != *" pg "* ]] || echo "  PostgreSQL on ${POSTGRAAS_METADB_HOST:-127.0.0.1}:${POSTGRAAS_METADB_PORT:-55432} (meta DB and cluster)"
+  [[ " ${parts[*]} " != *" docker "* ]] || echo "  the Docker engine at $DOCKER_HOST and the image $POSTGRAAS_TEST_IMAGE"
+  echo "Stop all of it and remove its data and images with: make clean-env"
+  echo "(or only stop the servers, keeping their data: .ci/testenv.sh down)"
   exit 0
 fi
 

@@ -3,10 +3,17 @@
 # "pg_cluster" backend), a Docker engine and a PostgreSQL image (the "docker" backend), and
 # an sshd on loopback through which the same engine is reached as ssh://postgraas-testenv-ssh.
 #
-#   .ci/testenv.sh up      idempotent: install/start what is missing, write the env file and
-#                          print its path on the last line of stdout (progress goes to stderr)
-#   .ci/testenv.sh env     print the env file path (after `up`)
+#   .ci/testenv.sh up [PART...]
+#                          idempotent: install/start what is missing, write an env file and
+#                          print its path on the last line of stdout (progress goes to stderr).
+#                          PARTs: pg, docker, ssh, terraform; none means all of them (the tests).
+#                          `up` of all writes env.sh; `up` of some writes env-PART-PART.sh, so a
+#                          demo never takes from the tests' file what it did not start.
+#   .ci/testenv.sh env     print the path of env.sh (after `up`)
 #   .ci/testenv.sh down    stop the PostgreSQL server, the sshd and the dockerd that `up` started
+#   .ci/testenv.sh clean   `down`, and before that remove the containers and volumes the tests
+#                          and demos made, the stand-in images and the state dir (built CLIs are
+#                          kept unless POSTGRAAS_CLEAN_BUILDS=1)
 #   .ci/testenv.sh terraform
 #                          print the path of a terraform CLI, building it when none is on PATH
 #   .ci/testenv.sh verify-image [IMAGE]
@@ -337,11 +344,14 @@ stop_dockerd() {
 
 # ---------------------------------------------------------------- sshd (ssh:// Docker host)
 
-# The provider reaches an ssh:// engine by running the system ssh client, which runs
+# The provider reaches an ssh:// engine by running `ssh` from PATH, which runs
 # `docker system dial-stdio` on the far side. The far side here is this machine: a dedicated
 # sshd on 127.0.0.1:$SSH_PORT (never the system one) that lets root in with a key from the
-# state dir, and a Host alias in the ssh client config, so ssh://$SSH_ALIAS works like a
-# remote engine set up the usual way.
+# state dir. The client side stays in the state dir too: a config file with a Host alias, and
+# an `ssh` wrapper that reads only that file (-F), in a directory the tests put first on their
+# PATH (POSTGRAAS_TEST_SSH_PATH). Nothing of the user's ~/.ssh is read or written.
+SSH_CLIENT_CONFIG=$SSH_DIR/config
+SSH_WRAPPER_DIR=$SSH_DIR/bin
 
 ensure_ssh_binaries() {
 	if command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && [ -x /usr/sbin/sshd ]; then
@@ -404,45 +414,37 @@ Host $SSH_ALIAS
 EOF
 }
 
+# Until 2026-11 `up` wrote the Host block into ~/.ssh/config between these markers; the block
+# is taken out again (the rest of the file is left as it is).
 SSH_MARK_BEGIN="# >>> postgraas testenv (written by .ci/testenv.sh up; edits between the markers are lost) >>>"
 SSH_MARK_END="# <<< postgraas testenv <<<"
 
-# Puts the Host block into the ssh client config of the current user, in the home directory
-# of its passwd entry (where ssh looks, whatever $HOME says). A new block goes first in the
-# file, as ssh takes the first value it finds; an existing one is replaced in place.
-ensure_ssh_client_config() {
-	local home dir cfg tmp block
+remove_old_ssh_block() {
+	local home cfg tmp
 	home=$(getent passwd "$(id -u)" | cut -d: -f6)
-	[ -n "$home" ] || die "no home directory for uid $(id -u)"
-	dir=$home/.ssh
-	cfg=$dir/config
-	if [ ! -d "$dir" ]; then
-		mkdir -p "$dir"
-		chmod 700 "$dir"
-	fi
-	[ -e "$cfg" ] || (umask 077 && : >"$cfg")
-	block="$SSH_MARK_BEGIN
-$(ssh_client_block)
-$SSH_MARK_END"
+	cfg=$home/.ssh/config
+	[ -n "$home" ] && [ -f "$cfg" ] && grep -qxF "$SSH_MARK_BEGIN" "$cfg" || return 0
 	tmp=$cfg.tmp.$$
-	if grep -qxF "$SSH_MARK_BEGIN" "$cfg"; then
-		awk -v begin="$SSH_MARK_BEGIN" -v end="$SSH_MARK_END" -v block="$block" '
-			$0 == begin { print block; skip = 1; next }
-			skip { if ($0 == end) skip = 0; next }
-			{ print }
-		' "$cfg" >"$tmp"
-	else
-		{ printf '%s\n\n' "$block"; cat "$cfg"; } >"$tmp"
-	fi
-	if cmp -s "$tmp" "$cfg"; then
-		rm -f "$tmp"
-	else
-		log "writing Host $SSH_ALIAS into $cfg"
-		chmod 600 "$tmp"
-		mv "$tmp" "$cfg"
-	fi
-	# ssh refuses a config that others can write.
-	chmod go-w "$cfg"
+	awk -v begin="$SSH_MARK_BEGIN" -v end="$SSH_MARK_END" '
+		$0 == begin { skip = 1; next }
+		skip { if ($0 == end) { skip = 0; drop_blank = 1 } next }
+		drop_blank && $0 == "" { drop_blank = 0; next }
+		{ drop_blank = 0; print }
+	' "$cfg" >"$tmp"
+	chmod --reference="$cfg" "$tmp"
+	mv "$tmp" "$cfg"
+	log "removed the Host $SSH_ALIAS block an earlier version wrote into $cfg"
+}
+
+ensure_ssh_client_config() {
+	(umask 077 && ssh_client_block >"$SSH_CLIENT_CONFIG.tmp" && mv "$SSH_CLIENT_CONFIG.tmp" "$SSH_CLIENT_CONFIG")
+	mkdir -p "$SSH_WRAPPER_DIR"
+	printf '%s\n' '#!/bin/sh' \
+		'# Written by .ci/testenv.sh: ssh with the test environment'"'"'s client config only.' \
+		"exec $(PATH=/usr/local/bin:/usr/bin:/bin command -v ssh) -F $(shquote "$SSH_CLIENT_CONFIG") \"\$@\"" >"$SSH_WRAPPER_DIR/ssh.tmp"
+	chmod 755 "$SSH_WRAPPER_DIR/ssh.tmp"
+	mv "$SSH_WRAPPER_DIR/ssh.tmp" "$SSH_WRAPPER_DIR/ssh"
+	remove_old_ssh_block
 }
 
 sshd_running() {
@@ -519,7 +521,7 @@ ensure_sshd() {
 
 	# End to end, the way the provider goes: the engine answers through the alias.
 	local t; t=$(now)
-	if ! out=$(timeout 60 ssh -o ConnectTimeout=10 -T -- "$SSH_ALIAS" docker version --format '{{.Server.Version}}' \
+	if ! out=$(timeout 60 "$SSH_WRAPPER_DIR/ssh" -o ConnectTimeout=10 -T -- "$SSH_ALIAS" docker version --format '{{.Server.Version}}' \
 		</dev/null 2>"$SSH_DIR/check.err"); then
 		cat "$SSH_DIR/check.err" >&2
 		tail -n 20 "$SSHD_LOG" >&2 || true
@@ -575,6 +577,25 @@ debian_mirror() {
 	' "${files[@]}" 2>/dev/null
 }
 
+# debootstrap_progress turns debootstrap's output (one "I: Verb thing" line per step and
+# package) into one line per phase, with how many packages the phase went through.
+debootstrap_progress() {
+	local line verb cur="" n=0
+	while IFS= read -r line; do
+		[[ $line == "I: "* ]] || continue
+		verb=${line#I: }
+		verb=${verb%% *}
+		if [ "$verb" != "$cur" ]; then
+			[ "$n" -le 1 ] || log "debootstrap:   ... $cur: $n"
+			cur=$verb
+			n=0
+			log "debootstrap: ${line#I: }"
+		fi
+		n=$((n + 1))
+	done
+	[ "$n" -le 1 ] || log "debootstrap:   ... $cur: $n"
+}
+
 build_standin() {
 	command -v debootstrap >/dev/null || apt_install debootstrap
 	local mirror rootfs t
@@ -590,8 +611,9 @@ build_standin() {
 	rm -rf "$rootfs"
 	t=$(now)
 	log "debootstrap bookworm with postgresql-15 (mirror from the apt sources) into $rootfs"
-	debootstrap --variant=minbase --include=postgresql-15 bookworm "$rootfs" "$mirror" \
-		>"$STATE/debootstrap.log" 2>&1 ||
+	log "(a minute or two, once per machine; the phases follow, the full log is $STATE/debootstrap.log)"
+	debootstrap --variant=minbase --include=postgresql-15 bookworm "$rootfs" "$mirror" 2>&1 |
+		tee "$STATE/debootstrap.log" | debootstrap_progress ||
 		{ tail -n 30 "$STATE/debootstrap.log" >&2; die "debootstrap failed (log: $STATE/debootstrap.log)"; }
 	log "debootstrap took $(since "$t") s"
 
@@ -740,36 +762,47 @@ verify_image() {
 
 # ---------------------------------------------------------------- env file
 
+# write_env FILE: the settings of the parts this `up` started (PARTS).
 write_env() {
-	local tmp=$ENV_FILE.tmp.$$
+	local file=$1 tmp=$1.tmp.$$
 	{
-		echo "# Written by .ci/testenv.sh up at $(date -u '+%Y-%m-%dT%H:%M:%SZ'). Source it: . $ENV_FILE"
+		echo "# Written by .ci/testenv.sh up ${PARTS[*]} at $(date -u '+%Y-%m-%dT%H:%M:%SZ'). Source it: . $file"
 		kv() { printf 'export %s=%s\n' "$1" "$(shquote "$2")"; }
-		kv POSTGRAAS_METADB_HOST 127.0.0.1
-		kv POSTGRAAS_METADB_PORT "$PG_PORT"
-		kv POSTGRAAS_METADB_DB_NAME postgraas
-		kv POSTGRAAS_METADB_USERNAME postgraas
-		kv POSTGRAAS_METADB_PASSWORD "$PW_META"
-		kv POSTGRAAS_METADB_SSLMODE disable
-		kv POSTGRAAS_PG_CLUSTER_HOST 127.0.0.1
-		kv POSTGRAAS_PG_CLUSTER_PORT "$PG_PORT"
-		kv POSTGRAAS_PG_CLUSTER_DATABASE postgres
-		kv POSTGRAAS_PG_CLUSTER_USERNAME postgres
-		kv POSTGRAAS_PG_CLUSTER_PASSWORD "$PW_POSTGRES"
-		kv POSTGRAAS_PG_CLUSTER_SSLMODE disable
-		kv POSTGRAAS_TEST_LIMITED_ADMIN_USERNAME postgraas_admin
-		kv POSTGRAAS_TEST_LIMITED_ADMIN_PASSWORD "$PW_ADMIN"
-		kv POSTGRAAS_TEST_PG_LOG "$PG_LOG"
-		kv POSTGRAAS_TEST_PG_SOCKET_DIR "$PG_SOCK"
-		kv DOCKER_HOST "$DOCKER_HOST_CHOSEN"
-		kv POSTGRAAS_TEST_IMAGE "$TEST_IMAGE"
-		kv POSTGRAAS_TEST_SSH_DOCKER_HOST "ssh://$SSH_ALIAS"
+		if has_part pg; then
+			kv POSTGRAAS_METADB_HOST 127.0.0.1
+			kv POSTGRAAS_METADB_PORT "$PG_PORT"
+			kv POSTGRAAS_METADB_DB_NAME postgraas
+			kv POSTGRAAS_METADB_USERNAME postgraas
+			kv POSTGRAAS_METADB_PASSWORD "$PW_META"
+			kv POSTGRAAS_METADB_SSLMODE disable
+			kv POSTGRAAS_PG_CLUSTER_HOST 127.0.0.1
+			kv POSTGRAAS_PG_CLUSTER_PORT "$PG_PORT"
+			kv POSTGRAAS_PG_CLUSTER_DATABASE postgres
+			kv POSTGRAAS_PG_CLUSTER_USERNAME postgres
+			kv POSTGRAAS_PG_CLUSTER_PASSWORD "$PW_POSTGRES"
+			kv POSTGRAAS_PG_CLUSTER_SSLMODE disable
+			kv POSTGRAAS_TEST_LIMITED_ADMIN_USERNAME postgraas_admin
+			kv POSTGRAAS_TEST_LIMITED_ADMIN_PASSWORD "$PW_ADMIN"
+			kv POSTGRAAS_TEST_PG_LOG "$PG_LOG"
+			kv POSTGRAAS_TEST_PG_SOCKET_DIR "$PG_SOCK"
+		fi
+		if has_part docker; then
+			kv DOCKER_HOST "$DOCKER_HOST_CHOSEN"
+			kv POSTGRAAS_TEST_IMAGE "$TEST_IMAGE"
+		fi
+		if has_part ssh; then
+			kv POSTGRAAS_TEST_SSH_DOCKER_HOST "ssh://$SSH_ALIAS"
+			# Tests put this first on PATH: its `ssh` reads only the test client config.
+			kv POSTGRAAS_TEST_SSH_PATH "$SSH_WRAPPER_DIR"
+		fi
 		kv CHECKPOINT_DISABLE 1
-		# The terraform ensure_terraform chose, first on PATH for the tests, the demo and the bench.
-		printf 'export PATH=%s:"$PATH"\n' "$(shquote "$(dirname "$TERRAFORM_BIN")")"
+		if has_part terraform; then
+			# The terraform ensure_terraform chose, first on PATH for the tests, the demo and the bench.
+			printf 'export PATH=%s:"$PATH"\n' "$(shquote "$(dirname "$TERRAFORM_BIN")")"
+		fi
 	} >"$tmp"
 	chmod 600 "$tmp"
-	mv "$tmp" "$ENV_FILE"
+	mv "$tmp" "$file"
 }
 
 # ---------------------------------------------------------------- terraform
@@ -872,8 +905,25 @@ build_terraform() {
 
 # ---------------------------------------------------------------- main
 
+ALL_PARTS=(pg docker ssh terraform)
+PARTS=()
+has_part() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
+
 cmd_up() {
-	local t0; t0=$(now)
+	local t0 p file
+	t0=$(now)
+	for p in "$@"; do
+		case " ${ALL_PARTS[*]} " in *" $p "*) ;; *) die "unknown part '$p' (parts: ${ALL_PARTS[*]})" ;; esac
+		has_part "$p" || PARTS+=("$p")
+	done
+	if [ "${#PARTS[@]}" = 0 ]; then
+		PARTS=("${ALL_PARTS[@]}")
+		file=$ENV_FILE
+	else
+		# The ssh part reaches the engine of the docker part.
+		has_part ssh && ! has_part docker && PARTS+=(docker)
+		file=$STATE/env-$(printf '%s\n' "${PARTS[@]}" | sort | paste -sd- -).sh
+	fi
 	mkdir -p "$STATE"
 	# One `up` at a time per state dir (several people may run `make test` at once). The
 	# daemons we start must not inherit this fd, or they would hold the lock forever.
@@ -882,22 +932,61 @@ cmd_up() {
 		log "another '$0 up' is running for $STATE: waiting for it (at most 20 min)"
 		flock -w 1200 9 || die "timed out waiting for the lock $STATE/up.lock"
 	fi
-	ensure_pg_server
-	ensure_docker
-	ensure_image
-	ensure_sshd
-	ensure_terraform
-	write_env
-	log "test environment ready in $(since "$t0") s; env file: $ENV_FILE"
-	printf '%s\n' "$ENV_FILE"
+	if has_part pg; then ensure_pg_server; fi
+	if has_part docker; then
+		ensure_docker
+		ensure_image
+	fi
+	if has_part ssh; then ensure_sshd; fi
+	if has_part terraform; then ensure_terraform; fi
+	write_env "$file"
+	log "test environment (${PARTS[*]}) ready in $(since "$t0") s; env file: $file"
+	printf '%s\n' "$file"
+}
+
+# cmd_clean stops the environment and removes what it and the tests made. Containers and
+# their anonymous volumes are found by the provider's label or by the stand-in image.
+cmd_clean() {
+	local ids
+	if docker_answers; then
+		ids=$(docker ps -aq --filter label=postgraas.instance; docker ps -aq --filter "ancestor=$STANDIN_IMAGE")
+		ids=$(printf '%s\n' $ids | sort -u)
+		if [ -n "$ids" ]; then
+			log "removing $(printf '%s\n' $ids | wc -l) container(s) made by the tests and demos, with their volumes"
+			docker rm -f -v $ids >/dev/null || log "some containers could not be removed"
+		fi
+		for p in "$STANDIN_IMAGE" "$STANDIN_ROOTFS_IMAGE"; do
+			if docker image inspect "$p" >/dev/null 2>&1; then
+				log "removing image $p"
+				docker rmi -f "$p" >/dev/null || log "could not remove image $p"
+			fi
+		done
+	else
+		log "no Docker engine answers: no containers or images to remove"
+	fi
+	stop_pg
+	stop_sshd
+	stop_dockerd
+	remove_old_ssh_block
+	if [ "${POSTGRAAS_CLEAN_BUILDS:-0}" = 1 ]; then
+		log "removing $STATE"
+		rm -rf "$STATE"
+	else
+		log "removing $STATE except the CLIs built there (POSTGRAAS_CLEAN_BUILDS=1 removes them too)"
+		find "$STATE" -mindepth 1 -maxdepth 1 ! -name 'terraform-*' ! -name 'tofu-*' -exec rm -rf {} +
+	fi
 }
 
 case "${1:-}" in
-up) cmd_up ;;
+up)
+	shift
+	cmd_up "$@"
+	;;
 env)
 	[ -s "$ENV_FILE" ] || die "no env file at $ENV_FILE: run '$0 up' first"
 	printf '%s\n' "$ENV_FILE"
 	;;
+clean) cmd_clean ;;
 down)
 	stop_pg
 	stop_sshd
@@ -912,7 +1001,7 @@ verify-image)
 	verify_image "${2:-$STANDIN_IMAGE}"
 	;;
 *)
-	echo "usage: $0 up|env|down|terraform|verify-image [IMAGE]" >&2
+	echo "usage: $0 up [PART...]|env|down|clean|terraform|verify-image [IMAGE]" >&2
 	exit 2
 	;;
 esac

@@ -9,7 +9,7 @@ import (
 )
 
 // TestAccInstance_dockerSSH reaches the engine through `docker.host` =
-// ssh://... (the test environment's sshd and its ~/.ssh/config alias):
+// ssh://... (the test environment's sshd and the alias in its own ssh client config):
 // apply, log in, destroy. The checks look at the engine directly, through
 // DOCKER_HOST, which is the same engine.
 func TestAccInstance_dockerSSH(t *testing.T) {

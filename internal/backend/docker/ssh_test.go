@@ -70,8 +70,8 @@ func TestTailBuffer(t *testing.T) {
 }
 
 // Tests with the system ssh client and the test environment's sshd, which
-// reaches the test engine as POSTGRAAS_TEST_SSH_DOCKER_HOST (an alias in
-// ~/.ssh/config, see .ci/testenv.sh).
+// reaches the test engine as POSTGRAAS_TEST_SSH_DOCKER_HOST (an alias in the
+// test client config that POSTGRAAS_TEST_SSH_PATH's ssh reads, see .ci/testenv.sh).
 
 func sshHostOrSkip(t *testing.T) string {
 	t.Helper()
@@ -87,11 +87,13 @@ func sshHostOrSkip(t *testing.T) string {
 	return host
 }
 
-// sshChildren lists this process's ssh children whose command line is
-// exactly args (so parallel tests with other addresses do not count), and
-// how many ssh children are zombies.
+// sshChildren lists this process's ssh children whose command line ends
+// with args (so parallel tests with other addresses do not count), and how
+// many ssh children are zombies. The test environment's ssh is a wrapper
+// that execs the real one with options of its own before args
+// (.ci/testenv.sh), so only the end of the command line is compared.
 func sshChildren(args []string) (pids []int, zombies int) {
-	want := strings.Join(append([]string{"ssh"}, args...), "\x00") + "\x00"
+	want := "\x00" + strings.Join(args, "\x00") + "\x00"
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, f := range stats {
 		stat, err := os.ReadFile(f)
@@ -112,7 +114,9 @@ func sshChildren(args []string) (pids []int, zombies int) {
 			}
 			continue
 		}
-		if string(cmdline) == want {
+		argv := strings.Split(string(cmdline), "\x00")
+		isSSH := len(argv) > 1 && (filepath.Base(argv[0]) == "ssh" || filepath.Base(argv[1]) == "ssh")
+		if isSSH && strings.HasSuffix(string(cmdline), want) {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
 			pids = append(pids, pid)
 		}
