@@ -78,6 +78,20 @@ type Created struct {
 	Username    string // the login to store and show: "user@server" with a server
 	ContainerID string // empty on pg_cluster
 	Image       string // docker only: the image actually used
+	// SSLMode is what clients should set as libpq's sslmode: see SSLModeFor.
+	SSLMode string
+}
+
+// SSLModeFor is the libpq sslmode for a server whose `ssl` setting is
+// setting: "require" when it offers TLS (the provider knows no CA to
+// verify it against), "disable" when it does not, so that clients whose
+// default is "require" (lib/pq, and so the cyrilgdn/postgresql provider)
+// connect instead of failing with "SSL is not enabled on the server".
+func SSLModeFor(setting string) string {
+	if setting == "on" {
+		return "require"
+	}
+	return "disable"
 }
 
 // Status is what Inspect finds.

@@ -198,7 +198,8 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 // broke), the row is read back: a row that is ready under this attempt's
 // token was completed, and the create succeeded.
 func (s *Service) complete(ctx context.Context, want metadb.Record, created backend.Created, lease metadb.Lease) (metadb.Record, error) {
-	rec, err := s.store.Complete(ctx, want.ID, lease.Owner, created.Host, created.Port, created.Username, created.ContainerID, created.Image)
+	rec, err := s.store.Complete(ctx, want.ID, lease.Owner, metadb.Completion{Host: created.Host, Port: created.Port,
+		Username: created.Username, ContainerID: created.ContainerID, Image: created.Image, SSLMode: created.SSLMode})
 	if err == nil || errors.Is(err, metadb.ErrLeaseLost) || pgsql.Code(err) != "" {
 		return rec, err
 	}

@@ -75,6 +75,12 @@ var migrations = []migration{
 			ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz`)
 		return err
 	}},
+	{5, "sslmode column", func(ctx context.Context, tx pgx.Tx) error {
+		// The libpq sslmode clients should use, as the instance's server
+		// offered TLS when it was created; NULL (unknown) on older rows.
+		_, err := tx.Exec(ctx, `ALTER TABLE db_instance ADD COLUMN IF NOT EXISTS sslmode varchar(20)`)
+		return err
+	}},
 }
 
 // latestVersion is the schema version this provider needs.

@@ -52,6 +52,9 @@ type Record struct {
 	// (negative once expired).
 	LeaseOwner string
 	LeaseLeft  time.Duration
+	// SSLMode is the libpq sslmode clients should use ("require" or
+	// "disable"); empty when unknown (rows written before it was recorded).
+	SSLMode string
 }
 
 // ErrNotFound: no row with that id or name.
@@ -185,14 +188,14 @@ const selectColumns = `id, coalesce(postgraas_instance_name, ''), creation_times
 	coalesce(backend, CASE WHEN coalesce(container_id, '') <> '' THEN 'docker' ELSE 'pg_cluster' END),
 	coalesce(state, 'ready'), coalesce(image, ''), state IS NULL,
 	coalesce(owner_token, ''), coalesce(lease_owner, ''),
-	coalesce(extract(epoch FROM lease_expires_at - now()), 0)::float8`
+	coalesce(extract(epoch FROM lease_expires_at - now()), 0)::float8, coalesce(sslmode, '')`
 
 func scanRecord(row pgx.CollectableRow) (Record, error) {
 	var r Record
 	var created *time.Time
 	var left float64
 	err := row.Scan(&r.ID, &r.Name, &created, &r.DBName, &r.Username, &r.Host, &r.Port,
-		&r.ContainerID, &r.Backend, &r.State, &r.Image, &r.Legacy, &r.Token, &r.LeaseOwner, &left)
+		&r.ContainerID, &r.Backend, &r.State, &r.Image, &r.Legacy, &r.Token, &r.LeaseOwner, &left, &r.SSLMode)
 	r.LeaseLeft = time.Duration(left * float64(time.Second))
 	if created != nil {
 		r.CreatedAt = created.UTC()
@@ -401,18 +404,28 @@ func (s *Store) Respec(ctx context.Context, id int64, r Record, lease Lease) err
 		r.DBName, r.Username, r.Backend, r.Image, r.Token)
 }
 
+// Completion is what a finished create stores in its row.
+type Completion struct {
+	Host        string
+	Port        int
+	Username    string
+	ContainerID string
+	Image       string
+	SSLMode     string
+}
+
 // Complete stores where a created instance lives and marks it ready, if the
 // lease is still this run's (ErrLeaseLost otherwise).
-func (s *Store) Complete(ctx context.Context, id int64, owner string, host string, port int, username, containerID, image string) (Record, error) {
+func (s *Store) Complete(ctx context.Context, id int64, owner string, c Completion) (Record, error) {
 	pool, err := s.db(ctx)
 	if err != nil {
 		return Record{}, err
 	}
 	rows, err := pool.Query(ctx, `UPDATE db_instance SET hostname = $3, port = $4, username = $5,
-		container_id = nullif($6, ''), image = nullif($7, ''), state = 'ready',
+		container_id = nullif($6, ''), image = nullif($7, ''), sslmode = nullif($8, ''), state = 'ready',
 		lease_owner = NULL, lease_expires_at = NULL
 		WHERE id = $1 AND lease_owner = $2 AND state = 'creating' RETURNING `+selectColumns,
-		id, owner, host, port, username, containerID, image)
+		id, owner, c.Host, c.Port, c.Username, c.ContainerID, c.Image, c.SSLMode)
 	if err != nil {
 		return Record{}, fmt.Errorf("completing meta DB row %d: %w", id, err)
 	}
@@ -448,11 +461,12 @@ func (s *Store) Rerecord(ctx context.Context, r Record) (Record, error) {
 	}
 	rows, err := pool.Query(ctx, `INSERT INTO db_instance
 		(id, postgraas_instance_name, creation_timestamp, db_name, username, password, hostname, port,
-		 container_id, backend, state, image, owner_token)
-		SELECT $1::int, $2::text, $3, $4, $5, '', $6, $7, nullif($8::text, ''), $9, 'ready', nullif($10::text, ''), $11
+		 container_id, backend, state, image, owner_token, sslmode)
+		SELECT $1::int, $2::text, $3, $4, $5, '', $6, $7, nullif($8::text, ''), $9, 'ready', nullif($10::text, ''), $11,
+		 nullif($12::text, '')
 		WHERE NOT EXISTS (SELECT 1 FROM db_instance WHERE postgraas_instance_name = $2::text OR id = $1::int)
 		RETURNING `+selectColumns,
-		r.ID, r.Name, r.CreatedAt, r.DBName, r.Username, r.Host, r.Port, r.ContainerID, r.Backend, r.Image, r.Token)
+		r.ID, r.Name, r.CreatedAt, r.DBName, r.Username, r.Host, r.Port, r.ContainerID, r.Backend, r.Image, r.Token, r.SSLMode)
 	if err != nil && pgsql.Code(err) != pgsql.CodeUniqueViolation {
 		return Record{}, fmt.Errorf("recording instance %q again: %w", r.Name, err)
 	}

@@ -110,7 +110,7 @@ func TestMigrateFromNothing(t *testing.T) {
 	}
 	cols := scalar[string](t, target, `SELECT string_agg(column_name, ',' ORDER BY ordinal_position)
 		FROM information_schema.columns WHERE table_name = 'db_instance'`)
-	want := "id,postgraas_instance_name,creation_timestamp,db_name,username,password,hostname,port,container_id,backend,state,image,owner_token,lease_owner,lease_expires_at"
+	want := "id,postgraas_instance_name,creation_timestamp,db_name,username,password,hostname,port,container_id,backend,state,image,owner_token,lease_owner,lease_expires_at,sslmode"
 	if cols != want {
 		t.Fatalf("columns %s, want %s", cols, want)
 	}
@@ -267,7 +267,7 @@ func TestLeaseRenewClaimRespec(t *testing.T) {
 		t.Fatalf("after respec and a stale release: %+v %v", r3, err)
 	}
 	// A ready row is claimed only while its token is unchanged.
-	if _, err := s.Complete(c, id, r2.LeaseOwner, "h", 1, "u2", "", ""); err != nil {
+	if _, err := s.Complete(c, id, r2.LeaseOwner, Completion{Host: "h", Port: 1, Username: "u2"}); err != nil {
 		t.Fatal(err)
 	}
 	ready, _ := s.Get(c, id)
@@ -283,8 +283,9 @@ func TestLeaseRenewClaimRespec(t *testing.T) {
 	if err := s.Release(c, id, testLease.Owner); err != nil {
 		t.Fatal(err)
 	}
+	ready.SSLMode = "disable"
 	back, err := s.Rerecord(c, ready)
-	if err != nil || back.ID != id || back.Token != "t2" || back.State != StateReady {
+	if err != nil || back.ID != id || back.Token != "t2" || back.State != StateReady || back.SSLMode != "disable" {
 		t.Fatalf("rerecord: %+v %v", back, err)
 	}
 	var nt *NameTakenError
@@ -367,11 +368,11 @@ func TestReserveCompleteDelete(t *testing.T) {
 	if !errors.As(err, &nt) || nt.Existing.ID != id || nt.Existing.State != StateCreating {
 		t.Fatalf("second reserve: %v", err)
 	}
-	if _, err := s.Complete(c, id, "other", "h", 1234, "u", "cid", "postgres:17"); !errors.Is(err, ErrLeaseLost) {
+	if _, err := s.Complete(c, id, "other", Completion{Host: "h", Port: 1234, Username: "u", ContainerID: "cid", Image: "postgres:17"}); !errors.Is(err, ErrLeaseLost) {
 		t.Fatalf("complete by a run without the lease: %v", err)
 	}
-	r, err = s.Complete(c, id, testLease.Owner, "h", 1234, "u", "cid", "postgres:17")
-	if err != nil || r.State != StateReady || r.Host != "h" || r.Port != 1234 || r.ContainerID != "cid" || r.Token != "tok" || r.LeaseOwner != "" {
+	r, err = s.Complete(c, id, testLease.Owner, Completion{Host: "h", Port: 1234, Username: "u", ContainerID: "cid", Image: "postgres:17", SSLMode: "require"})
+	if err != nil || r.State != StateReady || r.Host != "h" || r.Port != 1234 || r.ContainerID != "cid" || r.Token != "tok" || r.LeaseOwner != "" || r.SSLMode != "require" {
 		t.Fatalf("completed row %+v, %v", r, err)
 	}
 	list, err := s.List(c, Filter{Backend: "pg_cluster"})
@@ -452,7 +453,7 @@ func TestClaimDelete(t *testing.T) {
 	if _, err := s.ClaimDelete(c, id, Lease{Owner: "destroyer", TTL: time.Minute}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("claiming a row being created: %v", err)
 	}
-	if _, err := s.Complete(c, id, testLease.Owner, "h", 5432, "u", "", ""); err != nil {
+	if _, err := s.Complete(c, id, testLease.Owner, Completion{Host: "h", Port: 5432, Username: "u"}); err != nil {
 		t.Fatal(err)
 	}
 	first := Lease{Owner: "first", TTL: shortTTL}

@@ -196,9 +196,26 @@ func joinIDs(ids []int64) string {
 	return strings.Join(s, ", ")
 }
 
+// timeoutDescription documents one operation's limit with its default, so
+// that the docs say what a timeouts block changes.
+func timeoutDescription(what string, def time.Duration) string {
+	return fmt.Sprintf("Limit of %s, as a duration such as `30s` or `10m`. Default `%s`. "+
+		"Each connection within it is bounded by the provider's `connect_timeout`.", what, formatDuration(def))
+}
+
+// sslmodeDescription documents every sslmode attribute.
+const sslmodeDescription = "The libpq `sslmode` to connect with, as the instance's server offered TLS when the " +
+	"instance was created: `require` when it did (the provider knows no CA, so the certificate is not verified; with " +
+	"the server's CA at hand use `verify-full`), `disable` when it did not. `connection_uri` carries it. Pass it to " +
+	"clients whose default differs: the cyrilgdn/postgresql provider's default, `require`, fails with \"SSL is not " +
+	"enabled on the server\" on a server without TLS. Null for instances recorded before it was (postgraas_server's, " +
+	"or this provider's before 0.1.0)."
+
 // connectionURI escapes every part, so user names like "user@server" and
-// passwords with '@', '/' or ':' survive (postgraas_server bug 8).
-func connectionURI(username, password, host string, port int, dbName string) string {
+// passwords with '@', '/' or ':' survive (postgraas_server bug 8). sslmode,
+// when known, goes into the query, so that clients whose default is
+// "require" connect to a server without TLS.
+func connectionURI(username, password, host string, port int, dbName, sslmode string) string {
 	user := url.User(username)
 	if password != "" {
 		user = url.UserPassword(username, password)
@@ -209,6 +226,9 @@ func connectionURI(username, password, host string, port int, dbName string) str
 		Host:    net.JoinHostPort(host, strconv.Itoa(port)),
 		Path:    "/" + dbName,
 		RawPath: "/" + url.PathEscape(dbName),
+	}
+	if sslmode != "" {
+		u.RawQuery = url.Values{"sslmode": {sslmode}}.Encode()
 	}
 	return u.String()
 }

@@ -49,6 +49,7 @@ type credentialsModel struct {
 	Username      types.String `tfsdk:"username"`
 	Password      types.String `tfsdk:"password"`
 	ConnectionURI types.String `tfsdk:"connection_uri"`
+	SSLMode       types.String `tfsdk:"sslmode"`
 	ExpiresAt     types.String `tfsdk:"expires_at"`
 }
 
@@ -110,6 +111,7 @@ func (r *credentialsEphemeralResource) Schema(_ context.Context, _ ephemeral.Sch
 			},
 			"host":       computed("Host to connect to (the instance's `host`)."),
 			"port":       schema.Int64Attribute{MarkdownDescription: "Port to connect to.", Computed: true},
+			"sslmode":    computed("The instance's `sslmode`. " + sslmodeDescription),
 			"db_name":    computed("The instance's database."),
 			"username":   computed("The temporary login, `<instance user>_tmp_<random>` (`…@server` on clusters with a `server`)."),
 			"password":   secret("The temporary login's password, random, 32 characters."),
@@ -160,7 +162,8 @@ func (r *credentialsEphemeralResource) Open(ctx context.Context, req ephemeral.O
 	m.DBName = types.StringValue(login.DBName)
 	m.Username = types.StringValue(login.Username)
 	m.Password = types.StringValue(login.Password)
-	m.ConnectionURI = types.StringValue(connectionURI(login.Username, login.Password, login.Host, login.Port, login.DBName))
+	m.SSLMode = nullIfEmpty(rec.SSLMode)
+	m.ConnectionURI = types.StringValue(connectionURI(login.Username, login.Password, login.Host, login.Port, login.DBName, rec.SSLMode))
 	m.ExpiresAt = types.StringValue(login.ExpiresAt.UTC().Format(time.RFC3339))
 	resp.Diagnostics.Append(resp.Result.Set(ctx, &m)...)
 

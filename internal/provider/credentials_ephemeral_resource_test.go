@@ -75,8 +75,8 @@ resource "terraform_data" "login" {
 
 // handedOut is the echoed result of the ephemeral resource.
 type handedOut struct {
-	host, db, username, password, uri, ttl, expiresAt string
-	port                                              int
+	host, db, username, password, uri, ttl, expiresAt, sslmode string
+	port                                                       int
 }
 
 // checkCredentials reads what the ephemeral resource handed out from the
@@ -102,7 +102,7 @@ func (f checkCredentials) CheckState(_ context.Context, req statecheck.CheckStat
 		port, _ := strconv.Atoi(fmt.Sprint(data["port"]))
 		resp.Error = f(handedOut{
 			host: str("host"), port: port, db: str("db_name"), username: str("username"), password: str("password"),
-			uri: str("connection_uri"), ttl: str("ttl"), expiresAt: str("expires_at"),
+			uri: str("connection_uri"), ttl: str("ttl"), expiresAt: str("expires_at"), sslmode: str("sslmode"),
 		})
 		return
 	}
@@ -129,7 +129,11 @@ func checkHandedOut(i *clusterInstance, owner func() (pgsql.Target, error), temp
 		if err != nil || time.Until(exp) < 8*time.Minute || time.Until(exp) > 11*time.Minute {
 			return fmt.Errorf("expires_at %q (%v), want about 10 minutes from now", h.expiresAt, err)
 		}
-		if want := connectionURI(h.username, h.password, h.host, h.port, h.db); h.uri != want {
+		// The test cluster runs without TLS.
+		if h.sslmode != "disable" {
+			return fmt.Errorf("sslmode %q, want disable", h.sslmode)
+		}
+		if want := connectionURI(h.username, h.password, h.host, h.port, h.db, h.sslmode); h.uri != want {
 			return fmt.Errorf("connection_uri does not match the other attributes")
 		}
 		if u, err := url.Parse(h.uri); err != nil || u.User.Username() != h.username {

@@ -44,7 +44,9 @@ type instanceDataModel struct {
 	Port        types.Int64  `tfsdk:"port"`
 	ContainerID types.String `tfsdk:"container_id"`
 	Image       types.String `tfsdk:"image"`
+	Status      types.String `tfsdk:"status"`
 	State       types.String `tfsdk:"state"`
+	SSLMode     types.String `tfsdk:"sslmode"`
 	CreatedAt   types.String `tfsdk:"created_at"`
 }
 
@@ -67,7 +69,9 @@ func instanceDataFromRecord(r metadb.Record) instanceDataModel {
 		Port:        port,
 		ContainerID: nullIfEmpty(r.ContainerID),
 		Image:       nullIfEmpty(r.Image),
+		Status:      types.StringValue(r.State),
 		State:       types.StringValue(r.State),
+		SSLMode:     nullIfEmpty(r.SSLMode),
 		CreatedAt:   created,
 	}
 }
@@ -95,8 +99,15 @@ func instanceDataAttributes(lookup bool) map[string]schema.Attribute {
 		"port":         schema.Int64Attribute{MarkdownDescription: "Port to connect to.", Computed: true},
 		"container_id": computed("Docker container id; null on `pg_cluster`."),
 		"image":        computed("Docker image; null on `pg_cluster` and for rows written by postgraas_server."),
-		"state":        computed("`ready`, or `creating` while an apply is creating it."),
-		"created_at":   computed("When the instance was created, RFC 3339 in UTC."),
+		"status": computed("The instance's status as the meta DB records it: `ready`, or `creating` while an apply " +
+			"is creating it (the resource's `status` says more: it asks the backend)."),
+		"state": schema.StringAttribute{
+			MarkdownDescription: "Deprecated: the same as `status`, the name the resource uses.",
+			DeprecationMessage:  "Use status, as on the postgraas_instance resource; state will be removed in 1.0.",
+			Computed:            true,
+		},
+		"sslmode":    computed(sslmodeDescription),
+		"created_at": computed("When the instance was created, RFC 3339 in UTC."),
 	}
 }
 
@@ -120,8 +131,15 @@ func (d *instanceDataSource) Schema(ctx context.Context, _ datasource.SchemaRequ
 		MarkdownDescription: "Looks up one instance in the meta DB by `id` or by `name` (exactly one of them), whoever " +
 			"created it, including instances created by postgraas_server. Never exposes a password.",
 		Attributes: instanceDataAttributes(true),
-		Blocks:     map[string]schema.Block{"timeouts": timeouts.Block(ctx)},
+		Blocks:     map[string]schema.Block{"timeouts": dataTimeoutsBlock(ctx)},
 	}
+}
+
+// dataTimeoutsBlock is the data sources' timeouts block, its default in the docs.
+func dataTimeoutsBlock(ctx context.Context) schema.Block {
+	return timeouts.BlockWithOpts(ctx, timeouts.Opts{
+		ReadDescription: timeoutDescription("the meta DB read", defaultDataReadTimeout),
+	})
 }
 
 // dataReadContext bounds a data source's read by its timeouts block.

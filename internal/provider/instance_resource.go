@@ -74,6 +74,7 @@ type instanceResourceModel struct {
 	Status        types.String   `tfsdk:"status"`
 	CreatedAt     types.String   `tfsdk:"created_at"`
 	ConnectionURI types.String   `tfsdk:"connection_uri"`
+	SSLMode       types.String   `tfsdk:"sslmode"`
 	Timeouts      timeouts.Value `tfsdk:"timeouts"`
 }
 
@@ -200,15 +201,28 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 				Computed:            true,
 				PlanModifiers:       keep,
 			},
-			"connection_uri": schema.StringAttribute{
-				MarkdownDescription: "`postgres://user:password@host:port/db_name`, every part escaped.",
+			"sslmode": schema.StringAttribute{
+				MarkdownDescription: sslmodeDescription,
 				Computed:            true,
-				Sensitive:           true,
 				PlanModifiers:       keep,
+			},
+			"connection_uri": schema.StringAttribute{
+				MarkdownDescription: "`postgres://user:password@host:port/db_name?sslmode=...`, every part escaped (no " +
+					"password with `db_password_wo`; no `sslmode` when it is null).",
+				Computed:      true,
+				Sensitive:     true,
+				PlanModifiers: keep,
 			},
 		},
 		Blocks: map[string]schema.Block{
-			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
+			"timeouts": timeouts.Block(ctx, timeouts.Opts{
+				Create: true, Read: true, Update: true, Delete: true,
+				CreateDescription: timeoutDescription("a create, from reserving the name to the first login "+
+					"(waiting for another run's lease included)", defaultCreateTimeout),
+				ReadDescription:   timeoutDescription("each refresh", defaultReadTimeout),
+				UpdateDescription: timeoutDescription("a password rotation", defaultUpdateTimeout),
+				DeleteDescription: timeoutDescription("a destroy (password check, removal, meta DB row)", defaultDeleteTimeout),
+			}),
 		},
 	}
 }
@@ -434,6 +448,7 @@ func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Recor
 	m.ContainerID = nullIfEmpty(rec.ContainerID)
 	m.Image = nullIfEmpty(rec.Image)
 	m.CreatedAt = types.StringValue(rec.CreatedAt.UTC().Format(time.RFC3339))
+	m.SSLMode = nullIfEmpty(rec.SSLMode)
 	if m.ForceDestroy.IsNull() || m.ForceDestroy.IsUnknown() {
 		m.ForceDestroy = types.BoolValue(false)
 	}
@@ -445,11 +460,11 @@ func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Recor
 	switch {
 	case !m.WOVersion.IsNull() && !m.WOVersion.IsUnknown():
 		// Write-only mode: the URI carries no password.
-		m.ConnectionURI = types.StringValue(connectionURI(rec.Username, "", rec.Host, rec.Port, rec.DBName))
+		m.ConnectionURI = types.StringValue(connectionURI(rec.Username, "", rec.Host, rec.Port, rec.DBName, rec.SSLMode))
 	case m.DBPassword.IsNull() || m.DBPassword.IsUnknown():
 		m.ConnectionURI = types.StringNull()
 	default:
-		m.ConnectionURI = types.StringValue(connectionURI(rec.Username, m.DBPassword.ValueString(), rec.Host, rec.Port, rec.DBName))
+		m.ConnectionURI = types.StringValue(connectionURI(rec.Username, m.DBPassword.ValueString(), rec.Host, rec.Port, rec.DBName, rec.SSLMode))
 	}
 }
 
@@ -465,7 +480,7 @@ func recordOf(m instanceResourceModel, token string) (metadb.Record, bool) {
 		ID: id, Name: m.Name.ValueString(), CreatedAt: created.UTC(), DBName: m.DBName.ValueString(),
 		Username: m.DBUsername.ValueString(), Host: m.Host.ValueString(), Port: int(m.Port.ValueInt64()),
 		ContainerID: m.ContainerID.ValueString(), Backend: m.Backend.ValueString(), State: metadb.StateReady,
-		Image: m.Image.ValueString(), Token: token,
+		Image: m.Image.ValueString(), Token: token, SSLMode: m.SSLMode.ValueString(),
 	}, true
 }
 

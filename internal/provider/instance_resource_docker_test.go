@@ -171,7 +171,9 @@ func TestAccInstance_dockerLifecycle(t *testing.T) {
 					resource.TestCheckResourceAttr(a.address(), "image", os.Getenv("POSTGRAAS_TEST_IMAGE")),
 					resource.TestCheckResourceAttrSet(a.address(), "container_id"),
 					resource.TestMatchResourceAttr(a.address(), "connection_uri",
-						regexp.MustCompile(`^postgres://`+regexp.QuoteMeta(a.user)+`:pw%27%40%3A%2F.*@localhost:\d+/`+regexp.QuoteMeta(a.db)+`$`)),
+						regexp.MustCompile(`^postgres://`+regexp.QuoteMeta(a.user)+`:pw%27%40%3A%2F.*@localhost:\d+/`+regexp.QuoteMeta(a.db)+`\?sslmode=disable$`)),
+					// The test image offers no TLS.
+					resource.TestCheckResourceAttr(a.address(), "sslmode", "disable"),
 				),
 			},
 			{

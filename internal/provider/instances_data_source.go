@@ -60,7 +60,7 @@ func (d *instancesDataSource) Schema(ctx context.Context, _ datasource.SchemaReq
 				NestedObject:        schema.NestedAttributeObject{Attributes: instanceDataAttributes(false)},
 			},
 		},
-		Blocks: map[string]schema.Block{"timeouts": timeouts.Block(ctx)},
+		Blocks: map[string]schema.Block{"timeouts": dataTimeoutsBlock(ctx)},
 	}
 }
 

@@ -80,12 +80,12 @@ func TestValidators(t *testing.T) {
 }
 
 func TestConnectionURIEscapesEveryPart(t *testing.T) {
-	got := connectionURI("app@srv", "p@ss:w/rd?#", "db.example.com", 5433, "my db/x")
-	want := "postgres://app%40srv:p%40ss%3Aw%2Frd%3F%23@db.example.com:5433/my%20db%2Fx"
+	got := connectionURI("app@srv", "p@ss:w/rd?#", "db.example.com", 5433, "my db/x", "require")
+	want := "postgres://app%40srv:p%40ss%3Aw%2Frd%3F%23@db.example.com:5433/my%20db%2Fx?sslmode=require"
 	if got != want {
 		t.Fatalf("got %s\nwant %s", got, want)
 	}
-	if got := connectionURI("u", "p", "::1", 5432, "d"); got != "postgres://u:p@[::1]:5432/d" {
+	if got := connectionURI("u", "p", "::1", 5432, "d", ""); got != "postgres://u:p@[::1]:5432/d" {
 		t.Fatalf("IPv6: got %s", got)
 	}
 }

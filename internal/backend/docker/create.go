@@ -60,7 +60,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		return backend.Created{}, err
 	}
 	faultinject.Pause(ctx, "docker.container_created")
-	port, err := b.startAndWait(ctx, id, spec, bootstrap)
+	port, ssl, err := b.startAndWait(ctx, id, spec, bootstrap)
 	if err != nil {
 		return backend.Created{}, b.failedStart(ctx, spec.Name, id, err)
 	}
@@ -70,6 +70,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		Username:    spec.Username,
 		ContainerID: id,
 		Image:       img,
+		SSLMode:     backend.SSLModeFor(ssl),
 	}, nil
 }
 
@@ -183,34 +184,33 @@ func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, img, b
 // works, then sets the real password (as its verifier) over that login,
 // which makes the bootstrap secret in the container's config useless. It
 // returns the published host port.
-func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec, bootstrap string) (int, error) {
+func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec, bootstrap string) (port int, ssl string, err error) {
 	if err := b.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
-		return 0, fmt.Errorf("starting: %w", err)
+		return 0, "", fmt.Errorf("starting: %w", err)
 	}
 	faultinject.Pause(ctx, "docker.started")
 	verifier := spec.Verifier
 	if verifier == "" {
-		var err error
 		if verifier, err = pgsql.ScramVerifier(spec.Password); err != nil {
-			return 0, err
+			return 0, "", err
 		}
 	}
-	var sent bool // an attempt got as far as sending its ALTER ROLE
-	port, err := b.untilLogin(ctx, id, 0, b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &sent))
+	var p personalisation
+	port, err = b.untilLogin(ctx, id, 0, b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &p))
 	// What cannot clear by waiting: the server will never take the login.
 	var stopped *containerStopped
 	switch {
 	case err == nil:
 	case errors.As(err, &stopped):
-		return 0, &backend.StartError{Reason: stopped.Error()}
+		return 0, "", &backend.StartError{Reason: stopped.Error()}
 	case pgsql.Code(err) == pgsql.CodeInvalidCatalogName:
-		return 0, &backend.StartError{Reason: fmt.Sprintf("database %q does not exist in the new container (the image did not "+
+		return 0, "", &backend.StartError{Reason: fmt.Sprintf("database %q does not exist in the new container (the image did not "+
 			"create POSTGRES_DB)", spec.DBName)}
 	case pgsql.IsAuthFailure(err):
-		return 0, &backend.StartError{Reason: fmt.Sprintf("the new server refused the login of %q with the bootstrap password "+
+		return 0, "", &backend.StartError{Reason: fmt.Sprintf("the new server refused the login of %q with the bootstrap password "+
 			"it was started with (%s; the image did not honour POSTGRES_USER and POSTGRES_PASSWORD)", spec.Username, serverSaid(err))}
 	}
-	return port, err
+	return port, p.ssl, err
 }
 
 // serverSaid is the server's own message in err, without the client's
@@ -251,20 +251,28 @@ func (b *Backend) failedStart(ctx context.Context, name, id string, err error) e
 	return fmt.Errorf("container %q did not become ready: %w%s", name, err, suffix)
 }
 
+// personalisation is what readiness attempts learn: whether one got as far
+// as sending its ALTER ROLE, and the server's ssl setting once one succeeds.
+type personalisation struct {
+	sent bool
+	ssl  string
+}
+
 // personaliseAttempt is one readiness attempt of a new container: log in
-// with the bootstrap secret and set the instance's verifier. *sent records
-// that an attempt got as far as sending the ALTER ROLE.
-func (b *Backend) personaliseAttempt(ctx context.Context, id string, spec backend.Spec, bootstrap, verifier string, sent *bool) func(port int) error {
+// with the bootstrap secret and set the instance's verifier.
+func (b *Backend) personaliseAttempt(ctx context.Context, id string, spec backend.Spec, bootstrap, verifier string, p *personalisation) func(port int) error {
 	return func(port int) error {
-		err := personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier, sent)
-		if err != nil && *sent && pgsql.IsAuthFailure(err) {
+		err := personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier, p)
+		if err != nil && p.sent && pgsql.IsAuthFailure(err) {
 			// An earlier attempt's ALTER ROLE can commit after that attempt
 			// stopped waiting for its answer (seen on a loaded CI machine):
 			// the bootstrap secret is then gone because the verifier is
 			// already ours. Only the server can tell: ask it from inside.
 			inst := backend.Instance{Name: spec.Name, DBName: spec.DBName, Username: spec.Username, ContainerID: id}
 			if secret, _, verr := b.storedVerifier(ctx, id, inst); verr == nil && secret == verifier {
-				return nil
+				// The lost answer carried the ssl setting too.
+				p.ssl, err = sslSetting(ctx, b.target(port, spec.Username, spec.Password, spec.DBName))
+				return err
 			}
 		}
 		return err
@@ -272,8 +280,8 @@ func (b *Backend) personaliseAttempt(ctx context.Context, id string, spec backen
 }
 
 // personalise logs in with the bootstrap secret and replaces it with the
-// instance's verifier; *sent is set once the ALTER ROLE has gone out.
-func personalise(ctx context.Context, t pgsql.Target, verifier string, sent *bool) error {
+// instance's verifier; p.sent is set once the ALTER ROLE has gone out.
+func personalise(ctx context.Context, t pgsql.Target, verifier string, p *personalisation) error {
 	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
 	conn, err := t.ConnectOnce(ctx)
@@ -281,9 +289,32 @@ func personalise(ctx context.Context, t pgsql.Target, verifier string, sent *boo
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	*sent = true
-	_, err = conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier))
-	return err
+	p.sent = true
+	// The ssl setting rides in the same message: no extra round trip.
+	res, err := conn.PgConn().Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier)+
+		"; SELECT current_setting('ssl')").ReadAll()
+	if err != nil {
+		return err
+	}
+	if len(res) != 2 || len(res[1].Rows) != 1 || len(res[1].Rows[0]) != 1 {
+		return fmt.Errorf("unexpected answer to the ALTER ROLE and ssl query: %d results", len(res))
+	}
+	p.ssl = string(res[1].Rows[0][0])
+	return nil
+}
+
+// sslSetting asks the server whether it offers TLS.
+func sslSetting(ctx context.Context, t pgsql.Target) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	conn, err := t.ConnectOnce(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var ssl string
+	err = conn.QueryRow(ctx, "SELECT current_setting('ssl')").Scan(&ssl)
+	return ssl, err
 }
 
 // randomSecret is a one-time bootstrap password.

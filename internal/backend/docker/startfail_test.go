@@ -207,20 +207,24 @@ func TestPersonaliseAfterALostAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The lost attempt: it set the verifier, its caller never heard.
-	var lost bool
+	var lost personalisation
 	if _, err := e.b.untilLogin(ctx, id, 0, func(port int) error {
 		return personalise(ctx, e.b.target(port, spec.Username, bootstrap, spec.DBName), verifier, &lost)
 	}); err != nil {
 		t.Fatal(err)
 	}
 	// Without knowing an ALTER went out, the refusal is final.
-	var none bool
+	var none personalisation
 	if _, err := e.b.untilLogin(ctx, id, 0, e.b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &none)); !pgsql.IsAuthFailure(err) {
 		t.Fatalf("no ALTER sent, bootstrap refused: want the refusal, got %v", err)
 	}
 	// Knowing one did, the server's stored verifier settles it.
-	sent := true
+	sent := personalisation{sent: true}
 	if _, err := e.b.untilLogin(ctx, id, 0, e.b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &sent)); err != nil {
 		t.Fatalf("after a lost answer: %v", err)
+	}
+	// The lost answer carried the server's ssl setting: asked again.
+	if lost.ssl != "off" || sent.ssl != lost.ssl {
+		t.Fatalf("ssl setting: %q from the lost attempt, %q after it (the test image offers no TLS)", lost.ssl, sent.ssl)
 	}
 }

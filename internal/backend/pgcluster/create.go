@@ -53,6 +53,7 @@ type creation struct {
 	marker string
 	// pid is the server process of the create's connection.
 	pid      uint32
+	ssl      string // the server's ssl setting
 	roleDone outcome
 	dbDone   outcome
 }
@@ -99,6 +100,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		Host:     b.admin.Host,
 		Port:     b.admin.Port,
 		Username: StoredUsername(role, b.server),
+		SSLMode:  backend.SSLModeFor(c.ssl),
 	}, nil
 }
 
@@ -107,8 +109,8 @@ func (b *Backend) create(ctx context.Context, conn *pgx.Conn, c *creation, verif
 	err := conn.QueryRow(ctx, `
 SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
        EXISTS (SELECT 1 FROM pg_database WHERE datname = $2),
-       rolsuper, rolinherit
-FROM pg_roles WHERE rolname = current_user`, c.role, c.db).Scan(&roleExists, &dbExists, &super, &inherit)
+       rolsuper, rolinherit, current_setting('ssl')
+FROM pg_roles WHERE rolname = current_user`, c.role, c.db).Scan(&roleExists, &dbExists, &super, &inherit, &c.ssl)
 	if err != nil {
 		return fmt.Errorf("checking for role %q and database %q: %w", c.role, c.db, err)
 	}
