@@ -1,6 +1,12 @@
 # Docker backend (the default): every instance is a whole PostgreSQL server in
 # its own container. Secrets usually come from the environment
 # (POSTGRAAS_METADB_PASSWORD, ...), so CI needs none in HCL.
+terraform {
+  required_providers {
+    postgraas = { source = "postgraas/postgraas" }
+  }
+}
+
 provider "postgraas" {
   metadb = {
     host     = "127.0.0.1"

@@ -1,4 +1,10 @@
 # Look up an instance created by another pipeline (or by postgraas_server).
+terraform {
+  required_providers {
+    postgraas = { source = "postgraas/postgraas" }
+  }
+}
+
 data "postgraas_instance" "shared" {
   name = "my_postgraas"
 }

@@ -1,4 +1,10 @@
 # Every instance in the meta DB, whoever created it.
+terraform {
+  required_providers {
+    postgraas = { source = "postgraas/postgraas" }
+  }
+}
+
 data "postgraas_instances" "all" {}
 
 # Only the CI databases on the shared cluster.

@@ -1,36 +1,46 @@
-# Migrations without the instance's long-lived password: a login that exists
-# only while Terraform runs configures the cyrilgdn/postgresql provider.
-# Neither the login nor its password are written to plan or state.
+# A CI step that needs a login: the migration tool gets it in PG* environment
+# variables (not on its command line, where process lists would show it), and
+# the login is removed when the run ends. Neither the login nor its password
+# are written to plan or state.
 terraform {
   required_providers {
-    postgraas  = { source = "postgraas/postgraas" }
-    postgresql = { source = "cyrilgdn/postgresql" }
+    postgraas = { source = "postgraas/postgraas" }
   }
 }
 
-# An instance made elsewhere (by another configuration, or another pipeline).
-data "postgraas_instance" "app" {
-  name = "app-prod"
+variable "ci_db_password" {
+  type      = string
+  sensitive = true
 }
 
-ephemeral "postgraas_credentials" "migrations" {
-  instance_id = data.postgraas_instance.app.id
+variable "app_version" {
+  type = string
+}
+
+resource "postgraas_instance" "ci" {
+  name        = "ci-1234"
+  db_name     = "app"
+  db_username = "app"
+  db_password = var.ci_db_password
+}
+
+ephemeral "postgraas_credentials" "ci" {
+  instance_id = postgraas_instance.ci.id
   ttl         = "30m" # renewed while the run lasts; default 15m
 }
 
-provider "postgresql" {
-  host      = ephemeral.postgraas_credentials.migrations.host
-  port      = ephemeral.postgraas_credentials.migrations.port
-  database  = ephemeral.postgraas_credentials.migrations.db_name
-  username  = ephemeral.postgraas_credentials.migrations.username
-  password  = ephemeral.postgraas_credentials.migrations.password
-  sslmode   = "require"
-  superuser = false
-}
+resource "terraform_data" "migrate" {
+  triggers_replace = [var.app_version]
 
-# Made as the instance's user: the temporary login's sessions start as it,
-# so the schema belongs to the instance, not to the login that goes away.
-resource "postgresql_schema" "app" {
-  name     = "app"
-  database = data.postgraas_instance.app.db_name
+  provisioner "local-exec" {
+    command = "./migrate up"
+    environment = {
+      PGHOST     = ephemeral.postgraas_credentials.ci.host
+      PGPORT     = ephemeral.postgraas_credentials.ci.port
+      PGDATABASE = ephemeral.postgraas_credentials.ci.db_name
+      PGUSER     = ephemeral.postgraas_credentials.ci.username
+      PGPASSWORD = ephemeral.postgraas_credentials.ci.password
+      PGSSLMODE  = ephemeral.postgraas_credentials.ci.sslmode
+    }
+  }
 }

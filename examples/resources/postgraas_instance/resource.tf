@@ -1,3 +1,9 @@
+terraform {
+  required_providers {
+    postgraas = { source = "postgraas/postgraas" }
+  }
+}
+
 variable "ci_db_password" {
   type      = string
   sensitive = true
