@@ -41,8 +41,8 @@ type pkgState struct {
 // Counting, as `make test` has always counted: passed and failed are
 // top-level tests; every skipped test, top-level or not, counts as failed
 // (a skipped test proves nothing); a package that fails without a failing
-// test (build error, panic, timeout) counts as one failed, and so does its
-// each test that never finished.
+// test (build error, panic, timeout) counts as one failed, and so does each
+// of its tests that never finished; so does a run in which no test ran.
 type Report struct {
 	out, log io.Writer
 	trim     string // module path + "/", cut from package paths in out
@@ -189,6 +189,10 @@ func (r *Report) Finish(exitCode int, label, logName string) bool {
 	}
 	if exitCode != 0 && r.Failed == 0 {
 		fmt.Fprintf(r.out, "ERROR: go test exited %d without a failing test (build error, panic or timeout?): see %s\n", exitCode, logName)
+		r.Failed = 1
+	}
+	if r.Passed+r.Failed == 0 {
+		fmt.Fprintln(r.out, "ERROR: no test ran (a -run pattern that matches nothing?); that counts as a failure")
 		r.Failed = 1
 	}
 	summary := fmt.Sprintf("%d passed, %d failed", r.Passed, r.Failed)

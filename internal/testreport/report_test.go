@@ -150,6 +150,18 @@ func TestStreamCutShort(t *testing.T) {
 	}
 }
 
+// A run of no test at all (a -run that matches nothing) proves nothing.
+func TestNoTestRan(t *testing.T) {
+	out, _, ok := feed(0,
+		`{"Action":"start","Package":"example.com/m/a"}`,
+		`{"Action":"output","Package":"example.com/m/a","Output":"testing: warning: no tests to run\n"}`,
+		`{"Action":"pass","Package":"example.com/m/a","Elapsed":0.1}`,
+	)
+	if ok || !strings.Contains(out, "ERROR: no test ran") || lastLine(out) != "0 passed, 1 failed" {
+		t.Errorf("ok=%v, out:\n%s", ok, out)
+	}
+}
+
 func TestCommandThatDoesNotStart(t *testing.T) {
 	var out, errOut bytes.Buffer
 	code := run([]string{"--", filepath.Join(t.TempDir(), "no-such-command")}, &out, &errOut)
