@@ -19,11 +19,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TestAccMatrix_docker and TestAccMatrix_pgCluster are the subset of the
-// acceptance tests that `make test` runs again under each CLI of the matrix
-// (OpenTofu, the newest Terraform; make test-matrix runs only that): the
-// whole life of an instance on one backend, with every kind of call a CLI
-// makes to the provider. Create (plan, apply, the data sources read after
+// TestAccMatrix_docker and TestAccMatrix_pgCluster are, with
+// TestAccCredentials_docker and _pgCluster (the ephemeral resource), the
+// subset of the acceptance tests that `make test` runs again under each CLI
+// of the matrix (OpenTofu, the newest Terraform; make test-matrix runs only
+// that; .ci/test.sh): the whole life of an instance on one backend, with
+// every kind of call a CLI makes to the provider. Create (plan, apply, the data sources read after
 // it); read (a refresh that must see a change made to the meta DB row
 // behind the CLI's back, in the resource and the data sources); rotation
 // of db_password; import by name; a move to a write-only password, which
