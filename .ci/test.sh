@@ -58,7 +58,7 @@ failed_with() { [ "$rc" != 0 ] || rc=$1; }
 # go_test LABEL VERSION GO_TEST_ARGS...: one run through testreport, under the CLI of that
 # version (the matrix tests check it).
 go_test() {
-	local label=$1 version=$2 before
+	local label=$1 version=$2 before start=$SECONDS
 	shift 2
 	before=$(wc -l <"$counts")
 	# shellcheck disable=SC2086 # GO_TEST_FLAGS is a list of flags
@@ -69,6 +69,7 @@ go_test() {
 		echo "0 1" >>"$counts"
 		failed_with 1
 	fi
+	echo "($label took $((SECONDS - start)) s)"
 }
 
 # matrix_run NAME BIN VERSION PROVIDER_HOST: the subset under BIN, as the env file names it.
