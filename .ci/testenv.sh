@@ -3,12 +3,14 @@
 # "pg_cluster" backend), a Docker engine and a PostgreSQL image (the "docker" backend), and
 # an sshd on loopback through which the same engine is reached as ssh://postgraas-testenv-ssh.
 #
-#   .ci/testenv.sh up [PART...]
+#   .ci/testenv.sh up [--matrix] [PART...]
 #                          idempotent: install/start what is missing, write an env file and
 #                          print its path on the last line of stdout (progress goes to stderr).
 #                          PARTs: pg, docker, ssh, terraform; none means all of them (the tests).
 #                          `up` of all writes env.sh; `up` of some writes env-PART-PART.sh, so a
 #                          demo never takes from the tests' file what it did not start.
+#                          --matrix also builds (once) the OpenTofu and newest Terraform CLIs
+#                          that `make test` runs a subset of the acceptance tests under
 #   .ci/testenv.sh env     print the path of env.sh (after `up`)
 #   .ci/testenv.sh down    stop the PostgreSQL server, the sshd and the dockerd that `up` started
 #   .ci/testenv.sh clean   `down`, and before that remove the containers and volumes the tests
@@ -16,6 +18,8 @@
 #                          kept unless POSTGRAAS_CLEAN_BUILDS=1)
 #   .ci/testenv.sh terraform
 #                          print the path of a terraform CLI, building it when none is on PATH
+#   .ci/testenv.sh matrix  print the paths of the OpenTofu and newest Terraform CLIs, building
+#                          them when the state dir lacks them
 #   .ci/testenv.sh verify-image [IMAGE]
 #                          smoke-test a postgres image (login over a published port, bad tag,
 #                          missing POSTGRES_PASSWORD) and print timings
@@ -799,26 +803,42 @@ write_env() {
 		if has_part terraform; then
 			# The terraform ensure_terraform chose, first on PATH for the tests, the demo and the bench.
 			printf 'export PATH=%s:"$PATH"\n' "$(shquote "$(dirname "$TERRAFORM_BIN")")"
+			kv POSTGRAAS_TEST_TERRAFORM_VERSION "$(cli_version "$TERRAFORM_BIN")"
+		fi
+		# The CLIs of the matrix, their versions, and the host each puts in front of a provider
+		# source that has none (terraform-plugin-testing's TF_ACC_PROVIDER_HOST), once built
+		# (up --matrix).
+		if [ -n "${TOFU_BIN:-}" ]; then
+			kv POSTGRAAS_TEST_TOFU "$TOFU_BIN"
+			kv POSTGRAAS_TEST_TOFU_VERSION "$TOFU_VERSION"
+			kv POSTGRAAS_TEST_TOFU_PROVIDER_HOST "$TOFU_PROVIDER_HOST"
+		fi
+		if [ -n "${TERRAFORM_NEWEST_BIN:-}" ]; then
+			kv POSTGRAAS_TEST_TERRAFORM_NEWEST "$TERRAFORM_NEWEST_BIN"
+			kv POSTGRAAS_TEST_TERRAFORM_NEWEST_VERSION "$TERRAFORM_NEWEST_VERSION"
+			kv POSTGRAAS_TEST_TERRAFORM_NEWEST_PROVIDER_HOST "$TERRAFORM_NEWEST_PROVIDER_HOST"
 		fi
 	} >"$tmp"
 	chmod 600 "$tmp"
 	mv "$tmp" "$file"
 }
 
-# ---------------------------------------------------------------- terraform
+# ---------------------------------------------------------------- terraform and OpenTofu
 
 # The acceptance tests, make demo, make bench and make docs run the terraform CLI; the tests
 # need 1.11 or later (ephemeral resources came in 1.10, write-only attributes in 1.11). The
 # machines here carry v1.11.4 on PATH. Where one lacks it (or has an older one), v1.11.4 is
 # built from the Go module proxy, once, into the state dir (no registry or release server is
-# asked). `go install` cannot build it: its go.mod has replace directives to nested modules
-# (the remote-state backends: azurerm, consul, cos, gcs, kubernetes, oss, pg, s3) that the
-# module zip leaves out, and a godebug setting (tlskyber) that Go 1.26 no longer knows. So the
-# module is copied out of the read-only module cache and built from the copy, with those
-# backends and that setting taken out of the copy only. The tests keep their state locally.
+# asked). `make test` also runs a subset of the acceptance tests under the CLIs of the matrix,
+# built the same way (`up --matrix`): OpenTofu (1.11 or later has write-only attributes) and
+# the newest Terraform the proxy serves.
 TERRAFORM_FALLBACK_VERSION=1.11.4
 TERRAFORM_MIN_VERSION=1.11.0
 TERRAFORM_FALLBACK_DIR=$STATE/terraform-$TERRAFORM_FALLBACK_VERSION
+TERRAFORM_MODULE=github.com/hashicorp/terraform
+TERRAFORM_NEWEST_VERSION=1.13.3
+TOFU_MODULE=github.com/opentofu/opentofu
+TOFU_VERSION=1.12.6
 
 # POSTGRAAS_TERRAFORM_SEARCH_PATH, when set, replaces the PATH searched for an existing
 # terraform (the caller's PATH, GOBIN and /usr/local/bin): tests of the build set it to a
@@ -834,10 +854,18 @@ terraform_search_path() {
 	printf '%s' "$CALLER_PATH:$gobin:/usr/local/bin"
 }
 
+# cli_version BIN: the version BIN reports ("Terraform v1.11.4", "OpenTofu v1.12.6": 1.11.4,
+# 1.12.6), empty when it does not run. Not always on the first line: OpenTofu prints warnings
+# about its CLI configuration (say TF_CLI_CONFIG_FILE names a missing file) to stdout first.
+cli_version() {
+	[ -x "$1" ] || return 0
+	CHECKPOINT_DISABLE=1 "$1" version 2>/dev/null | sed -n 's/^[A-Za-z][A-Za-z]* v\([0-9][0-9.]*\).*/\1/p' | head -n 1
+}
+
 # terraform_recent BIN: BIN is a terraform CLI of version TERRAFORM_MIN_VERSION or later.
 terraform_recent() {
 	local v
-	v=$(CHECKPOINT_DISABLE=1 "$1" version 2>/dev/null | sed -n '1s/^Terraform v\([0-9][0-9.]*\).*/\1/p')
+	v=$(cli_version "$1")
 	[ -n "$v" ] && [ "$(printf '%s\n%s\n' "$TERRAFORM_MIN_VERSION" "$v" | sort -V | head -n 1)" = "$TERRAFORM_MIN_VERSION" ]
 }
 
@@ -852,25 +880,97 @@ ensure_terraform() {
 		fi
 	fi
 	if [ -z "$TERRAFORM_BIN" ]; then
-		if ! { [ -x "$TERRAFORM_FALLBACK_DIR/terraform" ] && terraform_recent "$TERRAFORM_FALLBACK_DIR/terraform"; }; then
-			build_terraform
-		fi
 		TERRAFORM_BIN=$TERRAFORM_FALLBACK_DIR/terraform
+		if ! terraform_recent "$TERRAFORM_BIN"; then
+			log "no terraform $TERRAFORM_MIN_VERSION or later found"
+			ensure_cli_built terraform "$TERRAFORM_MODULE" "$TERRAFORM_FALLBACK_VERSION" . "$TERRAFORM_FALLBACK_DIR" \
+				"put a terraform CLI ($TERRAFORM_MIN_VERSION or later) on PATH"
+		fi
 	fi
-	log "$(CHECKPOINT_DISABLE=1 "$TERRAFORM_BIN" version 2>/dev/null | head -n 1) at $TERRAFORM_BIN"
+	log "terraform v$(cli_version "$TERRAFORM_BIN") at $TERRAFORM_BIN"
 }
 
-# build_terraform builds TERRAFORM_FALLBACK_VERSION into $TERRAFORM_FALLBACK_DIR/terraform.
-build_terraform() {
-	local v=$TERRAFORM_FALLBACK_VERSION out=$TERRAFORM_FALLBACK_DIR t src work missing m alias
+# The CLIs of the matrix are always these pinned versions, whatever is on PATH.
+TOFU_DIR=$STATE/tofu-$TOFU_VERSION
+TERRAFORM_NEWEST_DIR=$STATE/terraform-$TERRAFORM_NEWEST_VERSION
+
+# ensure_matrix [build]: sets TOFU_BIN and TERRAFORM_NEWEST_BIN to those CLIs; with "build"
+# builds each that is not in the state dir yet, without it leaves the variable empty then.
+ensure_matrix() {
+	TOFU_BIN=$TOFU_DIR/tofu
+	TERRAFORM_NEWEST_BIN=$TERRAFORM_NEWEST_DIR/terraform
+	if [ "${1:-}" = build ]; then
+		ensure_cli_built tofu "$TOFU_MODULE" "$TOFU_VERSION" ./cmd/tofu "$TOFU_DIR"
+		ensure_cli_built terraform "$TERRAFORM_MODULE" "$TERRAFORM_NEWEST_VERSION" . "$TERRAFORM_NEWEST_DIR"
+	fi
+	TOFU_PROVIDER_HOST= TERRAFORM_NEWEST_PROVIDER_HOST=
+	if [ "$(cli_version "$TOFU_BIN")" = "$TOFU_VERSION" ]; then
+		TOFU_PROVIDER_HOST=$(cli_provider_host "$TOFU_BIN")
+	else
+		TOFU_BIN=
+	fi
+	if [ "$(cli_version "$TERRAFORM_NEWEST_BIN")" = "$TERRAFORM_NEWEST_VERSION" ]; then
+		TERRAFORM_NEWEST_PROVIDER_HOST=$(cli_provider_host "$TERRAFORM_NEWEST_BIN")
+	else
+		TERRAFORM_NEWEST_BIN=
+	fi
+	if [ -n "$TOFU_BIN$TERRAFORM_NEWEST_BIN" ]; then
+		log "matrix:${TOFU_BIN:+ OpenTofu v$TOFU_VERSION at $TOFU_BIN}${TERRAFORM_NEWEST_BIN:+ Terraform v$TERRAFORM_NEWEST_VERSION at $TERRAFORM_NEWEST_BIN}"
+	fi
+}
+
+# cli_provider_host BIN: the host BIN puts in front of a provider source without one, as BIN
+# itself says (`providers` of a configuration requiring postgraas/postgraas: no network, no
+# init), so that no registry's host name is written here.
+cli_provider_host() {
+	local d host
+	d=$(mktemp -d)
+	printf 'terraform {\n  required_providers {\n    postgraas = { source = "postgraas/postgraas" }\n  }\n}\n' >"$d/main.tf"
+	host=$(cd "$d" && CHECKPOINT_DISABLE=1 "$1" providers -no-color 2>/dev/null |
+		sed -n 's#.*provider\[\([^]/]*\)/postgraas/postgraas\].*#\1#p' | head -n 1)
+	rm -rf "$d"
+	[ -n "$host" ] || die "could not read the default provider host from '$1 providers'"
+	printf '%s' "$host"
+}
+
+# ensure_cli_built NAME MODULE VERSION MAIN DIR [HINT]: DIR/NAME is MODULE's MAIN package at
+# VERSION, built by build_go_cli unless DIR already holds it. One build per DIR at a time: a
+# second caller waits for the first and then finds the binary (an hour at most; the build
+# holds no other lock, so `up`s that need nothing built go on meanwhile).
+ensure_cli_built() {
+	local name=$1 v=$3 dir=$5
+	mkdir -p "$dir"
+	exec 8>"$dir/build.lock"
+	if ! flock -n 8; then
+		log "another run is building $name v$v into $dir: waiting for it"
+		flock -w 3600 8 || die "timed out waiting for the lock $dir/build.lock"
+	fi
+	if [ "$(cli_version "$dir/$name")" != "$v" ]; then
+		build_go_cli "$@"
+	fi
+	exec 8>&-
+}
+
+# build_go_cli NAME MODULE VERSION MAIN DIR [HINT] builds the Go command MAIN (a package path
+# relative to the module's root) of MODULE at VERSION into DIR/NAME, from the Go module
+# proxy. `go install` cannot build terraform: its go.mod has replace directives to nested
+# modules (the remote-state backends: azurerm, consul, cos, gcs, kubernetes, oss, pg, s3, oci)
+# that the module zip leaves out, and up to 1.11 a godebug setting (tlskyber) that Go 1.26 no
+# longer knows. So the module is copied out of the read-only module cache and built from the
+# copy, with those backends and that setting taken out of the copy only (the tests keep their
+# state locally). OpenTofu's go.mod has no such replace; it is built the same way. The
+# version is stamped as the projects' release builds do (terraform's scripts/build.sh,
+# OpenTofu's .goreleaser.yaml: version.dev=no), or it would say v1.11.4-dev.
+build_go_cli() {
+	local name=$1 mod=$2 v=$3 main=$4 out=$5 hint=${6:-} t src work missing m alias init pid n=0 rc=0
 	t=$(now)
-	log "no terraform $TERRAFORM_MIN_VERSION or later found: building v$v from the Go module proxy into $out (minutes, once)"
+	log "building $name v$v ($mod) from the Go module proxy into $out: this takes minutes, once"
 	mkdir -p "$out"
 	# Outside any module, so nothing's go.mod is touched.
-	src=$(cd "$out" && GOWORK=off GOFLAGS= go mod download -json "github.com/hashicorp/terraform@v$v" |
+	src=$(cd "$out" && GOWORK=off GOFLAGS= go mod download -json "$mod@v$v" |
 		awk -F'"' '$2 == "Dir" { print $4 }') || true
 	[ -n "$src" ] && [ -f "$src/go.mod" ] ||
-		die "could not download github.com/hashicorp/terraform@v$v from the Go module proxy: put a terraform CLI ($TERRAFORM_MIN_VERSION or later) on PATH"
+		die "could not download $mod@v$v from the Go module proxy${hint:+: $hint}"
 	work=$out/src
 	rm -rf "$work"
 	# The module cache is read-only: copy, then make the copy writable.
@@ -879,28 +979,41 @@ build_terraform() {
 
 	# Nested modules the zip leaves out: drop their replace and require lines, and the
 	# backends that import them.
-	missing=$(sed -n 's#^replace \(github.com/hashicorp/terraform/[^ ]*\) => \./\(.*\)$#\1 \2#p' "$work/go.mod" |
+	missing=$(sed -n "s#^replace \($mod/[^ ]*\) => \./\(.*\)\$#\1 \2#p" "$work/go.mod" |
 		while read -r m dir; do [ -e "$work/$dir" ] || echo "$m"; done)
+	init=$work/internal/backend/init/init.go
 	for m in $missing; do
 		sed -i -e "\#^replace $m =>#d" -e "\#^[[:space:]]*$m v#d" "$work/go.mod"
-		alias=$(sed -n "s#^[[:space:]]*\([A-Za-z0-9_]*\) \"$m\"\$#\1#p" "$work/internal/backend/init/init.go")
+		[ -f "$init" ] || continue
+		alias=$(sed -n "s#^[[:space:]]*\([A-Za-z0-9_]*\) \"$m\"\$#\1#p" "$init")
 		if [ -n "$alias" ]; then
-			sed -i -e "\#\"$m\"\$#d" -e "/return $alias\.New()/d" "$work/internal/backend/init/init.go"
+			sed -i -e "\#\"$m\"\$#d" -e "/return $alias\.New()/d" "$init"
 		fi
 	done
-	[ -z "$missing" ] || log "left out of the build (not in the module zip): $(echo $missing | sed 's#github.com/hashicorp/terraform/##g')"
+	[ -z "$missing" ] || log "left out of the build (not in the module zip): $(echo $missing | sed "s#$mod/##g")"
 	# godebug settings this Go does not know fail the build ("unknown godebug"): drop them.
 	sed -i '/^godebug tlskyber=/d' "$work/go.mod"
 
-	# As HashiCorp's release build (scripts/build.sh): version.dev=no, or it says v1.11.4-dev.
-	if ! (cd "$work" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath \
-		-ldflags "-s -w -X 'github.com/hashicorp/terraform/version.dev=no'" -o "$out/terraform.tmp" .) >"$out/build.log" 2>&1; then
+	log "compiling $name v$v (log: $out/build.log)"
+	(cd "$work" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 exec go build -v -trimpath \
+		-ldflags "-s -w -X '$mod/version.dev=no'" -o "$out/$name.tmp" "$main") >"$out/build.log" 2>&1 &
+	pid=$!
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 1
+		n=$((n + 1))
+		[ $((n % 60)) != 0 ] ||
+			log "still compiling $name v$v after $(since "$t") s: $(grep -c '' "$out/build.log") packages so far"
+	done
+	wait "$pid" || rc=$?
+	if [ "$rc" != 0 ]; then
 		tail -n 30 "$out/build.log" >&2
-		die "building terraform v$v failed (log: $out/build.log): put a terraform CLI ($TERRAFORM_MIN_VERSION or later) on PATH"
+		die "building $name v$v failed (log: $out/build.log)${hint:+: $hint}"
 	fi
-	mv "$out/terraform.tmp" "$out/terraform"
+	mv "$out/$name.tmp" "$out/$name"
 	rm -rf "$work"
-	log "terraform v$v built in $(since "$t") s"
+	[ "$(cli_version "$out/$name")" = "$v" ] ||
+		die "$out/$name reports version '$("$out/$name" version 2>&1 | head -n 1)', want v$v"
+	log "$name v$v built in $(since "$t") s"
 }
 
 # ---------------------------------------------------------------- main
@@ -909,22 +1022,38 @@ ALL_PARTS=(pg docker ssh terraform)
 PARTS=()
 has_part() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 
+# cmd_up [--matrix] [PART...]: --matrix also provides the CLIs of the matrix (make test runs a
+# subset of the acceptance tests under each).
 cmd_up() {
-	local t0 p file
+	local t0 p file matrix=0
 	t0=$(now)
 	for p in "$@"; do
-		case " ${ALL_PARTS[*]} " in *" $p "*) ;; *) die "unknown part '$p' (parts: ${ALL_PARTS[*]})" ;; esac
+		if [ "$p" = --matrix ]; then
+			matrix=1
+			continue
+		fi
+		case " ${ALL_PARTS[*]} " in *" $p "*) ;; *) die "unknown part '$p' (usage: $0 up [--matrix] [${ALL_PARTS[*]}])" ;; esac
 		has_part "$p" || PARTS+=("$p")
 	done
 	if [ "${#PARTS[@]}" = 0 ]; then
 		PARTS=("${ALL_PARTS[@]}")
 		file=$ENV_FILE
 	else
-		# The ssh part reaches the engine of the docker part.
+		# The ssh part reaches the engine of the docker part; the matrix goes with terraform.
 		has_part ssh && ! has_part docker && PARTS+=(docker)
+		[ "$matrix" = 0 ] || has_part terraform || PARTS+=(terraform)
 		file=$STATE/env-$(printf '%s\n' "${PARTS[@]}" | sort | paste -sd- -).sh
 	fi
 	mkdir -p "$STATE"
+	# CLIs first, outside the lock below: a build takes minutes and has a lock of its own.
+	if has_part terraform; then
+		ensure_terraform
+		if [ "$matrix" = 1 ]; then
+			ensure_matrix build
+		else
+			ensure_matrix # the env file keeps naming those already built
+		fi
+	fi
 	# One `up` at a time per state dir (several people may run `make test` at once). The
 	# daemons we start must not inherit this fd, or they would hold the lock forever.
 	exec 9>"$STATE/up.lock"
@@ -938,7 +1067,6 @@ cmd_up() {
 		ensure_image
 	fi
 	if has_part ssh; then ensure_sshd; fi
-	if has_part terraform; then ensure_terraform; fi
 	write_env "$file"
 	log "test environment (${PARTS[*]}) ready in $(since "$t0") s; env file: $file"
 	printf '%s\n' "$file"
@@ -978,10 +1106,7 @@ cmd_clean() {
 }
 
 case "${1:-}" in
-up)
-	shift
-	cmd_up "$@"
-	;;
+up) cmd_up "${@:2}" ;;
 env)
 	[ -s "$ENV_FILE" ] || die "no env file at $ENV_FILE: run '$0 up' first"
 	printf '%s\n' "$ENV_FILE"
@@ -996,12 +1121,16 @@ terraform)
 	ensure_terraform
 	printf '%s\n' "$TERRAFORM_BIN"
 	;;
+matrix)
+	ensure_matrix build
+	printf '%s\n' "$TOFU_BIN" "$TERRAFORM_NEWEST_BIN"
+	;;
 verify-image)
 	ensure_docker
 	verify_image "${2:-$STANDIN_IMAGE}"
 	;;
 *)
-	echo "usage: $0 up [PART...]|env|down|clean|terraform|verify-image [IMAGE]" >&2
+	echo "usage: $0 up [--matrix] [PART...]|env|down|clean|terraform|matrix|verify-image [IMAGE]" >&2
 	exit 2
 	;;
 esac

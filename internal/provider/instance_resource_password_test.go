@@ -56,9 +56,10 @@ func (c noSecretInPlan) CheckPlan(_ context.Context, req plancheck.CheckPlanRequ
 	}
 }
 
-// passwordBackend is what the write-only test needs of one backend.
+// passwordBackend is what the write-only and matrix tests need of one backend.
 type passwordBackend struct {
 	name   string
+	status string // the status attribute of a new instance
 	env    []string
 	newI   func() clusterInstance
 	config func(i clusterInstance) string
@@ -73,6 +74,7 @@ func passwordBackends(t *testing.T) []passwordBackend {
 	return []passwordBackend{
 		{
 			name:   "pg_cluster",
+			status: "ready",
 			newI:   func() clusterInstance { return newClusterInstance("wo") },
 			config: func(i clusterInstance) string { return clusterConfig("", i) },
 			login: func(_ *terraform.State, i *clusterInstance, pw string) error {
@@ -85,6 +87,7 @@ func passwordBackends(t *testing.T) []passwordBackend {
 		},
 		{
 			name:   "docker",
+			status: "running",
 			env:    dockerEnv,
 			newI:   func() clusterInstance { return newDockerInstance("wo") },
 			config: func(i clusterInstance) string { return dockerConfig("", i) },

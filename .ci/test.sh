@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The Go tests of `make test` and `make test-matrix`, against the test environment that
+# `.ci/testenv.sh up --matrix` started (the make targets run it first).
+#
+#   .ci/test.sh all      every test with TF_ACC=1 under the default terraform (the one the env
+#                        file puts first on PATH), then the matrix subset under each CLI
+#   .ci/test.sh matrix   the matrix subset only: $MATRIX_TESTS in $MATRIX_PKG, under OpenTofu
+#                        and under the newest Terraform
+#
+# Each run goes through internal/testreport: a line per top-level test as it finishes (a
+# failure with its output), the -v text in $TEST_LOG (the matrix runs appended), and its own
+# summary line. Any failure or skip fails the run (a skipped test counts as failed), as does a
+# CLI of the matrix that is missing or a run of no test. The last line counts every
+# run: "N passed, N failed". Exits non-zero when anything failed.
+#
+# Knobs: GO_TEST_FLAGS, TEST_LOG, POSTGRAAS_TESTENV_DIR (the make targets pass them).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="/usr/local/go/bin:$PATH"
+
+# The instance's life on each backend, and the ephemeral resource (which, like write-only
+# attributes, needs a recent CLI) on each backend.
+MATRIX_TESTS='^(TestAccMatrix_.*|TestAccCredentials_(docker|pgCluster))$'
+MATRIX_PKG=./internal/provider
+GO_TEST_FLAGS=${GO_TEST_FLAGS:--count=1 -v -timeout 30m -parallel 4}
+TEST_LOG=${TEST_LOG:-${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}/test.log}
+
+mode=${1:-all}
+case "$mode" in
+all | matrix) ;;
+*) echo "usage: $0 all|matrix" >&2; exit 2 ;;
+esac
+
+env_file=$(.ci/testenv.sh env)
+# shellcheck disable=SC1090
+. "$env_file"
+export TF_ACC=1
+# A CLI configuration file that does not exist makes OpenTofu print a warning on stdout before
+# its version, where terraform-plugin-testing reads it (and fails): no file, no setting.
+if [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -e "$TF_CLI_CONFIG_FILE" ]; then
+	echo "TF_CLI_CONFIG_FILE=$TF_CLI_CONFIG_FILE does not exist: unset for the tests"
+	unset TF_CLI_CONFIG_FILE
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+report=$tmp/testreport
+counts=$tmp/counts
+: >"$counts"
+go build -o "$report" ./internal/testreport
+mkdir -p "$(dirname "$TEST_LOG")"
+: >"$TEST_LOG"
+
+rc=0
+failed_with() { [ "$rc" != 0 ] || rc=$1; }
+
+# go_test LABEL VERSION GO_TEST_ARGS...: one run through testreport, under the CLI of that
+# version (the matrix tests check it).
+go_test() {
+	local label=$1 version=$2 before start=$SECONDS
+	shift 2
+	before=$(wc -l <"$counts")
+	# shellcheck disable=SC2086 # GO_TEST_FLAGS is a list of flags
+	POSTGRAAS_TEST_CLI_VERSION=$version "$report" -log "$TEST_LOG" -append -label "$label" -counts "$counts" -- \
+		go test -json "$@" $GO_TEST_FLAGS || failed_with $?
+	if [ "$(wc -l <"$counts")" = "$before" ]; then # testreport itself failed
+		echo "$label: testreport counted nothing: 1 failed"
+		echo "0 1" >>"$counts"
+		failed_with 1
+	fi
+	echo "($label took $((SECONDS - start)) s)"
+}
+
+# matrix_run NAME BIN VERSION PROVIDER_HOST: the subset under BIN, as the env file names it.
+# terraform-plugin-testing runs TF_ACC_TERRAFORM_PATH, and serves the provider under test at
+# TF_ACC_PROVIDER_HOST (by default Terraform's registry host; OpenTofu puts its own in front of
+# "hashicorp/postgraas"), which testenv.sh read from the CLI itself.
+matrix_run() {
+	local name=$1 bin=$2 version=$3 host=$4
+	echo
+	if [ -z "$bin" ] || [ ! -x "$bin" ] || [ -z "$version" ] || [ -z "$host" ]; then
+		echo "ERROR: no $name CLI of the matrix (the env file names '$bin'): '.ci/testenv.sh up --matrix' builds it"
+		echo "$name subset: 0 passed, 1 failed"
+		echo "0 1" >>"$counts"
+		failed_with 1
+		return
+	fi
+	echo "== $name v$version: $MATRIX_TESTS in $MATRIX_PKG"
+	TF_ACC_TERRAFORM_PATH=$bin TF_ACC_PROVIDER_HOST=$host \
+		go_test "$name v$version subset" "$version" "$MATRIX_PKG" -run "$MATRIX_TESTS"
+}
+
+t0=$(date +%s)
+if [ "$mode" = all ]; then
+	echo "== all tests, terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?} ($(command -v terraform))"
+	go_test "terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?}, all tests" "${POSTGRAAS_TEST_TERRAFORM_VERSION:-}" ./...
+fi
+matrix_run tofu "${POSTGRAAS_TEST_TOFU:-}" "${POSTGRAAS_TEST_TOFU_VERSION:-}" "${POSTGRAAS_TEST_TOFU_PROVIDER_HOST:-}"
+matrix_run terraform "${POSTGRAAS_TEST_TERRAFORM_NEWEST:-}" "${POSTGRAAS_TEST_TERRAFORM_NEWEST_VERSION:-}" \
+	"${POSTGRAAS_TEST_TERRAFORM_NEWEST_PROVIDER_HOST:-}"
+
+echo
+echo "log: $TEST_LOG; took $(($(date +%s) - t0)) s"
+awk '{ p += $1; f += $2 } END { printf "%d passed, %d failed\n", p, f }' "$counts"
+exit "$rc"
