@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/docker"
 	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
@@ -51,7 +52,9 @@ type providerModel struct {
 }
 
 type metaDBModel struct {
-	Host     types.String `tfsdk:"host"`
+	Container            types.String `tfsdk:"container"`
+	ContainerBindAddress types.String `tfsdk:"container_bind_address"`
+	Host                 types.String `tfsdk:"host"`
 	Port     types.Int64  `tfsdk:"port"`
 	DBName   types.String `tfsdk:"db_name"`
 	Username types.String `tfsdk:"username"`
@@ -141,11 +144,20 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 			},
 			"metadb": schema.SingleNestedAttribute{
 				MarkdownDescription: "The PostgreSQL database that records every instance (postgraas_server's `db_instance` table). " +
-					"It is connected to on first use, so it may be created in the same configuration.",
+					"It is connected to on first use, so it may be created in the same configuration. With the `docker` " +
+					"backend and no `host` (nor `POSTGRAAS_METADB_HOST`), the provider keeps the meta DB in a container of " +
+					"its own on the Docker engine, as postgraas_init did: it finds the one it made before by its label " +
+					"`postgraas.metadb=<container>`, or makes it (from `docker.image`, with the named volume " +
+					"`<container>-data`, restart policy `unless-stopped`, its port published on the engine's loopback), " +
+					"starts it when it is stopped, and never removes or replaces it or its volume. Its password is " +
+					"generated once and kept in a root-only file in that volume, readable through the engine only. " +
+					"To use a meta DB server instead, set `host` and the login; the README says how to move the rows over.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
-					"host": stringSetting("Host name or address of the meta DB server (IPv6 with or without brackets), or a unix socket directory.",
-						"POSTGRAAS_METADB_HOST", "127.0.0.1", hostValidator{socketDir: true}),
+					"host": stringSetting("Host name or address of the meta DB server (IPv6 with or without brackets), or a unix socket directory. "+
+						"Unset with the `docker` backend: the meta DB container (see `container`); unset with `pg_cluster`: `127.0.0.1`. "+
+						"The other settings but `container` and `container_bind_address` apply only to a meta DB server.",
+						"POSTGRAAS_METADB_HOST", "", hostValidator{socketDir: true}),
 					"port":     portAttribute("the meta DB server", "POSTGRAAS_METADB_PORT"),
 					"db_name":  stringSetting("Database that holds the `db_instance` table.", "POSTGRAAS_METADB_DB_NAME", "postgraas"),
 					"username": stringSetting("Login of the meta DB. It needs to create tables in `db_name` on first use.", "POSTGRAAS_METADB_USERNAME", "postgraas"),
@@ -158,6 +170,17 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 						MarkdownDescription: "Server name for Azure-style `user@server` logins: the login becomes `username@server`." + envDoc("POSTGRAAS_METADB_SERVER", ""),
 						Optional:            true,
 					},
+					"container": stringSetting("Name of the meta DB container used when `host` is unset on the `docker` backend, and "+
+						"its identity: the label `postgraas.metadb=<name>` on it and on its volume `<name>-data`. A container or "+
+						"volume with the name but not the label is reported as a conflict and left alone. Runs that share a "+
+						"Docker engine and this name share the meta DB.", "POSTGRAAS_METADB_CONTAINER", docker.DefaultMetaDBName,
+						stringvalidator.RegexMatches(docker.MetaDBNamePattern, "must be a Docker container name of at most 59 characters "+
+							"(letters, digits, '_', '.', '-'; starting with a letter or digit)")),
+					"container_bind_address": stringSetting("Engine-side address the meta DB container publishes its port on when it "+
+						"is made (an existing container keeps its own). The engine's loopback is reached directly from the "+
+						"engine's machine and through ssh for an `ssh://` engine; a `tcp://` engine on another machine needs an "+
+						"address this machine reaches, then also reachable by others on that network.",
+						"POSTGRAAS_METADB_CONTAINER_BIND_ADDRESS", docker.DefaultMetaDBBindAddress, hostValidator{}),
 				},
 			},
 			"pg_cluster": schema.SingleNestedAttribute{
@@ -305,7 +328,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 
 	mp := path.Root("metadb")
 	settings.metaDB = pgsql.Target{
-		Host:     s.host(meta.Host, mp.AtName("host"), "POSTGRAAS_METADB_HOST", "127.0.0.1", true),
+		Host:     s.host(meta.Host, mp.AtName("host"), "POSTGRAAS_METADB_HOST", "", true),
 		Port:     s.port(meta.Port, mp.AtName("port"), "POSTGRAAS_METADB_PORT"),
 		Database: s.str(meta.DBName, "POSTGRAAS_METADB_DB_NAME", "postgraas"),
 		User:     s.str(meta.Username, "POSTGRAAS_METADB_USERNAME", "postgraas"),
@@ -319,6 +342,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 	if server := s.str(meta.Server, "POSTGRAAS_METADB_SERVER", ""); server != "" {
 		settings.metaDB.User += "@" + server
 	}
+	settings.metaDBContainer = metaDBContainerSettings(s, meta, &settings)
 
 	cp := path.Root("pg_cluster")
 	settings.cluster = pgsql.Target{
