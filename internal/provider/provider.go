@@ -52,15 +52,17 @@ type providerModel struct {
 }
 
 type metaDBModel struct {
-	Container            types.String `tfsdk:"container"`
-	ContainerBindAddress types.String `tfsdk:"container_bind_address"`
-	Host                 types.String `tfsdk:"host"`
+	Host     types.String `tfsdk:"host"`
 	Port     types.Int64  `tfsdk:"port"`
 	DBName   types.String `tfsdk:"db_name"`
 	Username types.String `tfsdk:"username"`
 	Password types.String `tfsdk:"password"`
 	SSLMode  types.String `tfsdk:"sslmode"`
 	Server   types.String `tfsdk:"server"`
+
+	// The meta DB container, used when Host is unset on docker.
+	Container            types.String `tfsdk:"container"`
+	ContainerBindAddress types.String `tfsdk:"container_bind_address"`
 }
 
 type pgClusterModel struct {
