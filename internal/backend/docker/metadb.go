@@ -433,13 +433,13 @@ func (b *Backend) startMetaDB(ctx context.Context, c container.InspectResponse, 
 			Reason: fmt.Sprintf("container %s is %s; it was left as it is and nothing new was created", name, state),
 			Advice: fmt.Sprintf("Look at `docker inspect %s` and the engine's log. Its data is in the volume %s.", name, cfg.VolumeName())}
 	case c.State != nil && c.State.Restarting:
-		return pgsql.Target{}, b.metaDBStopped(ctx, c.ID, cfg, "keeps exiting (Docker is restarting it)")
+		return pgsql.Target{}, b.metaDBStopped(ctx, c.ID, cfg, "it keeps exiting (Docker is restarting it)")
 	case c.State == nil || !c.State.Running:
 		if err := b.cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 			// Another run may have started it meanwhile: only a container
 			// that still does not run is a failure.
 			if c2, ierr := b.cli.ContainerInspect(ctx, c.ID); ierr != nil || c2.State == nil || !c2.State.Running {
-				return pgsql.Target{}, b.metaDBStopped(ctx, c.ID, cfg, fmt.Sprintf("could not be started (%v)", err))
+				return pgsql.Target{}, b.metaDBStopped(ctx, c.ID, cfg, fmt.Sprintf("it could not be started (%v)", err))
 			}
 		}
 	}
@@ -517,7 +517,7 @@ func (b *Backend) metaDBStopped(ctx context.Context, id string, cfg MetaDBConfig
 	defer cancel()
 	time.Sleep(logSettle)
 	return &MetaDBError{Container: cfg.Name, Summary: "did not start",
-		Reason: fmt.Sprintf("container %s %s; it was left as it is and nothing new was created", cfg.Name, what),
+		Reason: fmt.Sprintf("meta DB container %s does not run: %s; it was left as it is and nothing new was created", cfg.Name, what),
 		Advice: fmt.Sprintf("Look at `docker logs %s`: a data directory from another PostgreSQL major version (the image "+
 			"changed) or a full disk are usual causes. Its data is in the volume %s.", cfg.Name, cfg.VolumeName()),
 		Logs: b.tailLogs(lctx, id)}
@@ -527,7 +527,7 @@ func (b *Backend) metaDBStopped(ctx context.Context, id string, cfg MetaDBConfig
 // the container stopping meanwhile says more than the exec's error.
 func (b *Backend) metaDBExecFailed(ctx context.Context, id string, cfg MetaDBConfig, err error) error {
 	if c, ierr := b.cli.ContainerInspect(ctx, id); ierr == nil && (c.State == nil || !c.State.Running) {
-		return b.metaDBStopped(ctx, id, cfg, "stopped right after it was started")
+		return b.metaDBStopped(ctx, id, cfg, "it stopped right after it was started")
 	}
 	var me *MetaDBError
 	if errors.As(err, &me) {

@@ -292,14 +292,14 @@ func TestMetaDBStoppedIsStarted(t *testing.T) {
 }
 
 // wantMetaDBError checks that err is a *MetaDBError with that summary
-// whose text names want.
+// whose text or advice names want.
 func wantMetaDBError(t *testing.T, err error, summary, want string) {
 	t.Helper()
 	var me *MetaDBError
 	if !errors.As(err, &me) {
 		t.Fatalf("got %v (%T), want a MetaDBError %q", err, err, summary)
 	}
-	if me.Summary != summary || !strings.Contains(me.Error(), want) || me.Advice == "" {
+	if me.Summary != summary || !strings.Contains(me.Error()+" "+me.Advice, want) || me.Advice == "" {
 		t.Errorf("got %q: %s (advice %q), want %q naming %q", me.Summary, me.Error(), me.Advice, summary, want)
 	}
 }
@@ -445,5 +445,50 @@ func TestMetaDBAddress(t *testing.T) {
 		if err != nil || host != c.host || (dial != nil) != c.tunnel {
 			t.Errorf("%+v on %q: got %q (tunnel %v), %v; want %q (tunnel %v)", c.b, c.ip, host, dial != nil, err, c.host, c.tunnel)
 		}
+	}
+}
+
+func TestMetaDBPausedIsAnError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	name := metaDBName(t, e)
+	_, id := newMetaDB(t, e, name)
+	ctx := ctxFor(t, 2*time.Minute)
+	if err := e.b.cli.ContainerPause(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	// Unpaused before removal: a paused container may refuse it.
+	t.Cleanup(func() { _ = e.b.cli.ContainerUnpause(context.Background(), id) })
+	err := e.b.CheckMetaDB(ctx, MetaDBConfig{Name: name})
+	wantMetaDBError(t, err, "paused", "docker unpause")
+	_, err = newEnv(t, nil).b.MetaDB(ctx, MetaDBConfig{Name: name})
+	wantMetaDBError(t, err, "paused", "docker unpause")
+	if c, _ := e.inspect(t, id); !c.State.Paused {
+		t.Error("the paused container was unpaused")
+	}
+}
+
+// A server that cannot start any more (here: its data directory claims
+// another major version, as after a change of image) is an error with its
+// last log lines, and the container stays as it is.
+func TestMetaDBThatCannotStartIsAnError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	name := metaDBName(t, e)
+	_, id := newMetaDB(t, e, name)
+	c, _ := e.inspect(t, id)
+	pgdata := envValue(c.Config.Env, "PGDATA")
+	metaDBExec(t, e, id, "echo 99 >"+pgdata+"/PG_VERSION")
+	if err := e.b.cli.ContainerStop(ctxFor(t, time.Minute), id, container.StopOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := newEnv(t, nil).b.MetaDB(ctxFor(t, 4*time.Minute), MetaDBConfig{Name: name})
+	wantMetaDBError(t, err, "did not start", "database files are incompatible")
+	t.Logf("%v", err)
+	if ids := metaDBContainers(t, e, name); len(ids) != 1 || ids[0] != id {
+		t.Errorf("containers %v, want only %s", ids, id)
+	}
+	if vols := metaDBVolumes(t, e, name); len(vols) != 1 {
+		t.Errorf("volumes %v", vols)
 	}
 }
