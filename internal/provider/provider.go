@@ -153,7 +153,11 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 					"`<container>-data`, restart policy `unless-stopped`, its port published on the engine's loopback), " +
 					"starts it when it is stopped, and never removes or replaces it or its volume. Its password is " +
 					"generated once and kept in a root-only file in that volume, readable through the engine only. " +
-					"To use a meta DB server instead, set `host` and the login; the README says how to move the rows over.",
+					"To use a meta DB server instead, set `host` and the login (`port`, `db_name`, `username`, `password`, ...). " +
+					"To move the instances' rows there first, while no run uses either: " +
+					"`docker exec postgraas-metadb pg_dump -U postgraas -d postgraas --no-owner --no-privileges -t db_instance " +
+					"> db_instance.sql`, then `psql -v ON_ERROR_STOP=1 -f db_instance.sql` into the new, empty database; the next " +
+					"run completes the schema, and the container stays until you remove it.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
 					"host": stringSetting("Host name or address of the meta DB server (IPv6 with or without brackets), or a unix socket directory. "+
