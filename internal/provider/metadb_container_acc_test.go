@@ -34,6 +34,12 @@ import (
 // metaDBRunLimit bounds one terraform run; it only catches a hang.
 const metaDBRunLimit = 5 * time.Minute
 
+// metaDBRunEnv gives the runs a long create lease, renewed every 20 s with
+// 20 s for each renewal: these tests are about the meta DB container, and
+// on a loaded 2-core machine (load average 20 was seen) the default 5 s
+// for a renewal's connect ran out, which cancels a create in flight.
+var metaDBRunEnv = []string{"POSTGRAAS_LEASE_TTL=2m"}
+
 // metaDBCase is one test's meta DB container and the instances its
 // workspaces make.
 type metaDBCase struct {
@@ -102,14 +108,20 @@ func (m *metaDBCase) config(metadb string, instances ...clusterInstance) string 
 }
 
 // workspace runs terraform without any meta DB variable of the test
-// environment.
-func (m *metaDBCase) workspace(config string) *faultWorkspace {
-	return newFaultWorkspace(m.t, m.providerDir, config, "TRACE", "POSTGRAAS_METADB_")
+// environment, with the provider logging at logLevel.
+func (m *metaDBCase) workspace(config, logLevel string) *faultWorkspace {
+	return newFaultWorkspace(m.t, m.providerDir, config, logLevel, "POSTGRAAS_METADB_")
+}
+
+// try runs terraform to its end and returns its error.
+func (m *metaDBCase) try(w *faultWorkspace, run string, args ...string) (*faultTF, error) {
+	m.t.Helper()
+	return w.run(run, metaDBRunLimit, metaDBRunEnv, args...)
 }
 
 func (m *metaDBCase) run(w *faultWorkspace, run string, args ...string) *faultTF {
 	m.t.Helper()
-	p, err := w.run(run, metaDBRunLimit, nil, args...)
+	p, err := m.try(w, run, args...)
 	if err != nil {
 		m.t.Fatalf("terraform %s: %v\n%s", run, err, faultTail(p.out.String(), 40))
 	}
@@ -229,7 +241,7 @@ func instanceLogin(t *testing.T, w *faultWorkspace, i clusterInstance) {
 func TestAccMetaDBContainer_madeFoundKept(t *testing.T) {
 	m := newMetaDBCase(t)
 	a, b := newDockerInstance("a"), newDockerInstance("b")
-	w1 := m.workspace(m.config("", a))
+	w1 := m.workspace(m.config("", a), "TRACE")
 	m.run(w1, "apply-a", faultApply...)
 	id := m.one()
 	if got, want := m.rows(id), []string{a.name + " ready"}; !slices.Equal(got, want) {
@@ -245,7 +257,7 @@ output "names" {
   value = join(",", sort(data.postgraas_instances.all.instances[*].name))
 }
 `
-	w2 := m.workspace(m.config("", b) + list)
+	w2 := m.workspace(m.config("", b)+list, "TRACE")
 	m.run(w2, "apply-b", faultApply...)
 	if id2 := m.one(); id2 != id {
 		t.Fatalf("the second run used container %s, want %s", id2, id)
@@ -302,23 +314,37 @@ func TestAccMetaDBContainer_fourRunsAtOnce(t *testing.T) {
 	const runs = 4
 	var ws []*faultWorkspace
 	for k := range runs {
-		ws = append(ws, m.workspace(m.config("", newDockerInstance(fmt.Sprintf("i%d", k)))))
+		ws = append(ws, m.workspace(m.config("", newDockerInstance(fmt.Sprintf("i%d", k))), "INFO"))
 	}
-	ok, wall, failures := scalePhase(t, ws, "apply", faultApply)
-	t.Logf("%d concurrent applies: %d succeeded in %s", runs, ok, wall.Round(time.Millisecond))
-	if ok != runs {
-		t.Fatalf("%d of %d applies failed:\n%s", runs-ok, runs, strings.Join(failures, "\n"))
-	}
+	m.allAtOnce(ws, "apply", faultApply)
 	id := m.one()
 	if got := m.rows(id); len(got) != runs {
 		t.Errorf("meta DB rows %q, want %d", got, runs)
 	}
-	ok, _, failures = scalePhase(t, ws, "destroy", faultDestroy)
-	if ok != runs {
-		t.Fatalf("%d of %d destroys failed:\n%s", runs-ok, runs, strings.Join(failures, "\n"))
-	}
+	m.allAtOnce(ws, "destroy", faultDestroy)
 	if m.one() != id {
 		t.Error("the meta DB container changed")
+	}
+}
+
+// allAtOnce starts terraform args in every workspace at the same moment
+// and fails the test unless every run succeeds.
+func (m *metaDBCase) allAtOnce(ws []*faultWorkspace, run string, args []string) {
+	m.t.Helper()
+	start := time.Now()
+	procs := make([]*faultTF, len(ws))
+	for k, w := range ws {
+		procs[k] = w.start(run, metaDBRunEnv, args...)
+	}
+	var failures []string
+	for k, p := range procs {
+		if err := p.wait(metaDBRunLimit - time.Since(start)); err != nil {
+			failures = append(failures, fmt.Sprintf("run %d (%v, after %s):\n%s", k, err, p.elapsed.Round(time.Millisecond), faultTail(p.out.String(), 16)))
+		}
+	}
+	m.t.Logf("%d concurrent %s runs: %d succeeded, all done after %s", len(ws), run, len(ws)-len(failures), time.Since(start).Round(time.Millisecond))
+	if len(failures) > 0 {
+		m.t.Fatalf("%d of %d %s runs failed:\n%s", len(failures), len(ws), run, strings.Join(failures, "\n"))
 	}
 }
 
@@ -328,7 +354,7 @@ func TestAccMetaDBContainer_fourRunsAtOnce(t *testing.T) {
 func TestAccMetaDBContainer_stoppedThenBroken(t *testing.T) {
 	m := newMetaDBCase(t)
 	a := newDockerInstance("a")
-	w := m.workspace(m.config("", a))
+	w := m.workspace(m.config("", a), "INFO")
 	m.run(w, "apply", faultApply...)
 	id := m.one()
 
@@ -345,7 +371,7 @@ func TestAccMetaDBContainer_stoppedThenBroken(t *testing.T) {
 
 	// Someone changes the login's password in the container.
 	m.psql(id, "ALTER ROLE postgraas PASSWORD 'changed-by-hand'")
-	p, err := w.run("plan-broken", metaDBRunLimit, nil, "plan", "-input=false", "-no-color")
+	p, err := m.try(w, "plan-broken", "plan", "-input=false", "-no-color")
 	if err == nil {
 		t.Fatalf("plan succeeded against a meta DB that refuses the kept password:\n%s", p.out.String())
 	}
@@ -383,7 +409,7 @@ func TestAccMetaDBContainer_moveRows(t *testing.T) {
 		t.Fatalf("psql is not on PATH (the restore runs it): %v", err)
 	}
 	a := newDockerInstance("a")
-	w := m.workspace(m.config("", a))
+	w := m.workspace(m.config("", a), "INFO")
 	m.run(w, "apply", faultApply...)
 	id := m.one()
 
@@ -413,7 +439,7 @@ func TestAccMetaDBContainer_moveRows(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(w.dir, "main.tf"), []byte(m.config(server, a)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := w.run("plan-moved", metaDBRunLimit, nil, "plan", "-detailed-exitcode", "-input=false", "-no-color")
+	p, err := m.try(w, "plan-moved", "plan", "-detailed-exitcode", "-input=false", "-no-color")
 	if err != nil {
 		t.Fatalf("plan against the restored meta DB is not empty (%v):\n%s", err, faultTail(p.out.String(), 30))
 	}

@@ -111,6 +111,9 @@ func (c MetaDBConfig) withDefaults() MetaDBConfig {
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = metaDBReadyTimeout
 	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = reach.DefaultConnectTimeout
+	}
 	return c
 }
 
@@ -119,9 +122,9 @@ func (c MetaDBConfig) VolumeName() string { return c.withDefaults().Name + "-dat
 
 const (
 	// metaDBReadyTimeout bounds the wait for a meta DB container's server:
-	// a new one runs initdb first, which takes seconds, more on a busy
-	// machine.
-	metaDBReadyTimeout = 3 * time.Minute
+	// a new one runs initdb first, which takes seconds, a minute on a
+	// machine as loaded as the test machine can be.
+	metaDBReadyTimeout = 5 * time.Minute
 	// metaDBAppearWait bounds the wait for the container of a run that won
 	// the create to show up in the engine's list.
 	metaDBAppearWait = 10 * time.Second
@@ -689,9 +692,9 @@ func (l *metaDBLogin) attempt(ctx context.Context) error {
 	}
 	bt := l.target
 	bt.Password = l.bootstrap
-	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-	defer cancel()
-	conn, err := bt.ConnectOnce(actx)
+	cctx, cancel := context.WithTimeout(ctx, l.stepTimeout())
+	conn, err := bt.ConnectOnce(cctx)
+	cancel()
 	if err != nil && !pgsql.IsAuthFailure(err) {
 		return err
 	}
@@ -721,15 +724,28 @@ func (l *metaDBLogin) attempt(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A step of its own: keeping the password may have taken a while.
+	actx, cancel := context.WithTimeout(ctx, l.stepTimeout())
+	defer cancel()
 	_, err = conn.Exec(actx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier))
 	return err
+}
+
+// stepTimeout bounds each connect and statement of an attempt: the
+// connect timeout, at least attemptTimeout. Unlike an instance's
+// readiness, which gets a new container's few seconds, the meta DB's may
+// meet a machine so loaded (load average 50 on 2 cores was seen) that a
+// login through docker-proxy takes seconds; steps cut off shorter than
+// that would keep failing until the wait's end.
+func (l *metaDBLogin) stepTimeout() time.Duration {
+	return max(attemptTimeout, l.target.ConnectTimeout)
 }
 
 // try logs in with password.
 func (l *metaDBLogin) try(ctx context.Context, password string) error {
 	t := l.target
 	t.Password = password
-	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	ctx, cancel := context.WithTimeout(ctx, l.stepTimeout())
 	defer cancel()
 	conn, err := t.ConnectOnce(ctx)
 	if err == nil {

@@ -454,12 +454,21 @@ func TestMetaDBPausedIsAnError(t *testing.T) {
 	name := metaDBName(t, e)
 	_, id := newMetaDB(t, e, name)
 	ctx := ctxFor(t, 2*time.Minute)
-	if err := e.b.cli.ContainerPause(ctx, id); err != nil {
-		t.Fatal(err)
+	// The cgroup freezer can fail on a loaded machine ("unable to
+	// freeze"); it works when tried again.
+	var err error
+	for range 10 {
+		if err = e.b.cli.ContainerPause(ctx, id); err == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		t.Fatalf("docker pause, tried 10 times: %v", err)
 	}
 	// Unpaused before removal: a paused container may refuse it.
 	t.Cleanup(func() { _ = e.b.cli.ContainerUnpause(context.Background(), id) })
-	err := e.b.CheckMetaDB(ctx, MetaDBConfig{Name: name})
+	err = e.b.CheckMetaDB(ctx, MetaDBConfig{Name: name})
 	wantMetaDBError(t, err, "paused", "docker unpause")
 	_, err = newEnv(t, nil).b.MetaDB(ctx, MetaDBConfig{Name: name})
 	wantMetaDBError(t, err, "paused", "docker unpause")
