@@ -348,7 +348,9 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 	if server := s.str(meta.Server, "POSTGRAAS_METADB_SERVER", ""); server != "" {
 		settings.metaDB.User += "@" + server
 	}
-	settings.metaDBContainer = metaDBContainerSettings(s, meta, &settings)
+	if !cfg.MetaDB.IsUnknown() { // else its host may come with it, at apply
+		settings.metaDBContainer = metaDBContainerSettings(s, meta, &settings)
+	}
 
 	cp := path.Root("pg_cluster")
 	settings.cluster = pgsql.Target{
