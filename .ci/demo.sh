@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make demo: build the provider, start a meta DB (and a Docker engine or use the
-# same PostgreSQL as the shared cluster), apply examples/quickstart (docker) or
-# examples/quickstart-pg-cluster (BACKEND=pg_cluster), and show how to connect.
+# make demo: build the provider, start a Docker engine (docker: the provider keeps
+# its meta DB in a container there) or a PostgreSQL (pg_cluster: meta DB and
+# cluster), apply examples/quickstart (docker) or examples/quickstart-pg-cluster
+# (BACKEND=pg_cluster), and show how to connect.
 # `demo.sh destroy` removes what it made.
 set -euo pipefail
 
@@ -9,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 backend="${BACKEND:-docker}"
 case "$backend" in
   # Only what the demo needs: no sshd, nothing in ~/.ssh (the tests' ssh part).
-  docker) example=quickstart; parts=(pg docker terraform) ;;
+  docker) example=quickstart; parts=(docker terraform) ;; # the meta DB lives in a container
   pg_cluster) example=quickstart-pg-cluster; parts=(pg terraform) ;;
   *) echo "BACKEND must be docker or pg_cluster, not '$backend'" >&2; exit 2 ;;
 esac
@@ -17,6 +18,9 @@ esac
 env_file="$("$root/.ci/testenv.sh" up "${parts[@]}" | tail -n 1)"
 # shellcheck disable=SC1090
 . "$env_file"
+# The docker demo needs no meta DB server: without these the provider finds or
+# makes its meta DB container on the engine.
+[ "$backend" != docker ] || unset "${!POSTGRAAS_METADB_@}"
 
 demo="${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}/demo"
 work="$demo/$example"
@@ -54,6 +58,7 @@ if [ "${1:-}" = destroy ]; then
   echo "The demo's instance is gone. What the demo started keeps running for the next demo or test:"
   [[ " ${parts[*]} " != *" pg "* ]] || echo "  PostgreSQL on ${POSTGRAAS_METADB_HOST:-127.0.0.1}:${POSTGRAAS_METADB_PORT:-55432} (meta DB and cluster)"
   [[ " ${parts[*]} " != *" docker "* ]] || echo "  the Docker engine at $DOCKER_HOST and the image $POSTGRAAS_TEST_IMAGE"
+  [ "$backend" != docker ] || echo "  the provider's meta DB container on that engine (never removed by the provider)"
   echo "Stop all of it and remove its data and images with: make clean-env"
   echo "(or only stop the servers, keeping their data: .ci/testenv.sh down)"
   exit 0
@@ -65,7 +70,15 @@ terraform -chdir="$work" apply -auto-approve -input=false
 uri="$(terraform -chdir="$work" output -raw connection_uri)"
 echo
 echo "==> connecting with psql, right after apply"
-psql "$uri" -c "SELECT current_user, current_database(), version()"
+if command -v psql >/dev/null; then
+  psql "$uri" -c "SELECT current_user, current_database(), version()"
+else
+  # No PostgreSQL client here: the image's psql, on the host's network, the
+  # password on stdin (not in the container's config or a command line).
+  printf '%s\n' "$TF_VAR_db_password" | docker run --rm -i --network host --entrypoint sh "$POSTGRAAS_DOCKER_IMAGE" -c \
+    'IFS= read -r PGPASSWORD; export PGPASSWORD; exec psql -X -h "$1" -p "$2" -U app_owner -d app -c "SELECT current_user, current_database(), version()"' \
+    sh "$(terraform -chdir="$work" output -raw host)" "$(terraform -chdir="$work" output -raw port)"
+fi
 echo
 echo "Connect yourself with (the password is in the connection_uri output):"
 echo "  psql \"\$(terraform -chdir=$work output -raw connection_uri)\""

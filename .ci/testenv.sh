@@ -1077,12 +1077,17 @@ cmd_up() {
 cmd_clean() {
 	local ids
 	if docker_answers; then
-		ids=$(docker ps -aq --filter label=postgraas.instance; docker ps -aq --filter "ancestor=$STANDIN_IMAGE")
+		# Instances, and meta DB containers (the provider never removes those: this is the
+		# explicit request to, for a test environment; their volumes carry the label too).
+		ids=$(docker ps -aq --filter label=postgraas.instance; docker ps -aq --filter label=postgraas.metadb
+			docker ps -aq --filter "ancestor=$STANDIN_IMAGE")
 		ids=$(printf '%s\n' $ids | sort -u)
 		if [ -n "$ids" ]; then
 			log "removing $(printf '%s\n' $ids | wc -l) container(s) made by the tests and demos, with their volumes"
 			docker rm -f -v $ids >/dev/null || log "some containers could not be removed"
 		fi
+		ids=$(docker volume ls -q --filter label=postgraas.metadb)
+		[ -z "$ids" ] || docker volume rm $ids >/dev/null || log "some meta DB volumes could not be removed"
 		for p in "$STANDIN_IMAGE" "$STANDIN_ROOTFS_IMAGE"; do
 			if docker image inspect "$p" >/dev/null 2>&1; then
 				log "removing image $p"

@@ -1,5 +1,6 @@
-# Used by `make demo`: the meta DB and Docker engine settings come from the
-# environment that make demo exports.
+# Used by `make demo`: the Docker engine settings come from the environment
+# that make demo exports. There are no meta DB settings: the provider keeps its
+# meta DB in a container on that engine (postgraas-metadb).
 terraform {
   required_providers {
     postgraas = {

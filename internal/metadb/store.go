@@ -101,7 +101,13 @@ type Filter struct {
 // Store is safe for concurrent use. It connects on first use, not when
 // made, so a plan never fails because the meta DB does not exist yet.
 type Store struct {
-	pool *pgsql.Pool
+	// pool is nil until a located store has found its meta DB.
+	pool atomic.Pointer[pgsql.Pool]
+	// locate, for a store made by NewLocated, finds the meta DB on first
+	// use; check answers Check until then.
+	locate   func(context.Context) (pgsql.Target, error)
+	check    func(context.Context) error
+	maxConns int32
 
 	// migrating is one migration attempt shared by every caller that
 	// arrives while it runs, so they all fail together (after one connect
@@ -113,40 +119,66 @@ type Store struct {
 // New returns a store for the meta DB at target, with at most maxConns
 // connections.
 func New(target pgsql.Target, maxConns int32) *Store {
-	if maxConns <= 0 {
-		maxConns = 4
+	return NewOnPool(target.NewPool(defaultMaxConns(maxConns)))
+}
+
+func defaultMaxConns(n int32) int32 {
+	if n <= 0 {
+		return 4
 	}
-	return NewOnPool(target.NewPool(maxConns))
+	return n
 }
 
 // NewOnPool returns a store that uses pool, which may be shared with a
 // backend that logs in to the same server as the same user; the pool's
 // database is the meta DB.
 func NewOnPool(pool *pgsql.Pool) *Store {
-	return &Store{pool: pool}
+	s := &Store{}
+	s.pool.Store(pool)
+	return s
 }
 
-// Pool is the store's connection pool.
-func (s *Store) Pool() *pgsql.Pool { return s.pool }
+// NewLocated returns a store whose meta DB is found on first use by
+// locate, which may make it (a container of its own), with at most
+// maxConns connections. Until then, Check calls check, which must not
+// make anything. Several callers arriving at once share one locate, and a
+// failed one is tried again by the next use.
+func NewLocated(locate func(context.Context) (pgsql.Target, error), check func(context.Context) error, maxConns int32) *Store {
+	return &Store{locate: locate, check: check, maxConns: defaultMaxConns(maxConns)}
+}
 
-// db returns the pool, migrating the schema on first use. A failure is
-// not remembered, so a later call retries.
+// Pool is the store's connection pool; nil while a located store has not
+// found its meta DB yet.
+func (s *Store) Pool() *pgsql.Pool { return s.pool.Load() }
+
+// db returns the pool, finding the meta DB (NewLocated) and migrating the
+// schema on first use. A failure is not remembered, so a later call
+// retries.
 func (s *Store) db(ctx context.Context) (*pgsql.Pool, error) {
 	if s.migrated.Load() {
-		return s.pool, nil
+		return s.pool.Load(), nil
 	}
 	err := s.migrating.Do(ctx, func(ctx context.Context) error {
 		if s.migrated.Load() {
 			return nil
 		}
-		conn, err := s.pool.Acquire(ctx)
+		pool := s.pool.Load()
+		if pool == nil {
+			t, err := s.locate(ctx)
+			if err != nil {
+				return err
+			}
+			pool = t.NewPool(s.maxConns)
+			s.pool.Store(pool)
+		}
+		conn, err := pool.Acquire(ctx)
 		if err != nil {
 			return err
 		}
 		err = migrate(ctx, conn.Conn())
 		conn.Release()
 		if err != nil {
-			return fmt.Errorf("preparing the meta DB schema in %s: %w", s.pool.Target(), err)
+			return fmt.Errorf("preparing the meta DB schema in %s: %w", pool.Target(), err)
 		}
 		s.migrated.Store(true)
 		return nil
@@ -154,13 +186,18 @@ func (s *Store) db(ctx context.Context) (*pgsql.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.pool, nil
+	return s.pool.Load(), nil
 }
 
 // Check connects to the meta DB (pooled) without changing anything, so a
-// plan can report a meta DB that does not answer or refuses the login.
+// plan can report a meta DB that does not answer or refuses the login. A
+// located store that has not found its meta DB yet asks its check instead.
 func (s *Store) Check(ctx context.Context) error {
-	conn, err := s.pool.Acquire(ctx)
+	pool := s.pool.Load()
+	if pool == nil {
+		return s.check(ctx)
+	}
+	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
@@ -170,7 +207,9 @@ func (s *Store) Check(ctx context.Context) error {
 
 // Close releases the pool's connections (a later call connects again).
 func (s *Store) Close() {
-	s.pool.Close()
+	if pool := s.pool.Load(); pool != nil {
+		pool.Close()
+	}
 }
 
 // Migrate applies pending schema migrations now (otherwise they run on

@@ -237,7 +237,7 @@ func TestLeaseRenewClaimRespec(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ok, err := newStore(t, s.pool.Target()).Claim(c, r, Lease{Owner: "run" + strconv.Itoa(i), TTL: time.Minute})
+			ok, err := newStore(t, s.Pool().Target()).Claim(c, r, Lease{Owner: "run" + strconv.Itoa(i), TTL: time.Minute})
 			if err != nil {
 				t.Error(err)
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,10 @@ type Target struct {
 	// Component names the login in connection failures (*reach.Error);
 	// "" means an instance login.
 	Component reach.Component
+	// Dial, when set, opens the connection to Host:Port instead of a
+	// plain TCP dial (a meta DB container on an ssh:// engine is reached
+	// through ssh, at the engine's loopback).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // String names the target for diagnostics; it never contains the password.
@@ -76,6 +81,7 @@ func (t Target) ConnConfig() (*pgx.ConnConfig, error) {
 		// The parse error would quote the connection string: keep it out.
 		return nil, fmt.Errorf("invalid connection settings for %s", t)
 	}
+	t.setDial(&cfg.Config)
 	return cfg, nil
 }
 
@@ -147,6 +153,7 @@ func (t Target) PoolConfig(maxConns int32) (*pgxpool.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid connection settings for %s", t)
 	}
+	t.setDial(&cfg.ConnConfig.Config)
 	cfg.MaxConns = maxConns
 	cfg.MinConns = 0
 	cfg.MaxConnIdleTime = poolIdleTime
@@ -155,12 +162,18 @@ func (t Target) PoolConfig(maxConns int32) (*pgxpool.Config, error) {
 	return cfg, nil
 }
 
+func (t Target) setDial(cfg *pgconn.Config) {
+	if t.Dial != nil {
+		cfg.DialFunc = pgconn.DialFunc(t.Dial)
+	}
+}
+
 // SameLogin reports whether t and o log in to the same server as the same
 // user with the same password and TLS mode, so one pool can serve both
 // (the database may differ: see Pool).
 func (t Target) SameLogin(o Target) bool {
 	return t.Host == o.Host && t.Port == o.Port && t.User == o.User && t.Password == o.Password &&
-		t.sslmode() == o.sslmode()
+		t.sslmode() == o.sslmode() && t.Dial == nil && o.Dial == nil
 }
 
 // Code returns the SQLSTATE of a server error, or "".

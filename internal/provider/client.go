@@ -50,6 +50,9 @@ type clientSettings struct {
 	cluster        pgsql.Target
 	clusterServer  string
 	docker         dockerSettings
+	// metaDBContainer, when set, is the meta DB container the store uses
+	// instead of the server in metaDB.
+	metaDBContainer *docker.MetaDBConfig
 	// sharedPool is the meta DB's pool when the cluster admin logs in to
 	// the same server as the same user; nil otherwise.
 	sharedPool *pgsql.Pool
@@ -145,10 +148,12 @@ func newClient(s clientSettings, lease instance.LeaseConfig) (*client, error) {
 	admin := s.cluster
 	admin.User = pgcluster.StoredUsername(admin.User, s.clusterServer)
 	var store *metadb.Store
-	if admin.SameLogin(s.metaDB) {
+	switch {
+	case s.metaDBContainer != nil:
+	case admin.SameLogin(s.metaDB):
 		s.sharedPool = s.metaDB.NewPool(sharedMaxConns)
 		store = metadb.NewOnPool(s.sharedPool)
-	} else {
+	default:
 		store = metadb.New(s.metaDB, metaDBMaxConns)
 	}
 	var backends []backend.Backend
@@ -161,6 +166,11 @@ func newClient(s clientSettings, lease instance.LeaseConfig) (*client, error) {
 			continue
 		}
 		backends = append(backends, b)
+		if s.metaDBContainer != nil && e.kind == s.kind {
+			if store, err = newMetaDBContainerStore(b, *s.metaDBContainer); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return &client{svc: instance.New(store, s.kind, lease, backends...), store: store, checks: map[string]*planCheck{}}, nil
 }
@@ -247,8 +257,11 @@ func addError(diags *diag.Diagnostics, action, name string, err error, limit opL
 		notOurs   *pgcluster.NotOursError
 		disabled  *backend.LoginDisabledError
 		start     *backend.StartError
+		metaDBc   *docker.MetaDBError
 	)
 	switch {
+	case errors.As(err, &metaDBc):
+		metaDBContainerDiagnostic(diags, action, name, metaDBc)
 	case reach.As(err) != nil:
 		r := reach.As(err)
 		diags.AddError(componentTitle[r.Component]+": "+reasonSummary[r.Reason],
@@ -360,10 +373,11 @@ func (l opLimit) advice() string {
 }
 
 var componentTitle = map[reach.Component]string{
-	reach.MetaDB:       "Meta DB",
-	reach.ClusterAdmin: "pg_cluster admin",
-	reach.DockerEngine: "Docker engine",
-	reach.Instance:     "Instance login",
+	reach.MetaDB:          "Meta DB",
+	reach.MetaDBContainer: "Meta DB container",
+	reach.ClusterAdmin:    "pg_cluster admin",
+	reach.DockerEngine:    "Docker engine",
+	reach.Instance:        "Instance login",
 }
 
 var reasonSummary = map[reach.Reason]string{
@@ -385,6 +399,14 @@ var settingsOf = map[reach.Component]componentSettings{
 		login:    "metadb.username and metadb.password (POSTGRAAS_METADB_USERNAME, POSTGRAAS_METADB_PASSWORD)",
 		password: "metadb.password (POSTGRAAS_METADB_PASSWORD)",
 		database: "metadb.db_name (POSTGRAAS_METADB_DB_NAME)",
+	},
+	reach.MetaDBContainer: {
+		address: "the meta DB container (`docker ps -a --filter label=postgraas.metadb`), whether its published port is " +
+			"reachable from here (metadb.container_bind_address; not the loopback of a tcp:// engine on another machine), " +
+			"or set metadb.host (POSTGRAAS_METADB_HOST) to use a meta DB server instead",
+		login:    "the password the meta DB container keeps in its volume (see the README's meta DB section)",
+		password: "the password file in the meta DB container's volume (see the README's meta DB section)",
+		database: "the database the meta DB container was made with (its label postgraas.metadb.database)",
 	},
 	reach.ClusterAdmin: {
 		address:  "pg_cluster.host and pg_cluster.port (POSTGRAAS_PG_CLUSTER_HOST, POSTGRAAS_PG_CLUSTER_PORT)",

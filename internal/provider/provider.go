@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/docker"
 	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
@@ -58,6 +59,10 @@ type metaDBModel struct {
 	Password types.String `tfsdk:"password"`
 	SSLMode  types.String `tfsdk:"sslmode"`
 	Server   types.String `tfsdk:"server"`
+
+	// The meta DB container, used when Host is unset on docker.
+	Container            types.String `tfsdk:"container"`
+	ContainerBindAddress types.String `tfsdk:"container_bind_address"`
 }
 
 type pgClusterModel struct {
@@ -141,11 +146,24 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 			},
 			"metadb": schema.SingleNestedAttribute{
 				MarkdownDescription: "The PostgreSQL database that records every instance (postgraas_server's `db_instance` table). " +
-					"It is connected to on first use, so it may be created in the same configuration.",
+					"It is connected to on first use, so it may be created in the same configuration. With the `docker` " +
+					"backend and no `host` (nor `POSTGRAAS_METADB_HOST`), the provider keeps the meta DB in a container of " +
+					"its own on the Docker engine, as postgraas_init did: it finds the one it made before by its label " +
+					"`postgraas.metadb=<container>`, or makes it (from `docker.image`, with the named volume " +
+					"`<container>-data`, restart policy `unless-stopped`, its port published on the engine's loopback), " +
+					"starts it when it is stopped, and never removes or replaces it or its volume. Its password is " +
+					"generated once and kept in a root-only file in that volume, readable through the engine only. " +
+					"To use a meta DB server instead, set `host` and the login (`port`, `db_name`, `username`, `password`, ...). " +
+					"To move the instances' rows there first, while no run uses either: " +
+					"`docker exec postgraas-metadb pg_dump -U postgraas -d postgraas --no-owner --no-privileges -t db_instance " +
+					"> db_instance.sql`, then `psql -v ON_ERROR_STOP=1 -f db_instance.sql` into the new, empty database; the next " +
+					"run completes the schema, and the container stays until you remove it.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
-					"host": stringSetting("Host name or address of the meta DB server (IPv6 with or without brackets), or a unix socket directory.",
-						"POSTGRAAS_METADB_HOST", "127.0.0.1", hostValidator{socketDir: true}),
+					"host": stringSetting("Host name or address of the meta DB server (IPv6 with or without brackets), or a unix socket directory. "+
+						"Unset with the `docker` backend: the meta DB container (see `container`); unset with `pg_cluster`: `127.0.0.1`. "+
+						"The other settings but `container` and `container_bind_address` apply only to a meta DB server.",
+						"POSTGRAAS_METADB_HOST", "", hostValidator{socketDir: true}),
 					"port":     portAttribute("the meta DB server", "POSTGRAAS_METADB_PORT"),
 					"db_name":  stringSetting("Database that holds the `db_instance` table.", "POSTGRAAS_METADB_DB_NAME", "postgraas"),
 					"username": stringSetting("Login of the meta DB. It needs to create tables in `db_name` on first use.", "POSTGRAAS_METADB_USERNAME", "postgraas"),
@@ -158,6 +176,17 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 						MarkdownDescription: "Server name for Azure-style `user@server` logins: the login becomes `username@server`." + envDoc("POSTGRAAS_METADB_SERVER", ""),
 						Optional:            true,
 					},
+					"container": stringSetting("Name of the meta DB container used when `host` is unset on the `docker` backend, and "+
+						"its identity: the label `postgraas.metadb=<name>` on it and on its volume `<name>-data`. A container or "+
+						"volume with the name but not the label is reported as a conflict and left alone. Runs that share a "+
+						"Docker engine and this name share the meta DB.", "POSTGRAAS_METADB_CONTAINER", docker.DefaultMetaDBName,
+						stringvalidator.RegexMatches(docker.MetaDBNamePattern, "must be a Docker container name of at most 59 characters "+
+							"(letters, digits, '_', '.', '-'; starting with a letter or digit)")),
+					"container_bind_address": stringSetting("Engine-side address the meta DB container publishes its port on when it "+
+						"is made (an existing container keeps its own). The engine's loopback is reached directly from the "+
+						"engine's machine and through ssh for an `ssh://` engine; a `tcp://` engine on another machine needs an "+
+						"address this machine reaches, then also reachable by others on that network.",
+						"POSTGRAAS_METADB_CONTAINER_BIND_ADDRESS", docker.DefaultMetaDBBindAddress, hostValidator{}),
 				},
 			},
 			"pg_cluster": schema.SingleNestedAttribute{
@@ -305,7 +334,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 
 	mp := path.Root("metadb")
 	settings.metaDB = pgsql.Target{
-		Host:     s.host(meta.Host, mp.AtName("host"), "POSTGRAAS_METADB_HOST", "127.0.0.1", true),
+		Host:     s.host(meta.Host, mp.AtName("host"), "POSTGRAAS_METADB_HOST", "", true),
 		Port:     s.port(meta.Port, mp.AtName("port"), "POSTGRAAS_METADB_PORT"),
 		Database: s.str(meta.DBName, "POSTGRAAS_METADB_DB_NAME", "postgraas"),
 		User:     s.str(meta.Username, "POSTGRAAS_METADB_USERNAME", "postgraas"),
@@ -318,6 +347,9 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 	s.oneOf(settings.metaDB.SSLMode, mp.AtName("sslmode"), "POSTGRAAS_METADB_SSLMODE", pgsql.SSLModes...)
 	if server := s.str(meta.Server, "POSTGRAAS_METADB_SERVER", ""); server != "" {
 		settings.metaDB.User += "@" + server
+	}
+	if !cfg.MetaDB.IsUnknown() { // else its host may come with it, at apply
+		settings.metaDBContainer = metaDBContainerSettings(s, meta, &settings)
 	}
 
 	cp := path.Root("pg_cluster")

@@ -21,6 +21,10 @@ const (
 	// Instance is a login to an instance as its own user (a docker
 	// instance's readiness check, a pg_cluster instance's password check).
 	Instance Component = "instance login"
+
+	// MetaDBContainer is the meta DB in a container of its own on the
+	// Docker engine, made by the provider when no meta DB host is set.
+	MetaDBContainer Component = "meta DB container"
 )
 
 // Reason says why the connection failed.

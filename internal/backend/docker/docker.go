@@ -100,6 +100,8 @@ type Backend struct {
 	// callers share one ping (pinging), bounded by ConnectTimeout.
 	answered atomic.Bool
 	pinging  pgsql.Shared
+	// ssh is the engine's ssh address for an ssh:// engine, else nil.
+	ssh *sshTarget
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -112,12 +114,14 @@ func New(cfg Config) (*Backend, error) {
 		envHost = os.Getenv(client.EnvOverrideHost)
 	}
 	var opts []client.Opt
+	var ssh *sshTarget
 	if strings.HasPrefix(envHost, "ssh://") {
-		sshOpts, err := sshClientOpts(envHost)
+		t, err := parseSSHHost(envHost)
 		if err != nil {
 			return nil, err
 		}
-		opts = append(sshOpts, client.WithAPIVersionNegotiation())
+		ssh = &t
+		opts = append(sshClientOpts(t), client.WithAPIVersionNegotiation())
 	} else {
 		// FromEnv first so TLS settings apply, then an explicit Host wins.
 		opts = []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
@@ -144,7 +148,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = reach.DefaultConnectTimeout
 	}
-	b := &Backend{cli: cli, cfg: cfg, engineAddr: cli.DaemonHost()}
+	b := &Backend{cli: cli, cfg: cfg, engineAddr: cli.DaemonHost(), ssh: ssh}
 	if strings.HasPrefix(envHost, "ssh://") {
 		// The client's own host is a dummy there; ssh:// addresses
 		// carry no password (parseSSHHost refuses one).

@@ -100,6 +100,26 @@ func parseSSHHost(s string) (sshTarget, error) {
 // [-l user] [-p port] -o ConnectTimeout=30 -T -- host <remote command>.
 // -T: no pseudo-terminal, which would mangle the byte stream.
 func (t sshTarget) args() []string {
+	// ssh hands the remote command to the remote user's shell as one
+	// string: quote what comes from the address.
+	remote := "docker system dial-stdio"
+	if t.socket != "" {
+		remote = "docker " + shellQuote("--host=unix://"+t.socket) + " system dial-stdio"
+	}
+	return append(t.options(), "--", t.host, remote)
+}
+
+// forwardArgs are the ssh arguments that relay stdin/stdout to addr as the
+// remote host sees it (ssh -W, which needs the server's default
+// AllowTcpForwarding): how a port published on the engine's loopback is
+// reached.
+func (t sshTarget) forwardArgs(addr string) []string {
+	return append(t.options(), "-W", addr, "--", t.host)
+}
+
+// options are the arguments before the host: [-l user] [-p port]
+// -o ConnectTimeout=30 -T.
+func (t sshTarget) options() []string {
 	var a []string
 	if t.user != "" {
 		a = append(a, "-l", t.user)
@@ -107,14 +127,7 @@ func (t sshTarget) args() []string {
 	if t.port != "" {
 		a = append(a, "-p", t.port)
 	}
-	a = append(a, "-o", fmt.Sprintf("ConnectTimeout=%d", int(sshConnectTimeout/time.Second)), "-T", "--", t.host)
-	// ssh hands the remote command to the remote user's shell as one
-	// string: quote what comes from the address.
-	remote := "docker system dial-stdio"
-	if t.socket != "" {
-		remote = "docker " + shellQuote("--host=unix://"+t.socket) + " system dial-stdio"
-	}
-	return append(a, remote)
+	return append(a, "-o", fmt.Sprintf("ConnectTimeout=%d", int(sshConnectTimeout/time.Second)), "-T")
 }
 
 // shellQuote quotes s for a POSIX shell.
@@ -124,11 +137,7 @@ func shellQuote(s string) string {
 
 // sshClientOpts configures the Docker client to reach the engine through
 // ssh. TLS settings from the environment do not apply: ssh encrypts.
-func sshClientOpts(host string) ([]client.Opt, error) {
-	t, err := parseSSHHost(host)
-	if err != nil {
-		return nil, err
-	}
+func sshClientOpts(t sshTarget) []client.Opt {
 	tr := &http.Transport{
 		MaxIdleConns:        6,
 		MaxIdleConnsPerHost: 6, // every connection goes to the one "host"
@@ -146,7 +155,7 @@ func sshClientOpts(host string) ([]client.Opt, error) {
 			return nil
 		},
 		client.WithVersionFromEnv(),
-	}, nil
+	}
 }
 
 // dial starts one ssh process and returns its stdin/stdout as a
@@ -154,6 +163,17 @@ func sshClientOpts(host string) ([]client.Opt, error) {
 // (unknown host, refused key, no docker on the remote host) show up as the
 // first read failing with an *sshError that carries ssh's stderr.
 func (t sshTarget) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	return t.run(ctx, t.args())
+}
+
+// forward starts one ssh process that relays to addr on the remote host
+// (see forwardArgs) and returns it as a connection, as dial does.
+func (t sshTarget) forward(ctx context.Context, _, addr string) (net.Conn, error) {
+	return t.run(ctx, t.forwardArgs(addr))
+}
+
+// run starts ssh with args and returns its stdin/stdout as a connection.
+func (t sshTarget) run(ctx context.Context, args []string) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -172,7 +192,7 @@ func (t sshTarget) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	}
 	c := &sshConn{target: t, stdin: inW, stdout: outR, done: make(chan struct{})}
 	// Not CommandContext: ctx is the dial's, the connection outlives it.
-	cmd := exec.Command("ssh", t.args()...)
+	cmd := exec.Command("ssh", args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, &c.stderr
 	// Its own session: no controlling terminal to prompt on (there is no
 	// one to answer), and no SIGINT from the terminal's Ctrl-C; Close

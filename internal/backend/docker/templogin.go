@@ -221,76 +221,89 @@ const psqlTimeout = time.Minute
 func (b *Backend) psql(ctx context.Context, id string, inst backend.Instance, script string, secrets ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, psqlTimeout)
 	defer cancel()
-	opts := container.ExecOptions{
-		Cmd:          []string{"psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", inst.Username},
-		Env:          []string{"PGDATABASE=" + inst.DBName},
-		AttachStdin:  true,
-		AttachStdout: true,
-		AttachStderr: true,
+	// Terse errors: no "LINE n:" quoting the statement, which may hold a
+	// verifier. The script ends with \q, so psql finishes even where the
+	// connection cannot be half-closed (ssh:// engines).
+	out, code, err := b.execStdin(ctx, id, container.ExecOptions{
+		Cmd: []string{"psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", inst.Username},
+		Env: []string{"PGDATABASE=" + inst.DBName},
+	}, "\\set VERBOSITY terse\n\\set SHOW_CONTEXT never\n"+script)
+	if err != nil {
+		return "", err
 	}
+	if code != 0 {
+		msg := redact(strings.TrimSpace(out.stderr), secrets...)
+		if msg == "" {
+			msg = "no error output"
+		}
+		return "", fmt.Errorf("psql exited with code %d: %s", code, msg)
+	}
+	return out.stdout, nil
+}
+
+// execOutput is what an exec wrote.
+type execOutput struct{ stdout, stderr string }
+
+// execStdin runs opts.Cmd in the container with stdin as its standard
+// input (which, unlike the command line and environment, shows neither in
+// `docker inspect` nor in `ps`), and returns its output and exit code. The
+// program must exit by itself once it has read its input.
+func (b *Backend) execStdin(ctx context.Context, id string, opts container.ExecOptions, stdin string) (execOutput, int, error) {
+	name := opts.Cmd[0]
+	opts.AttachStdin, opts.AttachStdout, opts.AttachStderr = true, true, true
 	if b.execed != nil {
 		b.execed(opts)
 	}
 	exec, err := b.cli.ContainerExecCreate(ctx, id, opts)
 	if err != nil {
-		return "", fmt.Errorf("starting psql: %w", err)
+		return execOutput{}, 0, fmt.Errorf("starting %s: %w", name, err)
 	}
 	resp, err := b.cli.ContainerExecAttach(ctx, exec.ID, container.ExecAttachOptions{})
 	if err != nil {
-		return "", fmt.Errorf("attaching to psql: %w", err)
+		return execOutput{}, 0, fmt.Errorf("attaching to %s: %w", name, err)
 	}
 	defer resp.Close()
 	stop := context.AfterFunc(ctx, resp.Close) // unblocks the reads below
 	defer stop()
 
-	// Terse errors: no "LINE n:" quoting the statement, which may hold a
-	// verifier. The script ends with \q, so psql finishes even where the
-	// connection cannot be half-closed (ssh:// engines).
 	werr := make(chan error, 1)
 	go func() {
-		_, err := io.WriteString(resp.Conn, "\\set VERBOSITY terse\n\\set SHOW_CONTEXT never\n"+script)
+		_, err := io.WriteString(resp.Conn, stdin)
 		_ = resp.CloseWrite()
 		werr <- err
 	}()
 	var stdout, stderr bytes.Buffer
 	_, rerr := stdcopy.StdCopy(&stdout, &stderr, resp.Reader)
 	if err := ctx.Err(); err != nil {
-		return "", fmt.Errorf("running psql: %w", err)
+		return execOutput{}, 0, fmt.Errorf("running %s: %w", name, err)
 	}
 	if rerr != nil {
-		return "", fmt.Errorf("reading psql's output: %w", rerr)
+		return execOutput{}, 0, fmt.Errorf("reading %s's output: %w", name, rerr)
 	}
 	if err := <-werr; err != nil {
-		return "", fmt.Errorf("sending SQL to psql: %w", err)
+		return execOutput{}, 0, fmt.Errorf("sending input to %s: %w", name, err)
 	}
-	code, err := b.execExitCode(ctx, exec.ID)
+	code, err := b.execExitCode(ctx, exec.ID, name)
 	if err != nil {
-		return "", err
+		return execOutput{}, 0, err
 	}
-	if code != 0 {
-		msg := redact(strings.TrimSpace(stderr.String()), secrets...)
-		if msg == "" {
-			msg = "no error output"
-		}
-		return "", fmt.Errorf("psql exited with code %d: %s", code, msg)
-	}
-	return stdout.String(), nil
+	return execOutput{stdout.String(), stderr.String()}, code, nil
 }
 
 // execExitCode waits for an exec whose output has ended to be reported
 // finished, and returns its exit code.
-func (b *Backend) execExitCode(ctx context.Context, id string) (int, error) {
+func (b *Backend) execExitCode(ctx context.Context, id, name string) (int, error) {
 	for {
 		in, err := b.cli.ContainerExecInspect(ctx, id)
 		if err != nil {
-			return 0, fmt.Errorf("inspecting psql: %w", err)
+			return 0, fmt.Errorf("inspecting %s: %w", name, err)
 		}
 		if !in.Running {
 			return in.ExitCode, nil
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("waiting for psql to exit: %w", ctx.Err())
+			return 0, fmt.Errorf("waiting for %s to exit: %w", name, ctx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
