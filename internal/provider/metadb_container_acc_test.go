@@ -32,7 +32,7 @@ import (
 )
 
 // metaDBRunLimit bounds one terraform run; it only catches a hang.
-const metaDBRunLimit = 5 * time.Minute
+const metaDBRunLimit = 12 * time.Minute
 
 // metaDBRunEnv gives the runs a long create lease, renewed every 20 s with
 // 20 s for each renewal: these tests are about the meta DB container, and

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path"
 	"regexp"
 	"slices"
 	"strings"
@@ -60,6 +61,9 @@ const (
 	// LabelMetaDBCredentials is the file in it that keeps the password.
 	LabelMetaDBMount       = "postgraas.metadb.mount"
 	LabelMetaDBCredentials = "postgraas.metadb.credentials"
+	// LabelMetaDBPGData, on the volume, is where the data directory is in
+	// it, so a container made again on a kept volume finds its data.
+	LabelMetaDBPGData = "postgraas.metadb.pgdata"
 )
 
 // Defaults of MetaDBConfig.
@@ -321,13 +325,29 @@ func (b *Backend) createMetaDB(ctx context.Context, cfg MetaDBConfig) (container
 	mnt, pgdata, credentials := metaDBLayout(imgVolumes, imgEnv)
 
 	// Creating a volume that exists returns it as it is: its labels say
-	// whether it is ours.
-	vol, err := b.cli.VolumeCreate(ctx, volume.CreateOptions{Name: cfg.VolumeName(), Labels: map[string]string{LabelMetaDB: cfg.Name}})
+	// whether it is ours, and where in it the data directory is.
+	rel := strings.TrimPrefix(pgdata, mnt+"/")
+	vol, err := b.cli.VolumeCreate(ctx, volume.CreateOptions{Name: cfg.VolumeName(),
+		Labels: map[string]string{LabelMetaDB: cfg.Name, LabelMetaDBPGData: rel}})
 	if err != nil {
 		return container.InspectResponse{}, fmt.Errorf("creating volume %q: %w", cfg.VolumeName(), err)
 	}
 	if vol.Labels[LabelMetaDB] != cfg.Name {
 		return container.InspectResponse{}, metaDBConflict(cfg, "a volume")
+	}
+	// A volume kept from a container that was removed: its data directory
+	// stays where it was, whatever this image would choose. Otherwise a
+	// new image that puts PGDATA elsewhere (postgres:18 does) would start
+	// an empty meta DB beside the old one; this way a server that cannot
+	// read the old one fails to start, and says why.
+	if kept := vol.Labels[LabelMetaDBPGData]; kept != rel {
+		if clean := path.Clean(kept); kept == "" || path.IsAbs(clean) || clean == "." || strings.HasPrefix(clean, "..") {
+			return container.InspectResponse{}, &MetaDBError{Container: cfg.Name, Summary: "broken",
+				Reason: fmt.Sprintf("volume %s carries the label %s=%s but its label %s=%q is not a directory in it; nothing was created",
+					cfg.VolumeName(), LabelMetaDB, cfg.Name, LabelMetaDBPGData, kept),
+				Advice: "Look at `docker volume inspect " + cfg.VolumeName() + "`; this provider labels the volumes it makes with the data directory's path in them."}
+		}
+		pgdata = mnt + "/" + path.Clean(kept)
 	}
 
 	port := nat.Port(pgPort)

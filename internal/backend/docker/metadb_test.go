@@ -52,6 +52,11 @@ func TestMetaDBNamePattern(t *testing.T) {
 	}
 }
 
+// metaDBTestLimit bounds what a test waits for a meta DB container; it
+// only catches a hang: with other suites on the 2-core machine (load
+// average 36), making one took over three minutes.
+const metaDBTestLimit = 10 * time.Minute
+
 // metaDBName is a meta DB of the test's own (the engine is shared), whose
 // containers and volume the test removes when it ends: tests may remove
 // what they made, the provider never does.
@@ -169,7 +174,7 @@ func TestMetaDBConcurrentRunsMakeOne(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			targets[i], errs[i] = b.MetaDB(ctxFor(t, 4*time.Minute), cfg)
+			targets[i], errs[i] = b.MetaDB(ctxFor(t, metaDBTestLimit), cfg)
 		}()
 	}
 	close(start)
@@ -225,7 +230,7 @@ func TestMetaDBConcurrentRunsMakeOne(t *testing.T) {
 	}
 
 	// A later run finds it, by its label, and logs in with the same password.
-	again, err := newEnv(t, nil).b.MetaDB(ctxFor(t, 2*time.Minute), cfg)
+	again, err := newEnv(t, nil).b.MetaDB(ctxFor(t, metaDBTestLimit), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +260,7 @@ func passwordRefused(target pgsql.Target) error {
 // newMetaDB makes meta DB name and returns its login and container ID.
 func newMetaDB(t *testing.T, e env, name string) (pgsql.Target, string) {
 	t.Helper()
-	tg, err := e.b.MetaDB(ctxFor(t, 4*time.Minute), MetaDBConfig{Name: name})
+	tg, err := e.b.MetaDB(ctxFor(t, metaDBTestLimit), MetaDBConfig{Name: name})
 	if err != nil {
 		t.Fatalf("MetaDB: %v", err)
 	}
@@ -276,7 +281,7 @@ func TestMetaDBStoppedIsStarted(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	again, err := e.b.MetaDB(ctxFor(t, 2*time.Minute), MetaDBConfig{Name: name})
+	again, err := e.b.MetaDB(ctxFor(t, metaDBTestLimit), MetaDBConfig{Name: name})
 	if err != nil {
 		t.Fatalf("MetaDB of a stopped meta DB container: %v", err)
 	}
@@ -317,7 +322,7 @@ func TestMetaDBRefusingItsLoginIsAnError(t *testing.T) {
 	sql(t, tg, "ALTER ROLE postgraas PASSWORD "+pgsql.QuoteLiteral(other))
 
 	start := time.Now()
-	_, err = newEnv(t, nil).b.MetaDB(ctxFor(t, 4*time.Minute), MetaDBConfig{Name: name})
+	_, err = newEnv(t, nil).b.MetaDB(ctxFor(t, metaDBTestLimit), MetaDBConfig{Name: name})
 	wantMetaDBError(t, err, "login refused", "refuses the password kept in")
 	t.Logf("failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	if strings.Contains(err.Error(), tg.Password) {
@@ -334,7 +339,7 @@ func TestMetaDBRefusingItsLoginIsAnError(t *testing.T) {
 func TestMetaDBNameOrVolumeOfSomeoneElse(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := ctxFor(t, metaDBTestLimit)
 
 	// A container with the name but not the label.
 	name := metaDBName(t, e)
@@ -370,7 +375,7 @@ func TestMetaDBWithoutItsVolumeIsBroken(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	name := metaDBName(t, e)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := ctxFor(t, metaDBTestLimit)
 	// Labelled as the meta DB, but its data is not in the meta DB's volume.
 	_, err := e.b.cli.ContainerCreate(ctx, &container.Config{Image: e.image, Labels: map[string]string{
 		LabelMetaDB: name, LabelMetaDBUser: "postgraas", LabelMetaDBDatabase: "postgraas",
@@ -402,7 +407,7 @@ func TestMetaDBOverSSH(t *testing.T) {
 	host := sshHostOrSkip(t)
 	e := newEnv(t, func(c *Config) { c.Host = host })
 	name := metaDBName(t, e)
-	tg, err := e.b.MetaDB(ctxFor(t, 4*time.Minute), MetaDBConfig{Name: name})
+	tg, err := e.b.MetaDB(ctxFor(t, metaDBTestLimit), MetaDBConfig{Name: name})
 	if err != nil {
 		t.Fatalf("MetaDB over %s: %v", host, err)
 	}
@@ -453,7 +458,7 @@ func TestMetaDBPausedIsAnError(t *testing.T) {
 	e := newEnv(t, nil)
 	name := metaDBName(t, e)
 	_, id := newMetaDB(t, e, name)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := ctxFor(t, metaDBTestLimit)
 	// The cgroup freezer can fail on a loaded machine ("unable to
 	// freeze"); it works when tried again.
 	var err error
@@ -491,7 +496,7 @@ func TestMetaDBThatCannotStartIsAnError(t *testing.T) {
 	if err := e.b.cli.ContainerStop(ctxFor(t, time.Minute), id, container.StopOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := newEnv(t, nil).b.MetaDB(ctxFor(t, 4*time.Minute), MetaDBConfig{Name: name})
+	_, err := newEnv(t, nil).b.MetaDB(ctxFor(t, metaDBTestLimit), MetaDBConfig{Name: name})
 	wantMetaDBError(t, err, "did not start", "database files are incompatible")
 	t.Logf("%v", err)
 	if ids := metaDBContainers(t, e, name); len(ids) != 1 || ids[0] != id {
@@ -500,4 +505,52 @@ func TestMetaDBThatCannotStartIsAnError(t *testing.T) {
 	if vols := metaDBVolumes(t, e, name); len(vols) != 1 {
 		t.Errorf("volumes %v", vols)
 	}
+}
+
+// A meta DB container removed by hand, its volume kept: the next run makes
+// a container on that volume, which has the data and the password.
+func TestMetaDBKeptVolumeIsReused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	name := metaDBName(t, e)
+	tg, id := newMetaDB(t, e, name)
+	sql(t, tg, "CREATE TABLE kept (v text)", "INSERT INTO kept VALUES ('row')")
+	ctx := ctxFor(t, time.Minute)
+	if err := e.b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	again, id2 := newMetaDB(t, e, name)
+	if id2 == id || again.Password != tg.Password {
+		t.Errorf("container %s (was %s), same password: %v", id2, id, again.Password == tg.Password)
+	}
+	if v := sql(t, again, "SELECT v FROM kept"); v != "row" {
+		t.Errorf("read %q back, want the row kept in the volume", v)
+	}
+}
+
+// The data directory's place in a kept volume wins over the image's: an
+// image that puts PGDATA elsewhere must meet the old data, not start empty
+// beside it.
+func TestMetaDBVolumeSaysWhereTheDataIs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	name := metaDBName(t, e)
+	ctx := ctxFor(t, metaDBTestLimit)
+	if _, err := e.b.cli.VolumeCreate(ctx, volume.CreateOptions{Name: name + "-data",
+		Labels: map[string]string{LabelMetaDB: name, LabelMetaDBPGData: "olddata"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, id := newMetaDB(t, e, name)
+	c, _ := e.inspect(t, id)
+	if got := envValue(c.Config.Env, "PGDATA"); got != "/var/lib/postgresql/data/olddata" {
+		t.Errorf("PGDATA %q, want the volume's olddata", got)
+	}
+
+	bad := metaDBName(t, e)
+	if _, err := e.b.cli.VolumeCreate(ctx, volume.CreateOptions{Name: bad + "-data",
+		Labels: map[string]string{LabelMetaDB: bad, LabelMetaDBPGData: "../etc"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.b.MetaDB(ctx, MetaDBConfig{Name: bad})
+	wantMetaDBError(t, err, "broken", "is not a directory in it")
 }
