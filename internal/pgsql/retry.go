@@ -92,6 +92,7 @@ func (e *RetryError) Unwrap() []error {
 func Retry(ctx context.Context, attempt func(context.Context) error) error {
 	start := time.Now()
 	step := retryInitial
+	var lastTransient error
 	for n := 1; ; n++ {
 		err := attempt(ctx)
 		if err == nil {
@@ -101,8 +102,17 @@ func Retry(ctx context.Context, attempt func(context.Context) error) error {
 			if n == 1 {
 				return err
 			}
+			if ctx.Err() != nil && lastTransient != nil && Code(err) == "" {
+				// The deadline cut the last attempt short, so its error
+				// only says "timeout"; what kept the operation from
+				// succeeding is what the attempts before it met (a
+				// server's own answer, such as a refused password, is
+				// kept).
+				err = lastTransient
+			}
 			return &RetryError{Attempts: n, Took: time.Since(start), Err: err, Ctx: ctx.Err()}
 		}
+		lastTransient = err
 		pause := step/2 + rand.N(step/2+1)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause {
 			return &RetryError{Attempts: n, Took: time.Since(start), Err: err, Ctx: context.DeadlineExceeded}

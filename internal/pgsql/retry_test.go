@@ -40,6 +40,31 @@ func TestIsTransient(t *testing.T) {
 	}
 }
 
+// An attempt that the deadline cuts short only knows "timeout"; the
+// error still names what the attempts before it met, so a server that
+// stayed full is reported as full (seen on a loaded machine, where the last
+// connect was still in its handshake at the deadline).
+func TestRetryDeadlineDuringAnAttempt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	calls := 0
+	err := Retry(ctx, func(ctx context.Context) error {
+		calls++
+		if calls < 3 {
+			return &pgconn.PgError{Code: CodeTooManyConnections}
+		}
+		<-ctx.Done()
+		return fmt.Errorf("failed to receive message: timeout: %w", ctx.Err())
+	})
+	var re *RetryError
+	if !errors.As(err, &re) || re.Attempts != 3 {
+		t.Fatalf("got %v; want a RetryError of 3 attempts", err)
+	}
+	if Code(err) != CodeTooManyConnections || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("got %v; want it to unwrap to SQLSTATE 53300 and to the deadline", err)
+	}
+}
+
 func TestRetryStopsAtAPermanentError(t *testing.T) {
 	calls := 0
 	perm := &pgconn.PgError{Code: CodeInvalidPassword}
