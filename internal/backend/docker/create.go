@@ -3,8 +3,6 @@ package docker
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,9 +19,9 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/docker/go-connections/nat"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
@@ -54,7 +52,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 	if spec.Proof.Legacy() {
 		return backend.Created{}, errors.New("a create needs an ownership proof")
 	}
-	bootstrap := randomSecret()
+	bootstrap := selfhosted.RandomSecret()
 	id, err := b.createContainer(ctx, spec, img, bootstrap)
 	if err != nil {
 		return backend.Created{}, err
@@ -195,7 +193,7 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 			return 0, "", err
 		}
 	}
-	var p personalisation
+	var p selfhosted.Personalisation
 	port, err = b.untilLogin(ctx, id, 0, b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &p))
 	// What cannot clear by waiting: the server will never take the login.
 	var stopped *containerStopped
@@ -208,19 +206,9 @@ func (b *Backend) startAndWait(ctx context.Context, id string, spec backend.Spec
 			"create POSTGRES_DB)", spec.DBName)}
 	case pgsql.IsAuthFailure(err):
 		return 0, "", &backend.StartError{Reason: fmt.Sprintf("the new server refused the login of %q with the bootstrap password "+
-			"it was started with (%s; the image did not honour POSTGRES_USER and POSTGRES_PASSWORD)", spec.Username, serverSaid(err))}
+			"it was started with (%s; the image did not honour POSTGRES_USER and POSTGRES_PASSWORD)", spec.Username, selfhosted.ServerSaid(err))}
 	}
-	return port, p.ssl, err
-}
-
-// serverSaid is the server's own message in err, without the client's
-// wrapping (which names host, user and database again).
-func serverSaid(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return fmt.Sprintf("%s: %s (SQLSTATE %s)", pe.Severity, pe.Message, pe.Code)
-	}
-	return err.Error()
+	return port, p.SSL, err
 }
 
 // failedStart removes the container of a create that failed after making
@@ -251,19 +239,12 @@ func (b *Backend) failedStart(ctx context.Context, name, id string, err error) e
 	return fmt.Errorf("container %q did not become ready: %w%s", name, err, suffix)
 }
 
-// personalisation is what readiness attempts learn: whether one got as far
-// as sending its ALTER ROLE, and the server's ssl setting once one succeeds.
-type personalisation struct {
-	sent bool
-	ssl  string
-}
-
 // personaliseAttempt is one readiness attempt of a new container: log in
 // with the bootstrap secret and set the instance's verifier.
-func (b *Backend) personaliseAttempt(ctx context.Context, id string, spec backend.Spec, bootstrap, verifier string, p *personalisation) func(port int) error {
+func (b *Backend) personaliseAttempt(ctx context.Context, id string, spec backend.Spec, bootstrap, verifier string, p *selfhosted.Personalisation) func(port int) error {
 	return func(port int) error {
-		err := personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier, p)
-		if err != nil && p.sent && pgsql.IsAuthFailure(err) {
+		err := selfhosted.Personalise(ctx, b.target(port, spec.Username, bootstrap, spec.DBName), verifier, attemptTimeout, p)
+		if err != nil && p.Sent && pgsql.IsAuthFailure(err) {
 			// An earlier attempt's ALTER ROLE can commit after that attempt
 			// stopped waiting for its answer (seen on a loaded CI machine):
 			// the bootstrap secret is then gone because the verifier is
@@ -271,59 +252,12 @@ func (b *Backend) personaliseAttempt(ctx context.Context, id string, spec backen
 			inst := backend.Instance{Name: spec.Name, DBName: spec.DBName, Username: spec.Username, ContainerID: id}
 			if secret, _, verr := b.storedVerifier(ctx, id, inst); verr == nil && secret == verifier {
 				// The lost answer carried the ssl setting too.
-				p.ssl, err = sslSetting(ctx, b.target(port, spec.Username, spec.Password, spec.DBName))
+				p.SSL, err = selfhosted.SSLSetting(ctx, b.target(port, spec.Username, spec.Password, spec.DBName), attemptTimeout)
 				return err
 			}
 		}
 		return err
 	}
-}
-
-// personalise logs in with the bootstrap secret and replaces it with the
-// instance's verifier; p.sent is set once the ALTER ROLE has gone out.
-func personalise(ctx context.Context, t pgsql.Target, verifier string, p *personalisation) error {
-	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
-	defer cancel()
-	conn, err := t.ConnectOnce(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	p.sent = true
-	// The ssl setting rides in the same message: no extra round trip.
-	res, err := conn.PgConn().Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier)+
-		"; SELECT current_setting('ssl')").ReadAll()
-	if err != nil {
-		return err
-	}
-	if len(res) != 2 || len(res[1].Rows) != 1 || len(res[1].Rows[0]) != 1 {
-		return fmt.Errorf("unexpected answer to the ALTER ROLE and ssl query: %d results", len(res))
-	}
-	p.ssl = string(res[1].Rows[0][0])
-	return nil
-}
-
-// sslSetting asks the server whether it offers TLS.
-func sslSetting(ctx context.Context, t pgsql.Target) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
-	defer cancel()
-	conn, err := t.ConnectOnce(ctx)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var ssl string
-	err = conn.QueryRow(ctx, "SELECT current_setting('ssl')").Scan(&ssl)
-	return ssl, err
-}
-
-// randomSecret is a one-time bootstrap password.
-func randomSecret() string {
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		panic(fmt.Sprintf("reading random bytes: %v", err))
-	}
-	return hex.EncodeToString(b)
 }
 
 // untilLogin calls attempt with the published port until it succeeds, the
@@ -384,7 +318,7 @@ func (b *Backend) untilLogin(ctx context.Context, id string, restarts int, attem
 			}
 			return port, nil
 		}
-		var stop *stopWaiting
+		var stop *selfhosted.StopWaiting
 		if errors.As(lastErr, &stop) {
 			return 0, lastErr
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -13,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -107,7 +107,7 @@ func (b *Backend) SetPassword(ctx context.Context, inst backend.Instance, auth b
 	if s.conn != nil {
 		_, err = s.conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(verifier))
 	} else {
-		err = b.setVerifier(ctx, s.id, inst, verifier)
+		err = selfhosted.SetVerifier(ctx, b.psqlIn(s.id, inst), verifier)
 	}
 	if err != nil {
 		return fmt.Errorf("changing password in container %q: %w", inst.Name, err)
@@ -249,7 +249,7 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 		if auth.Password == "" {
 			// A write-only password is not kept: compare the verifier
 			// the provider set last with the server's, from inside.
-			return b.checkVerifier(actx, c.ID, inst, auth.Verifier)
+			return selfhosted.CheckVerifier(actx, b.psqlIn(c.ID, inst), inst.Username, auth.Verifier)
 		}
 		t := b.target(port, inst.Username, auth.Password, inst.DBName)
 		conn, err := t.ConnectOnce(actx)
@@ -261,10 +261,10 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 	if err == nil {
 		return s, nil
 	}
-	var stop *stopWaiting
+	var stop *selfhosted.StopWaiting
 	if errors.As(err, &stop) {
 		s.close(ctx, b, true)
-		return nil, stop.err
+		return nil, stop.Err
 	}
 	var logs string
 	if s.started {
@@ -273,33 +273,10 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 		cancel()
 	}
 	s.close(ctx, b, true)
-	if pgsql.Code(err) == pgsql.CodeInvalidAuthorization && strings.Contains(err.Error(), "not permitted to log in") {
-		return nil, fmt.Errorf("logging in as %q: %w", inst.Username, &backend.LoginDisabledError{Role: inst.Username, Reason: "NOLOGIN"})
-	}
-	if pgsql.IsAuthFailure(err) {
-		return nil, fmt.Errorf("logging in as %q: %w", inst.Username, backend.ErrWrongPassword)
+	if lerr := selfhosted.LoginError(inst.Username, err); lerr != nil {
+		return nil, lerr
 	}
 	return nil, fmt.Errorf("logging in as %q: %w%s", inst.Username, err, logs)
-}
-
-// stopWaiting ends untilLogin's retries with a verdict that waiting cannot
-// change (the server answered: the verifier differs, the login is off).
-type stopWaiting struct{ err error }
-
-func (e *stopWaiting) Error() string { return e.err.Error() }
-
-// checkVerifier compares the role's stored verifier with want.
-func (b *Backend) checkVerifier(ctx context.Context, id string, inst backend.Instance, want string) error {
-	secret, canLogin, err := b.storedVerifier(ctx, id, inst)
-	switch {
-	case err != nil:
-		return err // the server may still be starting: retried
-	case !canLogin:
-		return &stopWaiting{&backend.LoginDisabledError{Role: inst.Username, Reason: "NOLOGIN or an expired VALID UNTIL"}}
-	case want == "" || secret != want:
-		return &stopWaiting{fmt.Errorf("the instance's password is not the one this configuration last set: %w", backend.ErrWrongPassword)}
-	}
-	return nil
 }
 
 // Authenticate implements backend.Backend.
@@ -334,17 +311,12 @@ func (b *Backend) provenSession(ctx context.Context, inst backend.Instance, auth
 
 // sessions counts the client sessions other than the session's own.
 func (s *session) sessions(ctx context.Context, b *Backend, inst backend.Instance) (int, error) {
-	const q = `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`
 	if s.conn != nil {
 		var n int
-		err := s.conn.QueryRow(ctx, q).Scan(&n)
+		err := s.conn.QueryRow(ctx, selfhosted.SessionsQuery).Scan(&n)
 		return n, err
 	}
-	out, err := b.execCount(ctx, s.id, inst, q)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(out)
+	return selfhosted.CountSessions(ctx, b.psqlIn(s.id, inst))
 }
 
 // close ends the login and, with restore, stops a container that login

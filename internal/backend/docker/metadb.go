@@ -20,6 +20,7 @@ import (
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/go-connections/nat"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
@@ -357,7 +358,7 @@ func (b *Backend) createMetaDB(ctx context.Context, cfg MetaDBConfig) (container
 		// by the kept one's verifier on the first login.
 		Env: []string{
 			"POSTGRES_USER=" + cfg.User,
-			"POSTGRES_PASSWORD=" + randomSecret(),
+			"POSTGRES_PASSWORD=" + selfhosted.RandomSecret(),
 			"POSTGRES_DB=" + cfg.Database,
 			"PGDATA=" + pgdata,
 		},
@@ -497,7 +498,7 @@ func (b *Backend) startMetaDB(ctx context.Context, c container.InspectResponse, 
 		err := login.attempt(wctx)
 		var se *sshError
 		if errors.As(err, &se) && strings.Contains(se.stderr, "prohibited") {
-			return &stopWaiting{&MetaDBError{Container: name, Summary: "ssh forwarding refused",
+			return &selfhosted.StopWaiting{Err: &MetaDBError{Container: name, Summary: "ssh forwarding refused",
 				Reason: fmt.Sprintf("the meta DB in container %s is published on the engine's loopback, reached through "+
 					"ssh -W, and the engine's sshd refused to forward: %v", name, err),
 				Advice: "Allow TCP forwarding for this login on the engine's sshd (AllowTcpForwarding, its default is yes), " +
@@ -506,13 +507,13 @@ func (b *Backend) startMetaDB(ctx context.Context, c container.InspectResponse, 
 		return err
 	})
 	var stopped *containerStopped
-	var stop *stopWaiting
+	var stop *selfhosted.StopWaiting
 	switch {
 	case err == nil:
 	case errors.As(err, &stopped):
 		return pgsql.Target{}, b.metaDBStopped(ctx, c.ID, cfg, stopped.Error())
 	case errors.As(err, &stop):
-		return pgsql.Target{}, stop.err
+		return pgsql.Target{}, stop.Err
 	case ctx.Err() == nil && wctx.Err() != nil:
 		return pgsql.Target{}, &MetaDBError{Container: cfg.Name, Summary: "not ready",
 			Reason: fmt.Sprintf("the server in container %s did not take its login within %s: %v", name, cfg.ReadyTimeout, err),
@@ -678,7 +679,7 @@ func (l *metaDBLogin) credentials(ctx context.Context, password string) (string,
 	if password != "" {
 		mode = "keep"
 	}
-	ctx, cancel := context.WithTimeout(ctx, psqlTimeout)
+	ctx, cancel := context.WithTimeout(ctx, selfhosted.PsqlTimeout)
 	defer cancel()
 	out, code, err := l.b.execStdin(ctx, l.id, container.ExecOptions{
 		Cmd:  []string{"sh", "-c", credentialsScript, "sh", mode, l.file},
@@ -688,7 +689,7 @@ func (l *metaDBLogin) credentials(ctx context.Context, password string) (string,
 		return "", err
 	}
 	if code != 0 {
-		return "", fmt.Errorf("sh exited with code %d: %s", code, redact(strings.TrimSpace(out.stderr), password))
+		return "", fmt.Errorf("sh exited with code %d: %s", code, selfhosted.Redact(strings.TrimSpace(out.stderr), password))
 	}
 	kept := strings.TrimSpace(out.stdout)
 	if mode == "read" && kept == "" && strings.TrimSpace(out.stderr) != "" {
@@ -724,12 +725,12 @@ func (l *metaDBLogin) attempt(ctx context.Context) error {
 			return err
 		}
 		if l.password == "" {
-			return &stopWaiting{l.refused("it keeps no password file (" + l.file + ")")}
+			return &selfhosted.StopWaiting{Err: l.refused("it keeps no password file (" + l.file + ")")}
 		}
 		if err := l.try(ctx, l.password); err == nil || !pgsql.IsAuthFailure(err) {
 			return err
 		}
-		return &stopWaiting{l.refused("its server refuses the password kept in " + l.file)}
+		return &selfhosted.StopWaiting{Err: l.refused("its server refuses the password kept in " + l.file)}
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if l.password == "" {

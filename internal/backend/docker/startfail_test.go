@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
@@ -194,7 +195,7 @@ func TestPersonaliseAfterALostAnswer(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := ctxFor(t, 3*time.Minute)
 	spec := e.spec(t)
-	bootstrap := randomSecret()
+	bootstrap := selfhosted.RandomSecret()
 	verifier, err := pgsql.ScramVerifier(spec.Password)
 	if err != nil {
 		t.Fatal(err)
@@ -207,24 +208,24 @@ func TestPersonaliseAfterALostAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The lost attempt: it set the verifier, its caller never heard.
-	var lost personalisation
+	var lost selfhosted.Personalisation
 	if _, err := e.b.untilLogin(ctx, id, 0, func(port int) error {
-		return personalise(ctx, e.b.target(port, spec.Username, bootstrap, spec.DBName), verifier, &lost)
+		return selfhosted.Personalise(ctx, e.b.target(port, spec.Username, bootstrap, spec.DBName), verifier, attemptTimeout, &lost)
 	}); err != nil {
 		t.Fatal(err)
 	}
 	// Without knowing an ALTER went out, the refusal is final.
-	var none personalisation
+	var none selfhosted.Personalisation
 	if _, err := e.b.untilLogin(ctx, id, 0, e.b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &none)); !pgsql.IsAuthFailure(err) {
 		t.Fatalf("no ALTER sent, bootstrap refused: want the refusal, got %v", err)
 	}
 	// Knowing one did, the server's stored verifier settles it.
-	sent := personalisation{sent: true}
+	sent := selfhosted.Personalisation{Sent: true}
 	if _, err := e.b.untilLogin(ctx, id, 0, e.b.personaliseAttempt(ctx, id, spec, bootstrap, verifier, &sent)); err != nil {
 		t.Fatalf("after a lost answer: %v", err)
 	}
 	// The lost answer carried the server's ssl setting: asked again.
-	if lost.ssl != "off" || sent.ssl != lost.ssl {
-		t.Fatalf("ssl setting: %q from the lost attempt, %q after it (the test image offers no TLS)", lost.ssl, sent.ssl)
+	if lost.SSL != "off" || sent.SSL != lost.SSL {
+		t.Fatalf("ssl setting: %q from the lost attempt, %q after it (the test image offers no TLS)", lost.SSL, sent.SSL)
 	}
 }

@@ -6,59 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
-// Temporary logins inside a container. The provider has no admin login
-// there: the instance's user is the server's superuser, and its password
-// is the tenant's. So the SQL runs through the engine's exec API as psql
-// in the container, logged in as that user over the unix socket, which the
-// official image (and the test stand-in) trust. The SQL, with the SCRAM
-// verifier of the new password, goes on psql's stdin: an exec's command
-// line shows in `docker inspect` and `ps`, its stdin nowhere. The password
-// itself never leaves the provider.
-
-// expiresTag starts the line of psql output that carries the login's
-// expiry.
-const expiresTag = "postgraas-expires-at "
-
-// expiresSQL selects the expiry (a timestamptz SQL expression) as a tagged
-// line in UTC, to the microsecond.
-func expiresSQL(expr string) string {
-	return `SELECT '` + expiresTag + `' || to_char((` + expr + `) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`
-}
-
-const expiresLayout = "2006-01-02T15:04:05.000000Z"
-
-// tempRoleFrom is the FROM and WHERE of the instance's temporary login
-// roles as t, with literal values; more narrows them down further.
-func tempRoleFrom(inst backend.Instance, more string) string {
-	return ` FROM pg_roles t, (SELECT ` + pgsql.QuoteLiteral(backend.TempLoginMarker(inst.Proof)) + `::text AS tm, ` +
-		pgsql.QuoteLiteral(pgsql.TempRolePrefix(inst.Username)) + `::text AS tp) u
-WHERE ` + pgsql.TempRolesWhere("t", "u.tm", "u.tp") + more
-}
-
-// dropTempRolesScript ends the sessions of the instance's temporary login
-// roles that match more, gives what they own in this database to the
-// instance's user, and drops them. \gexec runs every generated statement
-// on its own, so one that fails (a role that still owns something in
-// another database) does not keep the others from going.
-func dropTempRolesScript(inst backend.Instance, more string) string {
-	return `SELECT format('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %L AND pid <> pg_backend_pid()', t.rolname),
-       format('REASSIGN OWNED BY %I TO %I', t.rolname, ` + pgsql.QuoteLiteral(inst.Username) + `),
-       format('DROP OWNED BY %I', t.rolname),
-       format('DROP ROLE %I', t.rolname)` + tempRoleFrom(inst, more) + `
-\gexec
-`
-}
+// Temporary logins inside a container: the SQL runs through the engine's
+// exec API as psql in the container (see package selfhosted).
 
 // OpenTempLogin implements backend.Backend.
 func (b *Backend) OpenTempLogin(ctx context.Context, inst backend.Instance, ttl time.Duration) (backend.TempLogin, error) {
@@ -79,47 +38,16 @@ func (b *Backend) OpenTempLogin(ctx context.Context, inst backend.Instance, ttl 
 	if err != nil {
 		return backend.TempLogin{}, fmt.Errorf("opening a temporary login in container %q: %w", inst.Name, err)
 	}
-	role := pgsql.NewTempRoleName(inst.Username)
-	password := pgsql.NewTempPassword()
-	verifier, err := pgsql.ScramVerifier(password)
+	l, err := selfhosted.OpenTempLogin(ctx, b.psqlIn(c.ID, inst), inst, ttl)
 	if err != nil {
-		return backend.TempLogin{}, err
-	}
-	r, owner := pgsql.QuoteIdent(role), pgsql.QuoteIdent(inst.Username)
-	// The sweep of expired logins is best effort (ON_ERROR_STOP off): they
-	// cannot log in any more, and the next open tries again. The create is
-	// one transaction, timed by the server's clock. PostgreSQL 16 grants
-	// follow explicit options, as in the pg_cluster backend.
-	script := `\set ON_ERROR_STOP 0
-` + dropTempRolesScript(inst, ` AND t.rolvaliduntil < now()`) + `\set ON_ERROR_STOP 1
-SELECT now() + make_interval(secs => ` + strconv.FormatFloat(ttl.Seconds(), 'f', -1, 64) + `) AS postgraas_until,
-       CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'WITH INHERIT TRUE, SET TRUE' ELSE '' END AS postgraas_grant_options
-\gset
-BEGIN;
-CREATE ROLE ` + r + ` ` + pgsql.TempRoleOptions + ` PASSWORD ` + pgsql.QuoteLiteral(verifier) + ` VALID UNTIL :'postgraas_until';
-COMMENT ON ROLE ` + r + ` IS ` + pgsql.QuoteLiteral(backend.TempLoginMarker(inst.Proof)) + `;
-GRANT ` + owner + ` TO ` + r + ` :postgraas_grant_options;
-ALTER ROLE ` + r + ` SET role = ` + pgsql.QuoteLiteral(inst.Username) + `;
-COMMIT;
-` + expiresSQL(`:'postgraas_until'::timestamptz`) + `;
-\q
-`
-	out, err := b.psql(ctx, c.ID, inst, script, password, verifier)
-	if err != nil {
-		return backend.TempLogin{}, fmt.Errorf("creating temporary login role %q in container %q: %w", role, inst.Name, err)
-	}
-	until, ok := parseExpires(out)
-	if !ok {
-		return backend.TempLogin{}, fmt.Errorf("creating temporary login role %q in container %q: psql did not report its expiry", role, inst.Name)
+		return backend.TempLogin{}, fmt.Errorf("%w in container %q", err, inst.Name)
 	}
 	host := inst.Host
 	if host == "" {
 		host = b.cfg.AdvertisedHost
 	}
-	return backend.TempLogin{
-		Role: role, Username: role, Password: password,
-		Host: host, Port: port, DBName: inst.DBName, ExpiresAt: until,
-	}, nil
+	l.Host, l.Port = host, port
+	return l, nil
 }
 
 // RenewTempLogin implements backend.Backend.
@@ -134,23 +62,12 @@ func (b *Backend) RenewTempLogin(ctx context.Context, inst backend.Instance, rol
 	if err != nil {
 		return time.Time{}, fmt.Errorf("renewing temporary login %q in container %q: %w", role, inst.Name, err)
 	}
-	which := tempRoleFrom(inst, ` AND t.rolname = `+pgsql.QuoteLiteral(role))
-	script := `\set ON_ERROR_STOP 1
-SELECT format('ALTER ROLE %I VALID UNTIL %L', t.rolname, now() + make_interval(secs => ` +
-		strconv.FormatFloat(ttl.Seconds(), 'f', -1, 64) + `))` + which + `
-\gexec
-` + expiresSQL(`t.rolvaliduntil`) + which + `;
-\q
-`
-	out, err := b.psql(ctx, c.ID, inst, script)
-	if err != nil {
+	until, err := selfhosted.RenewTempLogin(ctx, b.psqlIn(c.ID, inst), inst, role, ttl)
+	var gone *backend.TempLoginGoneError
+	if err != nil && !errors.As(err, &gone) {
 		return time.Time{}, fmt.Errorf("renewing temporary login %q in container %q: %w", role, inst.Name, err)
 	}
-	until, ok := parseExpires(out)
-	if !ok {
-		return time.Time{}, &backend.TempLoginGoneError{Role: role}
-	}
-	return until, nil
+	return until, err
 }
 
 // CloseTempLogin implements backend.Backend. A container that is gone, or
@@ -169,10 +86,7 @@ func (b *Backend) CloseTempLogin(ctx context.Context, inst backend.Instance, rol
 	if err != nil {
 		return fmt.Errorf("closing temporary login %q in container %q: %w", role, inst.Name, err)
 	}
-	script := `\set ON_ERROR_STOP 1
-` + dropTempRolesScript(inst, ` AND t.rolname = `+pgsql.QuoteLiteral(role)) + `\q
-`
-	if _, err := b.psql(ctx, c.ID, inst, script); err != nil {
+	if err := selfhosted.CloseTempLogin(ctx, b.psqlIn(c.ID, inst), inst, role); err != nil {
 		return fmt.Errorf("closing temporary login %q in container %q: %w", role, inst.Name, err)
 	}
 	return nil
@@ -199,44 +113,27 @@ func (b *Backend) runningProven(ctx context.Context, inst backend.Instance) (con
 	return c, nil
 }
 
-// parseExpires finds the tagged expiry line in psql's output.
-func parseExpires(out string) (time.Time, bool) {
-	for _, line := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(line, expiresTag); ok {
-			t, err := time.Parse(expiresLayout, strings.TrimSpace(v))
-			return t, err == nil
-		}
+// psqlIn is psql in the container (selfhosted.Psql).
+func (b *Backend) psqlIn(id string, inst backend.Instance) selfhosted.Psql {
+	return func(ctx context.Context, script string, secrets ...string) (string, error) {
+		return b.psql(ctx, id, inst, script, secrets...)
 	}
-	return time.Time{}, false
 }
 
-// psqlTimeout bounds one psql run in a container.
-const psqlTimeout = time.Minute
-
 // psql runs script through psql in the container, as the instance's user
-// over the unix socket, and returns its standard output. The database goes
-// in PGDATABASE rather than -d, where a name with '=' would be read as a
-// connection string. secrets are cut from any error text (psql does not
-// echo statements, but a server message might quote one).
+// over the unix socket, and returns its standard output.
 func (b *Backend) psql(ctx context.Context, id string, inst backend.Instance, script string, secrets ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, psqlTimeout)
+	ctx, cancel := context.WithTimeout(ctx, selfhosted.PsqlTimeout)
 	defer cancel()
-	// Terse errors: no "LINE n:" quoting the statement, which may hold a
-	// verifier. The script ends with \q, so psql finishes even where the
-	// connection cannot be half-closed (ssh:// engines).
 	out, code, err := b.execStdin(ctx, id, container.ExecOptions{
-		Cmd: []string{"psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", inst.Username},
-		Env: []string{"PGDATABASE=" + inst.DBName},
-	}, "\\set VERBOSITY terse\n\\set SHOW_CONTEXT never\n"+script)
+		Cmd: selfhosted.PsqlCommand(inst.Username),
+		Env: selfhosted.PsqlEnv(inst.DBName),
+	}, selfhosted.PsqlInput(script))
 	if err != nil {
 		return "", err
 	}
 	if code != 0 {
-		msg := redact(strings.TrimSpace(out.stderr), secrets...)
-		if msg == "" {
-			msg = "no error output"
-		}
-		return "", fmt.Errorf("psql exited with code %d: %s", code, msg)
+		return "", selfhosted.PsqlFailed(code, out.stderr, secrets...)
 	}
 	return out.stdout, nil
 }
@@ -307,22 +204,4 @@ func (b *Backend) execExitCode(ctx context.Context, id, name string) (int, error
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-}
-
-// redact cuts secrets, and any line that shows a SCRAM verifier, from
-// text meant for an error message.
-func redact(text string, secrets ...string) string {
-	for _, s := range secrets {
-		if s != "" {
-			text = strings.ReplaceAll(text, s, "(redacted)")
-		}
-	}
-	lines := strings.Split(text, "\n")
-	kept := lines[:0]
-	for _, l := range lines {
-		if !strings.Contains(l, "SCRAM-SHA-256$") {
-			kept = append(kept, l)
-		}
-	}
-	return strings.Join(kept, "\n")
 }
