@@ -14,8 +14,9 @@ import (
 // Kinds of backend, as written to the meta DB's backend column and accepted
 // by the provider's backend attribute.
 const (
-	KindDocker    = "docker"
-	KindPGCluster = "pg_cluster"
+	KindDocker     = "docker"
+	KindPGCluster  = "pg_cluster"
+	KindKubernetes = "kubernetes"
 )
 
 // Proof is what a backend object carries to show that one attempt to create

@@ -16,6 +16,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/docker"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/kubernetes"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/pgcluster"
 	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
@@ -50,6 +51,7 @@ type clientSettings struct {
 	cluster        pgsql.Target
 	clusterServer  string
 	docker         dockerSettings
+	kubernetes     kubernetes.Config
 	// metaDBContainer, when set, is the meta DB container the store uses
 	// instead of the server in metaDB.
 	metaDBContainer *docker.MetaDBConfig
@@ -128,6 +130,11 @@ var backendRegistry = []struct {
 	}},
 	{backend.KindPGCluster, func(s clientSettings) (backend.Backend, error) {
 		return pgcluster.New(pgcluster.Config{Admin: s.cluster, Server: s.clusterServer, MaxConns: clusterMaxConns, Pool: s.sharedPool}), nil
+	}},
+	{backend.KindKubernetes, func(s clientSettings) (backend.Backend, error) {
+		cfg := s.kubernetes
+		cfg.ConnectTimeout = s.connectTimeout
+		return kubernetes.New(cfg)
 	}},
 }
 

@@ -49,6 +49,7 @@ type providerModel struct {
 	MetaDB         types.Object `tfsdk:"metadb"`
 	PGCluster      types.Object `tfsdk:"pg_cluster"`
 	Docker         types.Object `tfsdk:"docker"`
+	Kubernetes     types.Object `tfsdk:"kubernetes"`
 }
 
 type metaDBModel struct {
@@ -128,7 +129,7 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 			"every instance. Every attribute can also be set through the environment variable named in its description.",
 		Attributes: map[string]schema.Attribute{
 			"backend": schema.StringAttribute{
-				MarkdownDescription: "Where new instances are created unless they set their own `backend`: `docker` or `pg_cluster`. " +
+				MarkdownDescription: "Where new instances are created unless they set their own `backend`: `docker`, `pg_cluster` or `kubernetes`. " +
 					"Every configured backend is available at once; an existing instance is always read, changed and destroyed " +
 					"on the backend that holds it." + envDoc("POSTGRAAS_BACKEND", backend.KindDocker),
 				Optional:   true,
@@ -161,7 +162,7 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
 					"host": stringSetting("Host name or address of the meta DB server (IPv6 with or without brackets), or a unix socket directory. "+
-						"Unset with the `docker` backend: the meta DB container (see `container`); unset with `pg_cluster`: `127.0.0.1`. "+
+						"Unset with the `docker` backend: the meta DB container (see `container`); unset with `pg_cluster` or `kubernetes`: `127.0.0.1`. "+
 						"The other settings but `container` and `container_bind_address` apply only to a meta DB server.",
 						"POSTGRAAS_METADB_HOST", "", hostValidator{socketDir: true}),
 					"port":     portAttribute("the meta DB server", "POSTGRAAS_METADB_PORT"),
@@ -212,6 +213,7 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 					},
 				},
 			},
+			"kubernetes": kubernetesSchema(),
 			"docker": schema.SingleNestedAttribute{
 				MarkdownDescription: "The Docker engine that the `docker` backend runs one PostgreSQL container per instance on.",
 				Optional:            true,
@@ -321,8 +323,10 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 	var meta metaDBModel
 	var cluster pgClusterModel
 	var dock dockerModel
+	var kube kubernetesModel
 	s := &setting{diags: &resp.Diagnostics}
-	if !objectAs(ctx, cfg.MetaDB, &meta) || !objectAs(ctx, cfg.PGCluster, &cluster) || !objectAs(ctx, cfg.Docker, &dock) {
+	if !objectAs(ctx, cfg.MetaDB, &meta) || !objectAs(ctx, cfg.PGCluster, &cluster) || !objectAs(ctx, cfg.Docker, &dock) ||
+		!objectAs(ctx, cfg.Kubernetes, &kube) {
 		s.anyUnknown = true
 	}
 
@@ -374,6 +378,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 		bindAddress:    s.host(dock.BindAddress, dp.AtName("bind_address"), "POSTGRAAS_DOCKER_BIND_ADDRESS", "", false),
 		advertisedHost: s.host(dock.AdvertisedHost, dp.AtName("advertised_host"), "POSTGRAAS_DOCKER_ADVERTISED_HOST", "", false),
 	}
+	settings.kubernetes = kubernetesSettings(s, kube)
 
 	if resp.Diagnostics.HasError() {
 		return

@@ -1,0 +1,494 @@
+package kubernetes
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+// Unit tests: no cluster needed.
+
+func TestCheckSpec(t *testing.T) {
+	b := &Backend{}
+	for name, ok := range map[string]bool{
+		"app":                      true,
+		"ci-1234":                  true,
+		strings.Repeat("a", 52):    true,
+		strings.Repeat("a", 53):    false,
+		"App":                      false,
+		"ci_1234":                  false,
+		"-x":                       false,
+		"x.y":                      false,
+		"":                         false,
+		"ends-with-":               false,
+		"9starts-with-a-digit-too": true,
+	} {
+		err := b.CheckSpec(backend.Spec{Name: name})
+		var se *backend.SpecError
+		if ok != (err == nil) || err != nil && (!errors.As(err, &se) || se.Attribute != "name") {
+			t.Errorf("CheckSpec(%q) = %v; want ok=%v, else a SpecError on name", name, err, ok)
+		}
+	}
+}
+
+// kubeconfig writes a kubeconfig for an API server at server.
+func kubeconfig(t *testing.T, server, namespace string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config")
+	ns := ""
+	if namespace != "" {
+		ns = "\n    namespace: " + namespace
+	}
+	cfg := `apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: ` + server + `
+contexts:
+- name: x
+  context:
+    cluster: c
+    user: u` + ns + `
+current-context: x
+users:
+- name: u
+  user:
+    token: abc
+`
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestNewIsLazyWithDefaults(t *testing.T) {
+	// Nothing listens there: New must still succeed, as a plan must.
+	b, err := New(Config{Kubeconfig: kubeconfig(t, "https://192.0.2.1:6443", "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.namespace != "default" || b.cfg.Image != "postgres:17" || b.cfg.ServiceType != ServiceClusterIP || b.storage.String() != "1Gi" {
+		t.Errorf("defaults not applied: namespace %q, %+v, storage %s", b.namespace, b.cfg, b.storage.String())
+	}
+	if got := b.resources.Requests.Memory().String(); got != DefaultRequestsMemory {
+		t.Errorf("memory request %s", got)
+	}
+	if _, ok := b.resources.Limits[corev1.ResourceCPU]; ok {
+		t.Error("a CPU limit by default")
+	}
+	b, err = New(Config{Kubeconfig: kubeconfig(t, "https://192.0.2.1:6443", "team-a"), LimitsMemory: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.namespace != "team-a" {
+		t.Errorf("namespace %q, want the context's team-a", b.namespace)
+	}
+	if _, ok := b.resources.Limits[corev1.ResourceMemory]; ok {
+		t.Error(`limits_memory "0" still sets a limit`)
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	kc := kubeconfig(t, "https://192.0.2.1:6443", "")
+	for what, cfg := range map[string]Config{
+		"service type":    {Kubeconfig: kc, ServiceType: "ExternalName"},
+		"storage size":    {Kubeconfig: kc, StorageSize: "lots"},
+		"memory request":  {Kubeconfig: kc, RequestsMemory: "1 GB"},
+		"namespace":       {Kubeconfig: kc, Namespace: "Team_A"},
+		"missing file":    {Kubeconfig: filepath.Join(t.TempDir(), "none")},
+		"unknown context": {Kubeconfig: kc, Context: "nope"},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("%s: New accepted %+v", what, cfg)
+		}
+	}
+}
+
+// Integration tests: a real cluster (.ci/testenv.sh's kubernetes part).
+
+type env struct {
+	b *Backend
+}
+
+func newEnv(t *testing.T, mod func(*Config)) env {
+	t.Helper()
+	kc, img := os.Getenv("POSTGRAAS_TEST_KUBECONFIG"), os.Getenv("POSTGRAAS_TEST_KUBE_IMAGE")
+	if kc == "" || img == "" {
+		msg := "POSTGRAAS_TEST_KUBECONFIG and POSTGRAAS_TEST_KUBE_IMAGE must be set (source the env file of .ci/testenv.sh up)"
+		if os.Getenv("TF_ACC") != "" || os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	cfg := Config{Kubeconfig: kc, Image: img, StorageClass: os.Getenv("POSTGRAAS_TEST_KUBE_STORAGE_CLASS"), ReadyPollInterval: 50 * time.Millisecond}
+	if mod != nil {
+		mod(&cfg)
+	}
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env{b: b}
+}
+
+func randHex(n int) string {
+	buf := make([]byte, n)
+	_, _ = rand.Read(buf)
+	return hex.EncodeToString(buf)
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// spec makes a unique instance and arranges for whatever carries its name
+// to be removed when the test ends.
+func (e env) spec(t *testing.T) backend.Spec {
+	t.Helper()
+	id, _ := rand.Int(rand.Reader, big.NewInt(1<<40))
+	name := "kt-" + randHex(5)
+	t.Cleanup(func() { e.sweep(t, name) })
+	return backend.Spec{
+		InstanceID: id.Int64() + 1,
+		Proof:      backend.Proof{ID: id.Int64() + 1, Value: randHex(32)},
+		Name:       name,
+		DBName:     "app db",
+		Username:   "app_user",
+		Password:   "pw'\"@/:" + randHex(4),
+	}
+}
+
+// sweep deletes every object with the name, proven or not, and waits.
+func (e env) sweep(t *testing.T, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bg := metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationBackground)}
+	cs, ns := e.b.cs, e.b.namespace
+	_ = cs.AppsV1().StatefulSets(ns).Delete(ctx, name, bg)
+	_ = cs.CoreV1().Services(ns).Delete(ctx, name, bg)
+	_ = cs.CoreV1().Secrets(ns).Delete(ctx, secretName(name), bg)
+	_ = cs.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, claimName(name), bg)
+	for _, o := range e.b.objects(name) {
+		for {
+			if _, err := o.get(ctx); apierrors.IsNotFound(err) {
+				break
+			} else if ctx.Err() != nil {
+				t.Errorf("sweep: %s %q still there", o.kind, o.name)
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+func (e env) create(t *testing.T, spec backend.Spec) backend.Created {
+	t.Helper()
+	c, err := e.b.Create(ctxFor(t, 3*time.Minute), spec)
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	return c
+}
+
+func instanceOf(spec backend.Spec, c backend.Created) backend.Instance {
+	return backend.Instance{
+		ID: spec.InstanceID, Name: spec.Name, DBName: spec.DBName, Username: c.Username,
+		Host: c.Host, Port: c.Port, ContainerID: c.ContainerID, Proof: spec.Proof,
+	}
+}
+
+func connect(ctx context.Context, c backend.Created, db, password string) (*pgx.Conn, error) {
+	return pgsql.Target{Host: c.Host, Port: c.Port, Database: db, User: c.Username, Password: password,
+		SSLMode: "disable", ConnectTimeout: 5 * time.Second}.ConnectOnce(ctx)
+}
+
+// left lists the objects with the instance's names that still exist.
+func (e env) left(t *testing.T, name string) []string {
+	t.Helper()
+	var left []string
+	for _, o := range e.b.objects(name) {
+		if _, err := o.get(ctxFor(t, time.Minute)); err == nil {
+			left = append(left, o.kind+" "+o.name)
+		} else if !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	return left
+}
+
+func TestCreateReadyOwnedAndNoPasswordInSpec(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	start := time.Now()
+	c := e.create(t, spec)
+	t.Logf("ready after %s at %s:%d (sslmode %s)", time.Since(start).Round(time.Millisecond), c.Host, c.Port, c.SSLMode)
+	ctx := ctxFor(t, 2*time.Minute)
+	// Ready on return: the first login, no retry.
+	conn, err := connect(ctx, c, spec.DBName, spec.Password)
+	if err != nil {
+		t.Fatalf("login right after Create: %v", err)
+	}
+	var super bool
+	if err := conn.QueryRow(ctx, `SELECT rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil || !super {
+		t.Errorf("instance user superuser=%v (%v)", super, err)
+	}
+	conn.Close(ctx)
+
+	sts, err := e.b.cs.AppsV1().StatefulSets(e.b.namespace).Get(ctx, spec.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(sts.UID) != c.ContainerID || !proven(sts.ObjectMeta, spec.Proof) {
+		t.Errorf("StatefulSet UID %s (recorded %s), labels %v, annotations %v", sts.UID, c.ContainerID, sts.Labels, sts.Annotations)
+	}
+	raw, _ := json.Marshal(sts)
+	if strings.Contains(string(raw), spec.Password) {
+		t.Error("the StatefulSet holds the instance password")
+	}
+	// The bootstrap Secret is gone; the Service and claim are owned.
+	if _, err := e.b.cs.CoreV1().Secrets(e.b.namespace).Get(ctx, secretName(spec.Name), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("bootstrap Secret still there after ready (%v)", err)
+	}
+	svc, err := e.b.cs.CoreV1().Services(e.b.namespace).Get(ctx, spec.Name, metav1.GetOptions{})
+	if err != nil || len(svc.OwnerReferences) != 1 || svc.OwnerReferences[0].UID != sts.UID || !proven(svc.ObjectMeta, spec.Proof) {
+		t.Errorf("Service %v: owners %v, annotations %v", err, svc.OwnerReferences, svc.Annotations)
+	}
+	pvc, err := e.b.cs.CoreV1().PersistentVolumeClaims(e.b.namespace).Get(ctx, claimName(spec.Name), metav1.GetOptions{})
+	if err != nil || len(pvc.OwnerReferences) != 1 || pvc.OwnerReferences[0].UID != sts.UID || !proven(pvc.ObjectMeta, spec.Proof) {
+		t.Errorf("claim %v: owners %v, annotations %v", err, pvc.OwnerReferences, pvc.Annotations)
+	}
+	st, err := e.b.Inspect(ctx, instanceOf(spec, c))
+	if err != nil || !st.Exists || st.State != "running" {
+		t.Errorf("Inspect = %+v, %v", st, err)
+	}
+	if err := e.b.Delete(ctx, instanceOf(spec, c), backend.Auth{Password: spec.Password}, false); err != nil {
+		t.Fatal(err)
+	}
+	if left := e.left(t, spec.Name); len(left) > 0 {
+		t.Errorf("left after Delete: %v", left)
+	}
+}
+
+// An object with the instance's name that is not the instance's is a
+// conflict on create, and neither Delete nor Purge touches it.
+func TestForeignStatefulSetIsLeftAlone(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	foreign := e.b.statefulSet(spec, "not-pulled.invalid/x:1")
+	foreign.Labels = map[string]string{"app": "theirs"}
+	foreign.Annotations = nil
+	foreign.Spec.Replicas = ptr.To[int32](0)
+	made, err := e.b.cs.AppsV1().StatefulSets(e.b.namespace).Create(ctx, foreign, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.b.Create(ctx, spec)
+	var ce *backend.ConflictError
+	if !errors.As(err, &ce) || ce.Kind != "StatefulSet" {
+		t.Fatalf("Create over a foreign StatefulSet: %v; want a conflict", err)
+	}
+	inst := backend.Instance{ID: spec.InstanceID, Name: spec.Name, DBName: spec.DBName, Username: spec.Username, Proof: spec.Proof}
+	if err := e.b.Purge(ctx, inst); err != nil {
+		t.Errorf("Purge: %v", err)
+	}
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: spec.Password}, true); err != nil {
+		t.Errorf("Delete: %v", err)
+	}
+	// A forged proof on someone else's object does not help either once
+	// the row records the UID of the object the create made.
+	inst.ContainerID = "00000000-0000-0000-0000-000000000000"
+	if st, err := e.b.Inspect(ctx, inst); err != nil || st.Exists || len(st.Foreign) != 1 {
+		t.Errorf("Inspect = %+v, %v; want one foreign object", st, err)
+	}
+	got, err := e.b.cs.AppsV1().StatefulSets(e.b.namespace).Get(ctx, spec.Name, metav1.GetOptions{})
+	if err != nil || got.UID != made.UID || got.DeletionTimestamp != nil {
+		t.Fatalf("foreign StatefulSet after Create, Purge and Delete: %v, %+v", err, got.ObjectMeta)
+	}
+	if _, err := e.b.cs.CoreV1().Secrets(e.b.namespace).Get(ctx, secretName(spec.Name), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the conflicting create left its Secret (%v)", err)
+	}
+}
+
+func TestDeleteWithSessionsAndRotate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	inst := instanceOf(spec, c)
+	ctx := ctxFor(t, 3*time.Minute)
+
+	// Rotation with the password, then with the verifier only (exec).
+	next := "next'pw" + randHex(3)
+	v, _ := pgsql.ScramVerifier(next)
+	if err := e.b.SetPassword(ctx, inst, backend.Auth{Password: spec.Password}, v); err != nil {
+		t.Fatalf("SetPassword: %v", err)
+	}
+	if err := e.b.Authenticate(ctx, inst, backend.Auth{Password: spec.Password}); !errors.Is(err, backend.ErrWrongPassword) {
+		t.Errorf("old password after rotation: %v; want ErrWrongPassword", err)
+	}
+	wo := "wo-" + randHex(4)
+	wov, _ := pgsql.ScramVerifier(wo)
+	if err := e.b.SetPassword(ctx, inst, backend.Auth{Verifier: v}, wov); err != nil {
+		t.Fatalf("SetPassword by verifier: %v", err)
+	}
+	if err := e.b.Authenticate(ctx, inst, backend.Auth{Verifier: v}); !errors.Is(err, backend.ErrWrongPassword) {
+		t.Errorf("stale verifier: %v; want ErrWrongPassword", err)
+	}
+	conn, err := connect(ctx, c, spec.DBName, wo)
+	if err != nil {
+		t.Fatalf("login with the password set by verifier: %v", err)
+	}
+	defer conn.Close(ctx)
+
+	// A temporary login works and goes.
+	l, err := e.b.OpenTempLogin(ctx, inst, time.Minute)
+	if err != nil {
+		t.Fatalf("OpenTempLogin: %v", err)
+	}
+	tc, err := pgsql.Target{Host: l.Host, Port: l.Port, Database: l.DBName, User: l.Username, Password: l.Password,
+		SSLMode: "disable", ConnectTimeout: 5 * time.Second}.ConnectOnce(ctx)
+	if err != nil {
+		t.Fatalf("temporary login: %v", err)
+	}
+	tc.Close(ctx)
+	if _, err := e.b.RenewTempLogin(ctx, inst, l.Role, 2*time.Minute); err != nil {
+		t.Errorf("RenewTempLogin: %v", err)
+	}
+	if err := e.b.CloseTempLogin(ctx, inst, l.Role); err != nil {
+		t.Errorf("CloseTempLogin: %v", err)
+	}
+
+	err = e.b.Delete(ctx, inst, backend.Auth{Password: wo}, false)
+	var se *backend.SessionsError
+	if !errors.As(err, &se) || se.Count != 1 {
+		t.Fatalf("Delete with a session: %v; want a SessionsError of 1", err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		t.Fatalf("the session did not survive the refused delete: %v", err)
+	}
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: "wrong"}, true); !errors.Is(err, backend.ErrWrongPassword) {
+		t.Fatalf("Delete with a wrong password: %v", err)
+	}
+	start := time.Now()
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: wo}, true); err != nil {
+		t.Fatalf("forced Delete: %v", err)
+	}
+	t.Logf("forced delete took %s", time.Since(start).Round(time.Millisecond))
+	if left := e.left(t, spec.Name); len(left) > 0 {
+		t.Errorf("left after Delete: %v", left)
+	}
+	if err := e.b.Delete(ctx, inst, backend.Auth{Password: wo}, true); err != nil {
+		t.Errorf("second Delete: %v", err)
+	}
+}
+
+// A StatefulSet deleted out of band is drift; Purge clears what carries
+// the proof (the claim the controller leaves), and the name is free again.
+func TestDriftAndPurge(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	inst := instanceOf(spec, c)
+	ctx := ctxFor(t, 3*time.Minute)
+	orphan := metav1.DeletePropagationOrphan
+	if err := e.b.cs.AppsV1().StatefulSets(e.b.namespace).Delete(ctx, spec.Name, metav1.DeleteOptions{PropagationPolicy: &orphan}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		st, err := e.b.Inspect(ctx, inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Exists {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := e.b.Purge(ctx, inst); err != nil {
+		t.Fatalf("Purge: %v", err)
+	}
+	if left := e.left(t, spec.Name); len(left) > 0 {
+		t.Errorf("left after Purge: %v", left)
+	}
+	spec.Proof.Value = randHex(32)
+	c2 := e.create(t, spec)
+	if c2.ContainerID == c.ContainerID {
+		t.Error("the new StatefulSet has the old UID")
+	}
+}
+
+// Five creates at once on the NodePort service type, each ready on return.
+func TestFiveAtOnceNodePort(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.ServiceType = ServiceNodePort })
+	var wg sync.WaitGroup
+	errs := make([]error, 5)
+	start := time.Now()
+	for n := range 5 {
+		spec := e.spec(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := ctxFor(t, 4*time.Minute)
+			c, err := e.b.Create(ctx, spec)
+			if err == nil {
+				var conn *pgx.Conn
+				if conn, err = connect(ctx, c, spec.DBName, spec.Password); err == nil {
+					conn.Close(ctx)
+				}
+				if c.Host != os.Getenv("POSTGRAAS_TEST_KUBE_NODE_IP") && os.Getenv("POSTGRAAS_TEST_KUBE_NODE_IP") != "" {
+					t.Errorf("NodePort instance at %s:%d; want the node's IP", c.Host, c.Port)
+				}
+			}
+			errs[n] = err
+		}()
+	}
+	wg.Wait()
+	t.Logf("5 creates at once took %s", time.Since(start).Round(time.Millisecond))
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A pod that cannot start fails the create at once with what Kubernetes
+// says, and leaves nothing.
+func TestCreateMissingImage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	spec.Image = "postgraas-test.invalid/none:1"
+	_, err := e.b.Create(ctxFor(t, 3*time.Minute), spec)
+	var se *backend.StartError
+	if !errors.As(err, &se) {
+		t.Fatalf("Create with a missing image: %v; want a StartError", err)
+	}
+	t.Logf("error: %v", err)
+	if left := e.left(t, spec.Name); len(left) > 0 {
+		t.Errorf("left after the failed create: %v", left)
+	}
+}
