@@ -34,6 +34,7 @@ import (
 	dockerclient "github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/jackc/pgx/v5"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgserver"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
@@ -596,7 +597,7 @@ func faultVolumeExists(cli *dockerclient.Client, name string) (bool, error) {
 // ---------------------------------------------------------------- kill cases
 
 type faultCase struct {
-	backend string // "pg_cluster" or "docker"
+	backend string // "pg_cluster", "docker" or "kubernetes"
 	sig     syscall.Signal
 	point   string
 }
@@ -607,6 +608,7 @@ type faultInstance struct {
 	prefix  string          // every role and database of the case starts with it
 	volumes map[string]bool // docker volumes seen mounted by the instance's containers
 	cli     *dockerclient.Client
+	kube    kubernetes.Interface
 	backend string
 	// What the paused run had made (container IDs; "role"/"database" ->
 	// OID): the recovering run must remove it and create anew.
@@ -622,14 +624,21 @@ func newFaultInstance(t *testing.T, backend string) *faultInstance {
 		backend:         backend,
 		paused:          map[string]bool{},
 	}
-	if backend == "docker" {
+	switch backend {
+	case "docker":
 		i.name = "flt-" + n[len("flt_"):]
 		i.cli = dockerClient(t)
+	case "kubernetes":
+		i.name = "flt-" + n[len("flt_"):]
+		i.kube = kubeClient(t)
 	}
 	return i
 }
 
 func (i *faultInstance) config() string {
+	if i.backend == "kubernetes" {
+		return faultTerraformBlock + kubeConfig("", i.clusterInstance)
+	}
 	if i.backend == "docker" {
 		return faultTerraformBlock + dockerConfig("", i.clusterInstance)
 	}
@@ -657,6 +666,10 @@ func (i *faultInstance) observe(t *testing.T) []container.Summary {
 // recordPaused notes what the paused run has made so far.
 func (i *faultInstance) recordPaused(t *testing.T) {
 	t.Helper()
+	if i.backend == "kubernetes" {
+		i.kubeRecordPaused(t)
+		return
+	}
 	if i.backend == "docker" {
 		cs := i.observe(t)
 		for _, c := range cs {
@@ -706,6 +719,9 @@ func (i *faultInstance) leftovers(t *testing.T) []string {
 	}
 	for _, r := range rows {
 		left = append(left, fmt.Sprintf("meta DB row id %d state %q", r.id, r.state))
+	}
+	if i.backend == "kubernetes" {
+		return append(left, i.kubeLeftovers(t)...)
 	}
 	if i.backend == "pg_cluster" {
 		roles, dbs, err := faultClusterObjects(i.prefix)
@@ -758,7 +774,9 @@ func (i *faultInstance) sweep(t *testing.T) {
 	}); err != nil {
 		t.Logf("sweep: meta DB: %v", err)
 	}
-	if i.backend == "pg_cluster" {
+	if i.backend == "kubernetes" {
+		swept = append(swept, i.kubeSweep(t)...)
+	} else if i.backend == "pg_cluster" {
 		swept = append(swept, faultSweepCluster(t, i.prefix)...)
 	} else {
 		ctx, cancel := dockerCtx()
@@ -834,6 +852,10 @@ func (i *faultInstance) checkConverged(t *testing.T, w *faultWorkspace) {
 	default:
 		t.Logf("recovered into meta DB row %d", rows[0].id)
 	}
+	if i.backend == "kubernetes" {
+		i.kubeCheckConverged(t, attrs)
+		return
+	}
 	if i.backend == "pg_cluster" {
 		if err := writeAndRead(clusterTenant(i.db, i.user, i.password)); err != nil {
 			t.Errorf("instance login after recovery: %v", err)
@@ -894,6 +916,8 @@ func (i *faultInstance) checkConverged(t *testing.T, w *faultWorkspace) {
 func runFaultCase(t *testing.T, providerDir string, c faultCase) {
 	if c.backend == "docker" {
 		testAccPreCheck(t, dockerEnv...)
+	} else if c.backend == "kubernetes" {
+		testAccPreCheck(t, kubeEnv...)
 	} else {
 		testAccPreCheck(t)
 	}

@@ -113,6 +113,31 @@ func passwordBackends(t *testing.T) []passwordBackend {
 				return checkDockerGone(t, &volumes, i)
 			},
 		},
+		{
+			name:   "kubernetes",
+			status: "running",
+			env:    kubeEnv,
+			newI:   func() clusterInstance { return newKubeInstance("wo") },
+			config: func(i clusterInstance) string { return kubeConfig("", i) },
+			login: func(s *terraform.State, i *clusterInstance, pw string) error {
+				target, err := kubeTenant(s, i, pw)
+				if err != nil {
+					return err
+				}
+				return writeAndRead(target)
+			},
+			changeOutOfBand: func(s *terraform.State, i *clusterInstance, current, next string) error {
+				target, err := kubeTenant(s, i, current)
+				if err != nil {
+					return err
+				}
+				return withConn(target, func(ctx context.Context, c *pgx.Conn) error {
+					_, err := c.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+pgsql.QuoteLiteral(next))
+					return err
+				})
+			},
+			gone: func(t *testing.T, i *clusterInstance) resource.TestCheckFunc { return checkKubeGone(t, i) },
+		},
 	}
 }
 

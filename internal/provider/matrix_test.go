@@ -33,6 +33,8 @@ func TestAccMatrix_docker(t *testing.T) { testAccMatrix(t, "docker") }
 
 func TestAccMatrix_pgCluster(t *testing.T) { testAccMatrix(t, "pg_cluster") }
 
+func TestAccMatrix_kubernetes(t *testing.T) { testAccMatrix(t, "kubernetes") }
+
 func testAccMatrix(t *testing.T, backendName string) {
 	var b passwordBackend
 	for _, pb := range passwordBackends(t) {
