@@ -50,3 +50,25 @@ variable "cluster_admin_password" {
   type      = string
   sensitive = true
 }
+
+# kubernetes backend: a StatefulSet, a Service and a one-time bootstrap Secret
+# per instance, in the namespace of the kubeconfig context.
+provider "postgraas" {
+  alias   = "k8s"
+  backend = "kubernetes"
+  metadb = {
+    host     = "metadb.example.internal"
+    password = var.metadb_password
+  }
+  kubernetes = {
+    kubeconfig      = pathexpand("~/.kube/config")
+    context         = "ci"
+    namespace       = "test-databases"
+    storage_class   = "fast-ssd"
+    storage_size    = "2Gi"
+    service_type    = "NodePort"
+    advertised_host = "nodes.example.internal"
+    requests_memory = "512Mi"
+    limits_memory   = "2Gi"
+  }
+}

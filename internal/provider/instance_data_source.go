@@ -94,7 +94,7 @@ func instanceDataAttributes(lookup bool) map[string]schema.Attribute {
 		"name":         key("Instance name (`postgraas_instance_name`).", nameValidators...),
 		"db_name":      computed("Database name."),
 		"db_username":  computed("Login to connect as (`user@server` on clusters with a `server`)."),
-		"backend":      computed("`docker` or `pg_cluster` (inferred from `container_id` for rows written by postgraas_server)."),
+		"backend":      computed("`docker`, `pg_cluster` or `kubernetes` (inferred from `container_id` for rows written by postgraas_server)."),
 		"host":         computed("Host to connect to."),
 		"port":         schema.Int64Attribute{MarkdownDescription: "Port to connect to.", Computed: true},
 		"container_id": computed("Docker container id; null on `pg_cluster`."),

@@ -164,7 +164,7 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 				Validators: identifierValidators()[1:],
 			},
 			"backend": schema.StringAttribute{
-				MarkdownDescription: "The backend that holds the instance: `docker` or `pg_cluster`. Defaults to the " +
+				MarkdownDescription: "The backend that holds the instance: `docker`, `pg_cluster` or `kubernetes`. Defaults to the " +
 					"provider's `backend`; an existing instance stays where it is when the provider's default changes. " +
 					"Setting it to another backend replaces the instance.",
 				Optional:   true,
@@ -186,13 +186,13 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 				PlanModifiers:       []planmodifier.Int64{int64planmodifier.UseStateForUnknown()},
 			},
 			"container_id": schema.StringAttribute{
-				MarkdownDescription: "Docker container id; null on `pg_cluster`.",
+				MarkdownDescription: "Docker container id; on `kubernetes` the UID of the instance's StatefulSet; null on `pg_cluster`.",
 				Computed:            true,
 				PlanModifiers:       keep,
 			},
 			"status": schema.StringAttribute{
 				MarkdownDescription: "State of the instance as last read: the container's state on `docker` (`running`, " +
-					"`exited`, ...), `ready` on `pg_cluster`; `unrecorded` when its meta DB row was deleted outside " +
+					"`exited`, ...), `ready` on `pg_cluster`, the pod's on `kubernetes` (`running`, `starting`, `crashloopbackoff`, ...); `unrecorded` when its meta DB row was deleted outside " +
 					"Terraform while its objects, still carrying its ownership proof, remain (the next apply records it again).",
 				Computed: true,
 			},

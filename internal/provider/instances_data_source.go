@@ -45,7 +45,7 @@ func (d *instancesDataSource) Schema(ctx context.Context, _ datasource.SchemaReq
 			"postgraas_server's list call did; rows it wrote are included. Never exposes a password.",
 		Attributes: map[string]schema.Attribute{
 			"backend": schema.StringAttribute{
-				MarkdownDescription: "Only instances on this backend: `docker` or `pg_cluster`.",
+				MarkdownDescription: "Only instances on this backend: `docker`, `pg_cluster` or `kubernetes`.",
 				Optional:            true,
 				Validators:          []validator.String{stringvalidator.OneOf(backendKinds()...)},
 			},

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -138,6 +140,12 @@ var _ backend.Backend = (*Backend)(nil)
 // New reads the kubeconfig (a local file; nothing is contacted) and builds
 // the client. A plan must work while the cluster is down.
 func New(cfg Config) (*Backend, error) {
+	if p, ok := strings.CutPrefix(cfg.Kubeconfig, "~/"); ok {
+		// As kubectl's --kubeconfig, for a path from the environment.
+		if home, err := os.UserHomeDir(); err == nil {
+			cfg.Kubeconfig = filepath.Join(home, p)
+		}
+	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = cfg.Kubeconfig
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: cfg.Context})
