@@ -419,15 +419,7 @@ const logSettle = 300 * time.Millisecond
 const missingDBGrace = 2 * time.Second
 
 func (b *Backend) target(port int, user, password, dbname string) pgsql.Target {
-	return pgsql.Target{
-		Host:           b.dialHost(),
-		Port:           port,
-		Database:       dbname,
-		User:           user,
-		Password:       password,
-		SSLMode:        "disable",
-		ConnectTimeout: attemptTimeout,
-	}
+	return selfhosted.Login(b.dialHost(), port, user, password, dbname, attemptTimeout)
 }
 
 func (b *Backend) tailLogs(ctx context.Context, id string) string {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/big"
@@ -19,9 +18,9 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/backendtest"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -111,14 +110,15 @@ func newEnv(t *testing.T, mod func(*Config)) env {
 	return env{b: b, image: img}
 }
 
-func randHex(n int) string {
-	buf := make([]byte, n)
-	_, _ = rand.Read(buf)
-	return hex.EncodeToString(buf)
-}
-
 // spec makes a unique instance and arranges for whatever carries its name
 // to be removed with its volumes when the test ends.
+var (
+	randHex    = backendtest.RandHex
+	ctxFor     = backendtest.Ctx
+	instanceOf = backendtest.InstanceOf
+	connect    = backendtest.Connect
+)
+
 func (e env) spec(t *testing.T) backend.Spec {
 	t.Helper()
 	id, _ := rand.Int(rand.Reader, big.NewInt(1<<40))
@@ -142,12 +142,6 @@ func (e env) spec(t *testing.T) backend.Spec {
 	}
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func (e env) create(t *testing.T, spec backend.Spec) backend.Created {
 	t.Helper()
 	c, err := e.b.Create(ctxFor(t, 2*time.Minute), spec)
@@ -155,18 +149,6 @@ func (e env) create(t *testing.T, spec backend.Spec) backend.Created {
 		t.Fatalf("Create: %v", err)
 	}
 	return c
-}
-
-func instanceOf(spec backend.Spec, c backend.Created) backend.Instance {
-	return backend.Instance{
-		ID: spec.InstanceID, Name: spec.Name, DBName: spec.DBName, Username: c.Username,
-		Host: c.Host, Port: c.Port, ContainerID: c.ContainerID, Proof: spec.Proof,
-	}
-}
-
-func connect(ctx context.Context, c backend.Created, db, password string) (*pgx.Conn, error) {
-	return pgsql.Target{Host: c.Host, Port: c.Port, Database: db, User: c.Username, Password: password,
-		SSLMode: "disable", ConnectTimeout: 5 * time.Second}.Connect(ctx)
 }
 
 func (e env) inspect(t *testing.T, ref string) (container.InspectResponse, bool) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
@@ -55,7 +56,11 @@ func (b *Backend) exec(ctx context.Context, pod string, cmd []string, stdin stri
 	if err != nil {
 		return "", "", 0, err
 	}
-	ex, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool { return true })
+	// Fall back to SPDY only when the server refused the websocket upgrade
+	// (as kubectl does): after any other error the command may have run.
+	ex, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	})
 	if err != nil {
 		return "", "", 0, err
 	}

@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
@@ -297,15 +298,7 @@ func (b *Backend) apiError(doing string, err error) error {
 
 // target is a login to the instance at host:port.
 func target(host string, port int, user, password, dbname string) pgsql.Target {
-	return pgsql.Target{
-		Host:           host,
-		Port:           port,
-		Database:       dbname,
-		User:           user,
-		Password:       password,
-		SSLMode:        "disable",
-		ConnectTimeout: attemptTimeout,
-	}
+	return selfhosted.Login(host, port, user, password, dbname, attemptTimeout)
 }
 
 func idLabel(id int64) string { return strconv.FormatInt(id, 10) }

@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/big"
@@ -21,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/backendtest"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -150,20 +150,15 @@ func newEnv(t *testing.T, mod func(*Config)) env {
 	return env{b: b}
 }
 
-func randHex(n int) string {
-	buf := make([]byte, n)
-	_, _ = rand.Read(buf)
-	return hex.EncodeToString(buf)
-}
-
-func ctxFor(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // spec makes a unique instance and arranges for whatever carries its name
 // to be removed when the test ends.
+var (
+	randHex    = backendtest.RandHex
+	ctxFor     = backendtest.Ctx
+	instanceOf = backendtest.InstanceOf
+	connect    = backendtest.Connect
+)
+
 func (e env) spec(t *testing.T) backend.Spec {
 	t.Helper()
 	id, _ := rand.Int(rand.Reader, big.NewInt(1<<40))
@@ -209,18 +204,6 @@ func (e env) create(t *testing.T, spec backend.Spec) backend.Created {
 		t.Fatalf("Create: %v", err)
 	}
 	return c
-}
-
-func instanceOf(spec backend.Spec, c backend.Created) backend.Instance {
-	return backend.Instance{
-		ID: spec.InstanceID, Name: spec.Name, DBName: spec.DBName, Username: c.Username,
-		Host: c.Host, Port: c.Port, ContainerID: c.ContainerID, Proof: spec.Proof,
-	}
-}
-
-func connect(ctx context.Context, c backend.Created, db, password string) (*pgx.Conn, error) {
-	return pgsql.Target{Host: c.Host, Port: c.Port, Database: db, User: c.Username, Password: password,
-		SSLMode: "disable", ConnectTimeout: 5 * time.Second}.ConnectOnce(ctx)
 }
 
 // left lists the objects with the instance's names that still exist.

@@ -97,6 +97,21 @@ func ServerSaid(err error) string {
 	return err.Error()
 }
 
+// Login is the tenant's login to an instance at host:port: no TLS (the
+// provider knows no CA for a server it just made), each connect bounded
+// by attempt.
+func Login(host string, port int, user, password, dbname string, attempt time.Duration) pgsql.Target {
+	return pgsql.Target{
+		Host:           host,
+		Port:           port,
+		Database:       dbname,
+		User:           user,
+		Password:       password,
+		SSLMode:        "disable",
+		ConnectTimeout: attempt,
+	}
+}
+
 // Personalisation is what readiness attempts learn: whether one got as far
 // as sending its ALTER ROLE, and the server's ssl setting once one succeeds.
 type Personalisation struct {
