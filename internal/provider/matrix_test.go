@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TestAccMatrix_docker and TestAccMatrix_pgCluster are, with
+// TestAccMatrix_docker, _pgCluster and _kubernetes are, with
 // TestAccCredentials_docker and _pgCluster (the ephemeral resource), the
 // subset of the acceptance tests that `make test` runs again under each CLI
 // of the matrix (OpenTofu, the newest Terraform; make test-matrix runs only
