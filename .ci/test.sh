@@ -21,7 +21,7 @@ export PATH="/usr/local/go/bin:$PATH"
 
 # The instance's life on each backend, and the ephemeral resource (which, like write-only
 # attributes, needs a recent CLI) on each backend.
-MATRIX_TESTS='^(TestAccMatrix_.*|TestAccCredentials_(docker|pgCluster))$'
+MATRIX_TESTS='^(TestAccMatrix_.*|TestAccCredentials_(docker|pgCluster|kubernetes))$'
 MATRIX_PKG=./internal/provider
 GO_TEST_FLAGS=${GO_TEST_FLAGS:--count=1 -v -timeout 30m -parallel 4}
 TEST_LOG=${TEST_LOG:-${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}/test.log}

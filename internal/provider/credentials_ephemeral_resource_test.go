@@ -250,6 +250,32 @@ func TestAccCredentials_docker(t *testing.T) {
 	})
 }
 
+// TestAccCredentials_kubernetes: the temporary login is made by psql in the
+// instance's pod (pods/exec) and reached at the Service's address.
+func TestAccCredentials_kubernetes(t *testing.T) {
+	i := newKubeInstance("test")
+	var target pgsql.Target
+	resource.ParallelTest(t, resource.TestCase{
+		PreCheck:                 func() { credentialsPreCheck(t, kubeEnv...) },
+		TerraformVersionChecks:   credentialsVersions,
+		ProtoV6ProviderFactories: credentialsProviders,
+		CheckDestroy:             checkKubeGone(t, &i),
+		Steps: []resource.TestStep{
+			{
+				Config: credentialsConfig(kubeConfig("", i), i),
+				Check: func(s *terraform.State) error {
+					var err error
+					target, err = kubeTenant(s, &i, i.password)
+					return err
+				},
+				ConfigStateChecks: []statecheck.StateCheck{
+					checkHandedOut(&i, func() (pgsql.Target, error) { return target, nil }, countTempRoles(i.user)),
+				},
+			},
+		},
+	})
+}
+
 // TestAccCredentials_errors: an unknown instance and a bad ttl are refused
 // with diagnostics that name them, and nothing is made.
 func TestAccCredentials_errors(t *testing.T) {

@@ -20,7 +20,7 @@ import (
 )
 
 // TestAccMatrix_docker, _pgCluster and _kubernetes are, with
-// TestAccCredentials_docker and _pgCluster (the ephemeral resource), the
+// TestAccCredentials_docker, _pgCluster and _kubernetes (the ephemeral resource), the
 // subset of the acceptance tests that `make test` runs again under each CLI
 // of the matrix (OpenTofu, the newest Terraform; make test-matrix runs only
 // that; .ci/test.sh): the whole life of an instance on one backend, with
