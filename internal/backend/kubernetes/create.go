@@ -198,7 +198,10 @@ func (b *Backend) secret(spec backend.Spec, bootstrap string) *corev1.Secret {
 func (b *Backend) statefulSet(spec backend.Spec, img string) *appsv1.StatefulSet {
 	m := b.meta(spec.Name, spec)
 	m.Annotations[AnnotationImage] = img
-	podLabels := map[string]string{LabelManagedBy: managedBy, LabelInstance: "true", LabelName: spec.Name}
+	// The pod carries the proof too: a StatefulSet deleted with
+	// propagation "orphan" leaves it running, holding the claim.
+	pod := b.meta("", spec)
+	pod.Namespace = ""
 	claim := b.meta(volumeName, spec)
 	claim.Namespace = ""
 	var class *string
@@ -219,7 +222,7 @@ func (b *Backend) statefulSet(spec backend.Spec, img string) *appsv1.StatefulSet
 				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
 			},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
+				ObjectMeta: pod,
 				Spec: corev1.PodSpec{
 					// PostgreSQL shuts down cleanly well within this once
 					// the sessions are gone (a destroy ends them first).
@@ -415,8 +418,11 @@ func (b *Backend) podFailed(ctx context.Context, name string) error {
 			switch w.Reason {
 			case "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
 				"CreateContainerError", "CrashLoopBackOff":
-				return &backend.StartError{Reason: fmt.Sprintf("container %s of pod %s: %s: %s", containerName, pod.Name, w.Reason, w.Message),
-					Logs: b.tailLogs(ctx, pod.Name, cs.RestartCount > 0)}
+				err := &backend.StartError{Reason: fmt.Sprintf("container %s of pod %s: %s: %s", containerName, pod.Name, w.Reason, w.Message)}
+				if cs.RestartCount > 0 { // else it never ran: no logs
+					err.Logs = b.tailLogs(ctx, pod.Name, true)
+				}
+				return err
 			}
 		}
 		if t := cs.State.Terminated; t != nil || cs.RestartCount > 0 {

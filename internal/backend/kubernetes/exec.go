@@ -48,6 +48,9 @@ func (b *Backend) exec(ctx context.Context, pod string, cmd []string, stdin stri
 			Stdout:    true,
 			Stderr:    true,
 		}, scheme.ParameterCodec)
+	// The websocket protocol first, as kubectl does; SPDY only when the
+	// server refuses the upgrade (after any other error the command may
+	// have run).
 	ws, err := remotecommand.NewWebSocketExecutor(b.rest, "GET", req.URL().String())
 	if err != nil {
 		return "", "", 0, err
@@ -56,8 +59,6 @@ func (b *Backend) exec(ctx context.Context, pod string, cmd []string, stdin stri
 	if err != nil {
 		return "", "", 0, err
 	}
-	// Fall back to SPDY only when the server refused the websocket upgrade
-	// (as kubectl does): after any other error the command may have run.
 	ex, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
 		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
 	})

@@ -352,7 +352,8 @@ type object struct {
 }
 
 // objects lists the instance's objects in the order they are removed: the
-// StatefulSet first (its pod goes with it, which releases the claim).
+// StatefulSet first, then its pod (gone with it, or orphaned), which
+// releases the claim.
 func (b *Backend) objects(name string) []object {
 	apps, core := b.cs.AppsV1(), b.cs.CoreV1()
 	meta := func(m metav1.ObjectMeta, err error) (*metav1.ObjectMeta, error) {
@@ -364,6 +365,13 @@ func (b *Backend) objects(name string) []object {
 	return []object{
 		{"StatefulSet", name, func(ctx context.Context) (*metav1.ObjectMeta, error) {
 			o, err := apps.StatefulSets(b.namespace).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return nil, err
+			}
+			return meta(o.ObjectMeta, nil)
+		}},
+		{"Pod", podName(name), func(ctx context.Context) (*metav1.ObjectMeta, error) {
+			o, err := core.Pods(b.namespace).Get(ctx, podName(name), metav1.GetOptions{})
 			if err != nil {
 				return nil, err
 			}
@@ -407,6 +415,8 @@ func (b *Backend) deleteUID(ctx context.Context, kind, name string, uid types.UI
 	switch kind {
 	case "StatefulSet":
 		err = b.cs.AppsV1().StatefulSets(b.namespace).Delete(ctx, name, opts)
+	case "Pod":
+		err = b.cs.CoreV1().Pods(b.namespace).Delete(ctx, name, opts)
 	case "Service":
 		err = b.cs.CoreV1().Services(b.namespace).Delete(ctx, name, opts)
 	case "Secret":

@@ -181,6 +181,7 @@ func (e env) sweep(t *testing.T, name string) {
 	bg := metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationBackground)}
 	cs, ns := e.b.cs, e.b.namespace
 	_ = cs.AppsV1().StatefulSets(ns).Delete(ctx, name, bg)
+	_ = cs.CoreV1().Pods(ns).Delete(ctx, podName(name), bg)
 	_ = cs.CoreV1().Services(ns).Delete(ctx, name, bg)
 	_ = cs.CoreV1().Secrets(ns).Delete(ctx, secretName(name), bg)
 	_ = cs.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, claimName(name), bg)
