@@ -39,14 +39,21 @@ all | matrix) ;;
 *) echo "usage: $0 all|matrix" >&2; exit 2 ;;
 esac
 
+state=${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}
 tmp=$(mktemp -d)
 kube_down=0
 # shellcheck disable=SC2317 # run by the trap
 cleanup() {
 	rm -rf "$tmp"
-	if [ "$kube_down" = 1 ]; then
+	[ "$kube_down" = 1 ] || return 0
+	exec 7>&-
+	# Another `test.sh all` that came while this one ran holds the lock too (shared): its tests
+	# still need the cluster.
+	if flock -n -x "$state/kubernetes-users.lock" true; then
 		echo "== tearing down the Kubernetes cluster this run started"
 		.ci/testenv.sh down kubernetes || echo "ERROR: '.ci/testenv.sh down kubernetes' failed"
+	else
+		echo "== another test run uses the Kubernetes cluster this run started: left running (.ci/testenv.sh down kubernetes stops it)"
 	fi
 }
 trap cleanup EXIT
@@ -54,12 +61,18 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 if [ "$mode" = all ]; then
+	# Each run uses the cluster under a shared lock, so that the run that started it tears it
+	# down only when no other run is using it.
+	mkdir -p "$state"
+	exec 7>"$state/kubernetes-users.lock"
+	flock -s 7
 	# A cluster that runs already is someone else's (or a test in progress): leave it running.
 	if ! .ci/testenv.sh kube-status >/dev/null; then
 		kube_down=1
 	fi
+	# The daemons up starts must not hold the users' lock.
 	# shellcheck disable=SC2086 # a list of flags
-	.ci/testenv.sh up ${TESTENV_UP_FLAGS:---matrix} >/dev/null
+	.ci/testenv.sh up ${TESTENV_UP_FLAGS:---matrix} >/dev/null 7>&-
 fi
 env_file=$(.ci/testenv.sh env)
 # shellcheck disable=SC1090
