@@ -9,8 +9,8 @@
 #                        (trap): `.ci/testenv.sh down kubernetes`, ~20 s; one that was running
 #                        before (started by hand) is left running. The other parts keep
 #                        running for the next run, as before (make clean-env stops them).
-#                        Kubernetes' cost: built once (~6 min on 2 cores, kept in the state
-#                        dir), then ~25 s to start from empty state and ~20 s to tear down.
+#                        Kubernetes' cost: built once (6-15 min on 2 cores, kept in the state
+#                        dir), then ~30 s to start from empty state and 10-20 s to tear down.
 #   .ci/test.sh matrix   the matrix subset only: $MATRIX_TESTS in $MATRIX_PKG, under OpenTofu
 #                        and under the newest Terraform
 #

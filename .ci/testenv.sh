@@ -1043,11 +1043,12 @@ build_go_cli() {
 # the state dir: the binaries built once from the k8s.io/kubernetes Go module (no registry
 # serves images or releases here), Debian's etcd and CNI plugins, a containerd of its own (the
 # binary docker.io installs; the Docker engine's containerd is not touched), a node IP on a
-# bridge of its own, kube-proxy in nftables mode (Docker's iptables stay as they are). See
-# /work/shared/kubernetes-notes.md for what was found to work on these machines and why.
-# Costs on 2 cores: the build ~6 min once (about 3 GB of Go build cache, 470 MB of binaries,
-# kept by `clean`); a start from empty state ~25 s (most of it the postgres image import);
-# `up` with the cluster running ~1 s; `down` ~20 s.
+# bridge of its own, kube-proxy in nftables mode (Docker's iptables stay as they are): what was
+# found to work on these machines (Debian 12, 2 cores, cgroup v1, no systemd, no registry).
+# Costs: the build once, ~6 min on 2 idle cores, 15 min measured on a busy machine (~3 GB of Go
+# build cache, 463 MB of binaries, kept by `clean`); a start from empty state ~30 s (half of it
+# the postgres image import, kept by `down`: ~8 s after it); `up` with the cluster running ~2 s;
+# `down` 10-20 s (longer while workloads are being deleted).
 KUBE_VERSION=1.34.4
 KUBE_BUILD_DIR=$STATE/kubernetes-v$KUBE_VERSION
 KUBE_BIN=$KUBE_BUILD_DIR/bin
@@ -1081,7 +1082,7 @@ build_kube() {
 	local mod=k8s.io/kubernetes v=v$KUBE_VERSION sv=v0.${KUBE_VERSION#*.} t src work m pid n=0 rc=0 ldflags pkgs=()
 	t=$(now)
 	log "building Kubernetes $v (${KUBE_CMDS[*]}) from the Go module proxy into $KUBE_BIN"
-	log "(about 6 minutes on 2 cores and 2 GB of memory, once per machine; kept by clean)"
+	log "(about 6 minutes on 2 idle cores, 15 on a busy machine and 2 GB of memory, once per machine; kept by clean)"
 	src=$(cd "$KUBE_BUILD_DIR" && GOWORK=off GOFLAGS='' go mod download -json "$mod@$v" |
 		awk -F'"' '$2 == "Dir" { print $4 }') || true
 	[ -n "$src" ] && [ -f "$src/go.mod" ] || die "could not download $mod@$v from the Go module proxy"
