@@ -1648,6 +1648,7 @@ ensure_kubernetes() {
 		--client-ca-file="$KUBE_PKI/ca.crt" \
 		--kubelet-client-certificate="$KUBE_PKI/apiserver-kubelet-client.crt" \
 		--kubelet-client-key="$KUBE_PKI/apiserver-kubelet-client.key" \
+		--kubelet-preferred-address-types=InternalIP,Hostname \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$KUBE_PKI/sa.pub" --service-account-signing-key-file="$KUBE_PKI/sa.key" \
 		--service-cluster-ip-range="$KUBE_SERVICE_CIDR" \
