@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # The Go tests of `make test` and `make test-matrix`, against the test environment that
-# `.ci/testenv.sh up --matrix` started (the make targets run it first).
+# `.ci/testenv.sh up --matrix` started (make test-matrix runs it first; `all` runs it itself).
 #
-#   .ci/test.sh all      every test with TF_ACC=1 under the default terraform (the one the env
-#                        file puts first on PATH), then the matrix subset under each CLI
+#   .ci/test.sh all      `.ci/testenv.sh up --matrix` (every part, the Kubernetes cluster too),
+#                        every test with TF_ACC=1 under the default terraform (the one the env
+#                        file puts first on PATH), then the matrix subset under each CLI. A
+#                        cluster this run started is torn down at its end, whatever happens
+#                        (trap): `.ci/testenv.sh down kubernetes`, ~20 s; one that was running
+#                        before (started by hand) is left running. The other parts keep
+#                        running for the next run, as before (make clean-env stops them).
+#                        Kubernetes' cost: built once (6-15 min on 2 cores, kept in the state
+#                        dir), then ~30 s to start from empty state and 10-20 s to tear down.
 #   .ci/test.sh matrix   the matrix subset only: $MATRIX_TESTS in $MATRIX_PKG, under OpenTofu
 #                        and under the newest Terraform
 #
@@ -32,6 +39,41 @@ all | matrix) ;;
 *) echo "usage: $0 all|matrix" >&2; exit 2 ;;
 esac
 
+state=${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}
+tmp=$(mktemp -d)
+kube_down=0
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+	rm -rf "$tmp"
+	[ "$kube_down" = 1 ] || return 0
+	exec 7>&-
+	# Another `test.sh all` that came while this one ran holds the lock too (shared): its tests
+	# still need the cluster.
+	if flock -n -x "$state/kubernetes-users.lock" true; then
+		echo "== tearing down the Kubernetes cluster this run started"
+		.ci/testenv.sh down kubernetes || echo "ERROR: '.ci/testenv.sh down kubernetes' failed"
+	else
+		echo "== another test run uses the Kubernetes cluster this run started: left running (.ci/testenv.sh down kubernetes stops it)"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ "$mode" = all ]; then
+	# Each run uses the cluster under a shared lock, so that the run that started it tears it
+	# down only when no other run is using it.
+	mkdir -p "$state"
+	exec 7>"$state/kubernetes-users.lock"
+	flock -s 7
+	# A cluster that runs already is someone else's (or a test in progress): leave it running.
+	if ! .ci/testenv.sh kube-status >/dev/null; then
+		kube_down=1
+	fi
+	# The daemons up starts must not hold the users' lock.
+	# shellcheck disable=SC2086 # a list of flags
+	.ci/testenv.sh up ${TESTENV_UP_FLAGS:---matrix} >/dev/null 7>&-
+fi
 env_file=$(.ci/testenv.sh env)
 # shellcheck disable=SC1090
 . "$env_file"
@@ -43,8 +85,6 @@ if [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -e "$TF_CLI_CONFIG_FILE" ]; then
 	unset TF_CLI_CONFIG_FILE
 fi
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 report=$tmp/testreport
 counts=$tmp/counts
 : >"$counts"

@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # Test environment of terraform-provider-postgraas: a PostgreSQL 15 server (meta DB + the
-# "pg_cluster" backend), a Docker engine and a PostgreSQL image (the "docker" backend), and
-# an sshd on loopback through which the same engine is reached as ssh://postgraas-testenv-ssh.
+# "pg_cluster" backend), a Docker engine and a PostgreSQL image (the "docker" backend), an
+# sshd on loopback through which the same engine is reached as ssh://postgraas-testenv-ssh,
+# and a single-node Kubernetes v1.34 running that image (the "kubernetes" backend).
 #
 #   .ci/testenv.sh up [--matrix] [PART...]
 #                          idempotent: install/start what is missing, write an env file and
 #                          print its path on the last line of stdout (progress goes to stderr).
-#                          PARTs: pg, docker, ssh, terraform; none means all of them (the tests).
+#                          PARTs: pg, docker, ssh, terraform, kubernetes; none means all of
+#                          them (the tests). ssh and kubernetes bring docker up too.
 #                          `up` of all writes env.sh; `up` of some writes env-PART-PART.sh, so a
 #                          demo never takes from the tests' file what it did not start.
 #                          --matrix also builds (once) the OpenTofu and newest Terraform CLIs
 #                          that `make test` runs a subset of the acceptance tests under
 #   .ci/testenv.sh env     print the path of env.sh (after `up`)
-#   .ci/testenv.sh down    stop the PostgreSQL server, the sshd and the dockerd that `up` started
+#   .ci/testenv.sh down [PART...]
+#                          stop what `up` started of those parts (none: all): the PostgreSQL
+#                          server, the sshd, the dockerd; the Kubernetes cluster, its workloads
+#                          and data, undoing its changes to the host (bridge, route, nft tables,
+#                          cgroups, mounts, sysctls)
 #   .ci/testenv.sh clean   `down`, and before that remove the containers and volumes the tests
-#                          and demos made, the stand-in images and the state dir (built CLIs are
-#                          kept unless POSTGRAAS_CLEAN_BUILDS=1)
+#                          and demos made, the stand-in images and the state dir (built CLIs and
+#                          Kubernetes binaries are kept unless POSTGRAAS_CLEAN_BUILDS=1)
+#   .ci/testenv.sh kube-status
+#                          print "running" (exit 0) when a component of the cluster runs, else
+#                          "stopped" (exit 3)
+#   .ci/testenv.sh kube-smoke
+#                          check the running cluster (~15 s): a StatefulSet of the test image with
+#                          a PVC becomes Ready, psql from the host logs in through a ClusterIP and
+#                          a NodePort Service; the objects are deleted again
 #   .ci/testenv.sh terraform
 #                          print the path of a terraform CLI, building it when none is on PATH
 #   .ci/testenv.sh matrix  print the paths of the OpenTofu and newest Terraform CLIs, building
@@ -799,6 +812,14 @@ write_env() {
 			# Tests put this first on PATH: its `ssh` reads only the test client config.
 			kv POSTGRAAS_TEST_SSH_PATH "$SSH_WRAPPER_DIR"
 		fi
+		if has_part kubernetes; then
+			kv POSTGRAAS_TEST_KUBECONFIG "$KUBECONFIG_ADMIN"
+			kv POSTGRAAS_TEST_KUBE_STORAGE_CLASS "$KUBE_STORAGE_CLASS"
+			kv POSTGRAAS_TEST_KUBE_IMAGE "$KUBE_IMAGE"
+			kv POSTGRAAS_TEST_KUBE_NODE_IP "$KUBE_NODE_IP"
+			# kubectl of the cluster's version; not put on PATH (the bench runs it from here).
+			kv POSTGRAAS_TEST_KUBECTL "$KUBE_BIN/kubectl"
+		fi
 		kv CHECKPOINT_DISABLE 1
 		if has_part terraform; then
 			# The terraform ensure_terraform chose, first on PATH for the tests, the demo and the bench.
@@ -1016,9 +1037,836 @@ build_go_cli() {
 	log "$name v$v built in $(since "$t") s"
 }
 
+# ---------------------------------------------------------------- kubernetes
+
+# A real single-node Kubernetes (the kubernetes backend's acceptance tests), everything under
+# the state dir: the binaries built once from the k8s.io/kubernetes Go module (no registry
+# serves images or releases here), Debian's etcd and CNI plugins, a containerd of its own (the
+# binary docker.io installs; the Docker engine's containerd is not touched), a node IP on a
+# bridge of its own, kube-proxy in nftables mode (Docker's iptables stay as they are): what was
+# found to work on these machines (Debian 12, 2 cores, cgroup v1, no systemd, no registry).
+# Costs: the build once, ~6 min on 2 idle cores, 15 min measured on a busy machine (~3 GB of Go
+# build cache, 463 MB of binaries, kept by `clean`); a start from empty state ~30 s (half of it
+# the postgres image import, kept by `down`: ~8 s after it); `up` with the cluster running ~2 s;
+# `down` 10-20 s (longer while workloads are being deleted).
+KUBE_VERSION=1.34.4
+KUBE_BUILD_DIR=$STATE/kubernetes-v$KUBE_VERSION
+KUBE_BIN=$KUBE_BUILD_DIR/bin
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
+
+kube_built() {
+	local c
+	for c in "${KUBE_CMDS[@]}"; do [ -x "$KUBE_BIN/$c" ] || return 1; done
+	[ "$(cat "$KUBE_BIN/version" 2>/dev/null)" = "v$KUBE_VERSION" ]
+}
+
+# ensure_kube_built: the binaries in KUBE_BIN, built by build_kube unless they are there. One
+# build at a time (as ensure_cli_built): a second caller waits and then finds them.
+ensure_kube_built() {
+	mkdir -p "$KUBE_BUILD_DIR"
+	exec 8>"$KUBE_BUILD_DIR/build.lock"
+	if ! flock -n 8; then
+		log "another run is building Kubernetes v$KUBE_VERSION into $KUBE_BUILD_DIR: waiting for it"
+		flock -w 3600 8 || die "timed out waiting for the lock $KUBE_BUILD_DIR/build.lock"
+	fi
+	kube_built || build_kube
+	exec 8>&-
+}
+
+# build_kube: the module from the Go module proxy, copied out of the read-only cache; in the
+# copy the workspace and vendor dir go, and each staging module (replace k8s.io/X =>
+# ./staging/...) is replaced by its published k8s.io/X v0.N.M, so that the build is an
+# ordinary module build. Version stamped as Kubernetes' own build does (hack/lib/version.sh),
+# or the components report v0.0.0 and kubelet/apiserver skew checks complain.
+build_kube() {
+	local mod=k8s.io/kubernetes v=v$KUBE_VERSION sv=v0.${KUBE_VERSION#*.} t src work m pid n=0 rc=0 ldflags pkgs=()
+	t=$(now)
+	log "building Kubernetes $v (${KUBE_CMDS[*]}) from the Go module proxy into $KUBE_BIN"
+	log "(about 6 minutes on 2 idle cores, 15 on a busy machine and 2 GB of memory, once per machine; kept by clean)"
+	src=$(cd "$KUBE_BUILD_DIR" && GOWORK=off GOFLAGS='' go mod download -json "$mod@$v" |
+		awk -F'"' '$2 == "Dir" { print $4 }') || true
+	[ -n "$src" ] && [ -f "$src/go.mod" ] || die "could not download $mod@$v from the Go module proxy"
+	log "module $mod@$v downloaded after $(since "$t") s"
+	work=$KUBE_BUILD_DIR/src
+	rm -rf "$work"
+	cp -r "$src" "$work"
+	chmod -R u+w "$work"
+	rm -rf "$work/go.work" "$work/go.work.sum" "$work/vendor"
+	sed -n 's#^[[:space:]]*\(replace[[:space:]]\)\{0,1\}\(k8s.io/[^ ]*\) => \./staging/.*#\2#p' "$work/go.mod" |
+		while read -r m; do (cd "$work" && go mod edit -replace="$m=$m@$sv"); done
+	grep -q '=> \./staging/' "$work/go.mod" && die "build_kube: staging replaces left in $work/go.mod"
+	ldflags="-s -w"
+	for m in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ldflags="$ldflags -X $m.gitVersion=$v -X $m.gitMajor=${KUBE_VERSION%%.*}"
+		ldflags="$ldflags -X $m.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2) -X $m.gitTreeState=clean"
+		ldflags="$ldflags -X $m.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	done
+	for m in "${KUBE_CMDS[@]}"; do pkgs+=("./cmd/$m"); done
+	mkdir -p "$KUBE_BIN"
+	log "compiling (log: $KUBE_BUILD_DIR/build.log)"
+	(cd "$work" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 exec go build -v -trimpath -ldflags "$ldflags" \
+		-o "$KUBE_BIN/" "${pkgs[@]}") >"$KUBE_BUILD_DIR/build.log" 2>&1 9>&- &
+	pid=$!
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 1
+		n=$((n + 1))
+		[ $((n % 60)) != 0 ] ||
+			log "still compiling Kubernetes $v after $(since "$t") s: $(grep -c '' "$KUBE_BUILD_DIR/build.log") packages so far"
+	done
+	wait "$pid" || rc=$?
+	if [ "$rc" != 0 ]; then
+		tail -n 30 "$KUBE_BUILD_DIR/build.log" >&2
+		die "building Kubernetes $v failed (log: $KUBE_BUILD_DIR/build.log)"
+	fi
+	"$KUBE_BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $v\$" ||
+		die "$KUBE_BIN/kubectl does not report $v"
+	echo "$v" >"$KUBE_BIN/version"
+	rm -rf "$work"
+	log "Kubernetes $v built in $(since "$t") s ($(du -sh "$KUBE_BIN" | cut -f1) of binaries)"
+}
+
+# The running cluster: everything under KUBE_DIR (logs in KUBE_DIR/log), node IP on the bridge.
+KUBE_DIR=$STATE/kubernetes
+KUBE_LOG=$KUBE_DIR/log
+KUBE_RUN=$KUBE_DIR/run      # pid files
+KUBE_PKI=$KUBE_DIR/pki      # root only
+KUBECONFIG_ADMIN=$KUBE_DIR/admin.kubeconfig
+KUBE_NODE=postgraas-testenv
+KUBE_BRIDGE=k8sbr0
+KUBE_NODE_IP=10.244.0.1
+KUBE_POD_CIDR=10.244.0.0/24
+KUBE_SERVICE_CIDR=10.96.0.0/24
+KUBE_SERVICE_IP=10.96.0.1   # the kubernetes Service, first of the range
+KUBE_APISERVER_PORT=6443
+KUBE_ETCD_PORT=12379        # not etcd's default 2379/2380: leave those to anything else
+KUBE_ETCD_PEER_PORT=12380
+KUBE_STORAGE_CLASS=postgraas-hostpath
+KUBE_CGROUP_ROOT=/postgraas-testenv-kube
+KUBE_CTRD=$KUBE_DIR/containerd
+KUBE_CTRD_SOCK=$KUBE_CTRD/containerd.sock
+KUBE_PAUSE_IMAGE=localhost/postgraas-pause:1
+KUBE_CNI_BIN=/usr/lib/cni
+# The in-tree hostpath provisioner's fixed directory (not configurable).
+KUBE_HOSTPATH_DIR=/tmp/hostpath_pv
+# What kubelet sets (vm.*, kernel.*: container manager) and kube-proxy might (conntrack): saved
+# at the first start into KUBE_SYSCTLS, restored by `down`.
+KUBE_SYSCTL_KEYS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+	kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward
+	net.netfilter.nf_conntrack_max net.netfilter.nf_conntrack_tcp_timeout_established
+	net.netfilter.nf_conntrack_tcp_timeout_close_wait net.ipv4.conf.all.route_localnet)
+KUBE_SYSCTLS=$KUBE_DIR/sysctls.saved
+# kubelet's device plugin socket dir, its container log links, containerd's CNI result cache.
+KUBE_FIXED_PATHS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni)
+KUBE_HOST_PATHS=$KUBE_DIR/host-paths.ours
+
+kctl() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+kctr() { ctr --address "$KUBE_CTRD_SOCK" --namespace k8s.io "$@"; }
+
+# kube_pid NAME: the pid of our NAME if it runs (pid file and the binary it runs agree).
+kube_pid() {
+	local pid bin=$2
+	[ -s "$KUBE_RUN/$1.pid" ] && pid=$(cat "$KUBE_RUN/$1.pid") && [ -n "$pid" ] &&
+		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$bin")" ] && printf '%s' "$pid"
+}
+
+# kube_start NAME BIN ARGS...: start BIN detached, unless it runs; log in KUBE_LOG/NAME.log.
+kube_start() {
+	local name=$1 bin=$2 pid
+	shift 2
+	if pid=$(kube_pid "$name" "$bin"); then
+		return 0
+	fi
+	log "starting $name (log: $KUBE_LOG/$name.log)"
+	# Detached, without our stdout (a pipe) or the lock fds.
+	setsid nohup "$bin" "$@" </dev/null >>"$KUBE_LOG/$name.log" 2>&1 8>&- 9>&- &
+	echo $! >"$KUBE_RUN/$name.pid"
+	KUBE_STARTED=1
+}
+
+# kube_stop NAME BIN [NAME BIN]...: TERM to all at once, up to 20 s, then KILL.
+kube_stop() {
+	local pid pids=() names=()
+	while [ $# -ge 2 ]; do
+		if pid=$(kube_pid "$1" "$2"); then
+			log "stopping $1 (pid $pid)"
+			kill -TERM "$pid" 2>/dev/null || true
+			pids+=("$pid")
+			names+=("$1")
+		fi
+		rm -f "$KUBE_RUN/$1.pid"
+		shift 2
+	done
+	for pid in "${pids[@]}"; do
+		for _ in $(seq 1 200); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			log "pid $pid (one of ${names[*]}) still running after 20 s: killing it"
+			kill -KILL "$pid" 2>/dev/null || true
+			sleep 0.5
+		fi
+	done
+}
+
+# wait_for SECONDS WHAT NAME CMD...: CMD succeeds within SECONDS, or die with NAME's log.
+wait_for() {
+	local secs=$1 what=$2 name=$3
+	shift 3
+	for _ in $(seq 1 $((secs * 5))); do
+		"$@" >/dev/null 2>&1 && return 0
+		if [ -n "$name" ] && [ -s "$KUBE_RUN/$name.pid" ] && ! kill -0 "$(cat "$KUBE_RUN/$name.pid")" 2>/dev/null; then
+			tail -n 30 "$KUBE_LOG/$name.log" >&2 || true
+			die "$name exited while waiting for $what (log: $KUBE_LOG/$name.log)"
+		fi
+		sleep 0.2
+	done
+	[ -z "$name" ] || tail -n 30 "$KUBE_LOG/$name.log" >&2 || true
+	die "no $what within $secs s${name:+ (log: $KUBE_LOG/$name.log)}"
+}
+
+ensure_kube_packages() {
+	local pkgs=()
+	command -v etcd >/dev/null || pkgs+=(etcd-server)
+	[ -x "$KUBE_CNI_BIN/bridge" ] && [ -x "$KUBE_CNI_BIN/host-local" ] && [ -x "$KUBE_CNI_BIN/loopback" ] ||
+		pkgs+=(containernetworking-plugins)
+	command -v nft >/dev/null || pkgs+=(nftables)   # kube-proxy's nftables mode runs nft
+	command -v containerd >/dev/null && command -v ctr >/dev/null || pkgs+=(containerd)
+	command -v openssl >/dev/null || pkgs+=(openssl)
+	command -v curl >/dev/null || pkgs+=(curl)
+	if [ "${#pkgs[@]}" != 0 ]; then
+		# etcd-server's init script would start a system etcd (port 2379): keep the package from
+		# starting it, unless the machine already has a policy (as ensure_ssh_binaries).
+		local policy=/usr/sbin/policy-rc.d own_policy=0
+		if [ ! -e "$policy" ] && [ "$(id -u)" = 0 ]; then
+			printf '#!/bin/sh\n# Temporary, from .ci/testenv.sh (postgraas): start no service.\nexit 101\n' >"$policy"
+			chmod 755 "$policy"
+			own_policy=1
+			trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+		fi
+		apt_install "${pkgs[@]}"
+		if [ "$own_policy" = 1 ]; then
+			rm -f "$policy"
+			trap - EXIT
+		fi
+	fi
+	command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
+}
+
+# ---- host: sysctls, bridge and route, cgroups
+
+kube_save_sysctls() {
+	[ -s "$KUBE_SYSCTLS" ] && return 0   # saved at the first start: later values are ours
+	local k
+	for k in "${KUBE_SYSCTL_KEYS[@]}"; do
+		[ -e "/proc/sys/${k//.//}" ] && printf '%s=%s\n' "$k" "$(sysctl -n "$k")"
+	done >"$KUBE_SYSCTLS.tmp"
+	mv "$KUBE_SYSCTLS.tmp" "$KUBE_SYSCTLS"
+}
+
+kube_restore_sysctls() {
+	[ -s "$KUBE_SYSCTLS" ] || return 0
+	local k v
+	while IFS='=' read -r k v; do
+		[ -e "/proc/sys/${k//.//}" ] || continue
+		if [ "$(sysctl -n "$k")" != "$v" ]; then
+			log "restoring sysctl $k=$v (was $(sysctl -n "$k"))"
+			sysctl -q -w "$k=$v" || log "could not restore sysctl $k=$v"
+		fi
+	done <"$KUBE_SYSCTLS"
+	rm -f "$KUBE_SYSCTLS"
+}
+
+kube_net_up() {
+	if ! ip link show "$KUBE_BRIDGE" >/dev/null 2>&1; then
+		log "creating bridge $KUBE_BRIDGE $KUBE_NODE_IP/24 (node IP and pod network) and a route for $KUBE_SERVICE_CIDR"
+		ip link add "$KUBE_BRIDGE" type bridge
+	fi
+	ip addr show dev "$KUBE_BRIDGE" | grep -q " $KUBE_NODE_IP/24 " ||
+		ip addr add "$KUBE_NODE_IP/24" dev "$KUBE_BRIDGE"
+	ip link set "$KUBE_BRIDGE" up
+	# Service IPs from the host: kube-proxy's output chain translates them, this route gets them
+	# there (from the node IP).
+	ip route replace "$KUBE_SERVICE_CIDR" dev "$KUBE_BRIDGE" src "$KUBE_NODE_IP"
+}
+
+kube_net_down() {
+	if [ -n "$(ip route show "$KUBE_SERVICE_CIDR" 2>/dev/null)" ]; then
+		ip route del "$KUBE_SERVICE_CIDR" 2>/dev/null || true
+	fi
+	if ip link show "$KUBE_BRIDGE" >/dev/null 2>&1; then
+		log "removing bridge $KUBE_BRIDGE"
+		ip link del "$KUBE_BRIDGE"
+	fi
+	local fam
+	for fam in ip ip6; do
+		if nft list table "$fam" kube-proxy >/dev/null 2>&1; then
+			log "removing nft table $fam kube-proxy"
+			nft delete table "$fam" kube-proxy
+		fi
+	done
+}
+
+# The v1 hierarchies (this machine's cgroup v1; the unified one of a hybrid setup is left alone).
+kube_cgroup_dirs() { awk '$3 == "cgroup" { print $2 }' /proc/self/mounts; }
+
+kube_cgroups_up() {
+	local h
+	for h in $(kube_cgroup_dirs); do
+		[ -d "$h$KUBE_CGROUP_ROOT" ] && continue
+		mkdir "$h$KUBE_CGROUP_ROOT"
+		if [ -e "$h/cpuset.cpus" ]; then
+			cat "$h/cpuset.cpus" >"$h$KUBE_CGROUP_ROOT/cpuset.cpus"
+			cat "$h/cpuset.mems" >"$h$KUBE_CGROUP_ROOT/cpuset.mems"
+		fi
+	done
+}
+
+kube_cgroups_down() {
+	local h d n=0
+	for h in $(kube_cgroup_dirs); do
+		[ -d "$h$KUBE_CGROUP_ROOT" ] || continue
+		n=1
+		# Deepest first; a cgroup that still has a process stays (and is reported).
+		while read -r d; do
+			rmdir "$d" 2>/dev/null || log "cgroup $d not removed (a process left in it?)"
+		done < <(find "$h$KUBE_CGROUP_ROOT" -depth -type d)
+	done
+	[ "$n" = 0 ] || log "removed cgroups $KUBE_CGROUP_ROOT"
+}
+
+# ---- certificates and kubeconfigs (openssl, EC P-256, 10 years: a throw-away test CA)
+
+kube_cert() { # NAME SUBJECT EXT
+	local n=$1
+	[ -s "$KUBE_PKI/$n.crt" ] && return 0
+	openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$KUBE_PKI/$n.key" \
+		-subj "$2" -out "$KUBE_PKI/$n.csr" 2>/dev/null
+	printf '%s\n' "$3" >"$KUBE_PKI/$n.ext"
+	openssl x509 -req -in "$KUBE_PKI/$n.csr" -CA "$KUBE_PKI/ca.crt" -CAkey "$KUBE_PKI/ca.key" -CAcreateserial \
+		-days 3650 -extfile "$KUBE_PKI/$n.ext" -out "$KUBE_PKI/$n.crt" 2>/dev/null
+	rm -f "$KUBE_PKI/$n.csr" "$KUBE_PKI/$n.ext"
+}
+
+kube_kubeconfig() { # NAME (cert NAME, file KUBE_DIR/NAME.kubeconfig)
+	local f=$KUBE_DIR/$1.kubeconfig
+	[ -s "$f" ] && return 0
+	local k="$KUBE_BIN/kubectl --kubeconfig $f.tmp"
+	rm -f "$f.tmp"
+	$k config set-cluster postgraas-testenv --server="https://127.0.0.1:$KUBE_APISERVER_PORT" \
+		--certificate-authority="$KUBE_PKI/ca.crt" --embed-certs=true >/dev/null
+	$k config set-credentials "$1" --client-certificate="$KUBE_PKI/$1.crt" --client-key="$KUBE_PKI/$1.key" \
+		--embed-certs=true >/dev/null
+	$k config set-context postgraas-testenv --cluster=postgraas-testenv --user="$1" >/dev/null
+	$k config use-context postgraas-testenv >/dev/null
+	chmod 600 "$f.tmp"
+	mv "$f.tmp" "$f"
+}
+
+kube_pki() {
+	mkdir -p "$KUBE_PKI"
+	chmod 700 "$KUBE_PKI"
+	if [ ! -s "$KUBE_PKI/ca.crt" ]; then
+		log "making the cluster's certificates (openssl) in $KUBE_PKI"
+		rm -f "$KUBE_PKI"/* "$KUBE_DIR"/*.kubeconfig
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+			-keyout "$KUBE_PKI/ca.key" -out "$KUBE_PKI/ca.crt" -subj "/CN=postgraas-testenv-kubernetes-ca" \
+			-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+	fi
+	[ -s "$KUBE_PKI/sa.key" ] || {
+		openssl ecparam -name prime256v1 -genkey -noout -out "$KUBE_PKI/sa.key.tmp" 2>/dev/null
+		openssl ec -in "$KUBE_PKI/sa.key.tmp" -pubout -out "$KUBE_PKI/sa.pub" 2>/dev/null
+		mv "$KUBE_PKI/sa.key.tmp" "$KUBE_PKI/sa.key"
+	}
+	local client='keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth'
+	kube_cert apiserver /CN=kube-apiserver "keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:$KUBE_NODE_IP,IP:$KUBE_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+	kube_cert admin /O=system:masters/CN=postgraas-testenv-admin "$client"
+	kube_cert apiserver-kubelet-client /O=system:masters/CN=kube-apiserver-kubelet-client "$client"
+	kube_cert controller-manager /CN=system:kube-controller-manager "$client"
+	kube_cert scheduler /CN=system:kube-scheduler "$client"
+	kube_cert kubelet "/O=system:nodes/CN=system:node:$KUBE_NODE" "$client"
+	kube_cert kube-proxy /CN=system:kube-proxy "$client"
+	local n
+	for n in admin controller-manager scheduler kubelet kube-proxy; do kube_kubeconfig "$n"; done
+}
+
+# ---- containerd of our own, pause image, the postgres image
+
+kube_containerd_conf() {
+	cat <<EOF
+# Written by .ci/testenv.sh: the test cluster's containerd (not the Docker engine's).
+version = 2
+root = "$KUBE_CTRD/root"
+state = "$KUBE_CTRD/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "$KUBE_CTRD_SOCK"
+[ttrpc]
+  address = "$KUBE_CTRD_SOCK.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$KUBE_CTRD/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$KUBE_PAUSE_IMAGE"
+  # Without it runc fails ("can't get final child's PID from pipe: EOF"): root here may not
+  # lower oom_score_adj.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$KUBE_CTRD/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$KUBE_CNI_BIN"
+    conf_dir = "$KUBE_DIR/cni/net.d"
+EOF
+}
+
+kube_cni_conf() {
+	cat <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "postgraas-testenv",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$KUBE_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "$KUBE_POD_CIDR", "rangeStart": "10.244.0.10", "gateway": "$KUBE_NODE_IP" }]],
+        "dataDir": "$KUBE_DIR/cni/ipam"
+      }
+    }
+  ]
+}
+EOF
+}
+
+kube_containerd_up() {
+	mkdir -p "$KUBE_CTRD" "$KUBE_DIR/cni/net.d"
+	local conf=$KUBE_CTRD/config.toml
+	if [ "$(cat "$conf" 2>/dev/null)" != "$(kube_containerd_conf)" ]; then
+		kube_containerd_conf >"$conf"
+		kube_stop containerd "$(command -v containerd)"
+	fi
+	[ "$(cat "$KUBE_DIR/cni/net.d/10-postgraas.conflist" 2>/dev/null)" = "$(kube_cni_conf)" ] ||
+		kube_cni_conf >"$KUBE_DIR/cni/net.d/10-postgraas.conflist"
+	kube_start containerd "$(command -v containerd)" --config "$conf"
+	wait_for 30 "containerd answering on $KUBE_CTRD_SOCK" containerd kctr version
+}
+
+# The sandbox ("pause") image: a static Go binary that sleeps until signalled, packed as a
+# docker-save archive (uncompressed layer) that ctr imports. No registry needed.
+kube_pause_image() {
+	kctr images ls -q "name==$KUBE_PAUSE_IMAGE" | grep -q . && return 0
+	local d t diff cfg
+	t=$(now)
+	d=$(mktemp -d)
+	mkdir -p "$d/src" "$d/root" "$d/img"
+	cat >"$d/src/main.go" <<'EOF'
+// pause: the sandbox process of a pod, sleeps until SIGINT or SIGTERM.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
+	<-c
+}
+EOF
+	printf 'module pause\n\ngo 1.21\n' >"$d/src/go.mod"
+	(cd "$d/src" && GOWORK=off GOFLAGS='' CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$d/root/pause" .) ||
+		die "building the pause binary failed"
+	tar -C "$d/root" --owner=0 --group=0 --numeric-owner -cf "$d/img/layer.tar" pause
+	diff=$(sha256sum "$d/img/layer.tar" | cut -c1-64)
+	printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+		"$diff" >"$d/img/config.json"
+	cfg=$(sha256sum "$d/img/config.json" | cut -c1-64)
+	mv "$d/img/config.json" "$d/img/$cfg.json"
+	printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$cfg" "$KUBE_PAUSE_IMAGE" >"$d/img/manifest.json"
+	tar -C "$d/img" -cf "$d/pause.tar" .
+	kctr images import "$d/pause.tar" >/dev/null || die "ctr import of the pause image failed"
+	rm -rf "$d"
+	log "pause image $KUBE_PAUSE_IMAGE built and imported in $(since "$t") s"
+}
+
+# kube_image_ref IMAGE: IMAGE as containerd and the CRI name it (docker.io/library/... added).
+kube_image_ref() {
+	local r=$1 first=${1%%/*}
+	if [[ $r != */* ]]; then
+		r=docker.io/library/$r
+	elif [[ $first != *.* && $first != *:* && $first != localhost ]]; then
+		r=docker.io/$r
+	fi
+	printf '%s' "$r"
+}
+
+# The docker part's image (the stand-in here), into containerd's k8s.io namespace: again only
+# when the engine's image ID changed. Sets KUBE_IMAGE.
+kube_test_image() {
+	local id stamp=$KUBE_CTRD/image.id t
+	KUBE_IMAGE=$(kube_image_ref "$TEST_IMAGE")
+	id=$(docker image inspect --format '{{.Id}}' "$TEST_IMAGE") || die "image $TEST_IMAGE not in the Docker engine"
+	if [ "$(cat "$stamp" 2>/dev/null)" = "$TEST_IMAGE $id" ] && kctr images ls -q "name==$KUBE_IMAGE" | grep -q .; then
+		return 0
+	fi
+	t=$(now)
+	log "importing $TEST_IMAGE into the cluster's containerd (docker save | ctr import; ~20 s)"
+	docker save "$TEST_IMAGE" | kctr images import - >/dev/null || die "importing $TEST_IMAGE into containerd failed"
+	kctr images ls -q "name==$KUBE_IMAGE" | grep -q . || die "$KUBE_IMAGE not in containerd after the import"
+	echo "$TEST_IMAGE $id" >"$stamp"
+	log "imported $TEST_IMAGE as $KUBE_IMAGE in $(since "$t") s"
+}
+
+# ---- components
+
+kube_kubelet_conf() {
+	cat <<EOF
+# Written by .ci/testenv.sh.
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $KUBE_NODE_IP
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: "$KUBE_PKI/ca.crt"}
+authorization: {mode: Webhook}
+containerRuntimeEndpoint: "unix://$KUBE_CTRD_SOCK"
+cgroupDriver: cgroupfs
+cgroupRoot: "$KUBE_CGROUP_ROOT"
+cgroupsPerQOS: true
+failCgroupV1: false
+failSwapOn: false
+makeIPTablesUtilChains: false
+podLogsDir: "$KUBE_DIR/pod-logs"
+resolvConf: /etc/resolv.conf
+maxPods: 50
+serializeImagePulls: false
+# The imported images cannot be pulled again: never collect them; evict only when really full.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+EOF
+}
+
+kube_proxy_conf() {
+	cat <<EOF
+# Written by .ci/testenv.sh.
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection: {kubeconfig: "$KUBE_DIR/kube-proxy.kubeconfig"}
+hostnameOverride: $KUBE_NODE
+clusterCIDR: $KUBE_POD_CIDR
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["$KUBE_NODE_IP/32"]
+# Leave the conntrack sysctls as they are.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
+}
+
+kube_storage_class() {
+	cat <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: $KUBE_STORAGE_CLASS
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+EOF
+}
+
+kube_node_ready() {
+	[ "$(kctl get node "$KUBE_NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
+kube_apiserver_ready() { kctl get --raw /readyz --request-timeout=5s; }
+
+# ensure_kubernetes: start what is not running (TEST_IMAGE from the docker part). Sets KUBE_IMAGE.
+ensure_kubernetes() {
+	local t pid p
+	t=$(now)
+	KUBE_STARTED=0
+	ensure_kube_packages
+	mkdir -p "$KUBE_DIR" "$KUBE_LOG" "$KUBE_RUN" "$KUBE_DIR/etcd" "$KUBE_DIR/kubelet" "$KUBE_DIR/pod-logs" \
+		"$KUBE_DIR/apiserver"
+	chmod 700 "$KUBE_DIR" "$KUBE_DIR/etcd"
+	# Fixed paths kubelet and containerd's CNI make whatever they are told: those missing before
+	# the first start are ours, `down` removes them.
+	if [ ! -e "$KUBE_HOST_PATHS" ]; then
+		for p in "${KUBE_FIXED_PATHS[@]}"; do [ -e "$p" ] || echo "$p"; done >"$KUBE_HOST_PATHS"
+	fi
+	kube_save_sysctls
+	kube_net_up
+	kube_cgroups_up
+	kube_pki
+	kube_containerd_up
+	kube_pause_image
+	kube_test_image
+
+	kube_start etcd "$(command -v etcd)" --name postgraas-testenv --data-dir "$KUBE_DIR/etcd" \
+		--listen-client-urls "http://127.0.0.1:$KUBE_ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$KUBE_ETCD_PORT" \
+		--listen-peer-urls "http://127.0.0.1:$KUBE_ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$KUBE_ETCD_PEER_PORT" \
+		--initial-cluster "postgraas-testenv=http://127.0.0.1:$KUBE_ETCD_PEER_PORT" \
+		--unsafe-no-fsync --quota-backend-bytes 2147483648
+	wait_for 30 "etcd health" etcd curl -fsS "http://127.0.0.1:$KUBE_ETCD_PORT/health"
+
+	kube_start kube-apiserver "$KUBE_BIN/kube-apiserver" \
+		--etcd-servers="http://127.0.0.1:$KUBE_ETCD_PORT" \
+		--bind-address=127.0.0.1 --secure-port="$KUBE_APISERVER_PORT" --advertise-address="$KUBE_NODE_IP" \
+		--cert-dir="$KUBE_DIR/apiserver" \
+		--tls-cert-file="$KUBE_PKI/apiserver.crt" --tls-private-key-file="$KUBE_PKI/apiserver.key" \
+		--client-ca-file="$KUBE_PKI/ca.crt" \
+		--kubelet-client-certificate="$KUBE_PKI/apiserver-kubelet-client.crt" \
+		--kubelet-client-key="$KUBE_PKI/apiserver-kubelet-client.key" \
+		--kubelet-preferred-address-types=InternalIP,Hostname \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$KUBE_PKI/sa.pub" --service-account-signing-key-file="$KUBE_PKI/sa.key" \
+		--service-cluster-ip-range="$KUBE_SERVICE_CIDR" \
+		--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+		--allow-privileged=true --profiling=false
+	wait_for 90 "kube-apiserver /readyz" kube-apiserver kube_apiserver_ready
+
+	kube_start kube-controller-manager "$KUBE_BIN/kube-controller-manager" \
+		--kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
+		--authentication-kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
+		--authorization-kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
+		--bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
+		--service-account-private-key-file="$KUBE_PKI/sa.key" --root-ca-file="$KUBE_PKI/ca.crt" \
+		--cluster-signing-cert-file="$KUBE_PKI/ca.crt" --cluster-signing-key-file="$KUBE_PKI/ca.key" \
+		--service-cluster-ip-range="$KUBE_SERVICE_CIDR" \
+		--enable-hostpath-provisioner=true --profiling=false
+	kube_start kube-scheduler "$KUBE_BIN/kube-scheduler" \
+		--kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
+		--authentication-kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
+		--authorization-kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
+		--bind-address=127.0.0.1 --leader-elect=false --profiling=false
+
+	[ "$(cat "$KUBE_DIR/kubelet.yaml" 2>/dev/null)" = "$(kube_kubelet_conf)" ] || {
+		kube_kubelet_conf >"$KUBE_DIR/kubelet.yaml"
+		kube_stop kubelet "$KUBE_BIN/kubelet"
+	}
+	kube_start kubelet "$KUBE_BIN/kubelet" --config="$KUBE_DIR/kubelet.yaml" \
+		--kubeconfig="$KUBE_DIR/kubelet.kubeconfig" --root-dir="$KUBE_DIR/kubelet" \
+		--cert-dir="$KUBE_DIR/kubelet/pki" --hostname-override="$KUBE_NODE" --node-ip="$KUBE_NODE_IP"
+	[ "$(cat "$KUBE_DIR/kube-proxy.yaml" 2>/dev/null)" = "$(kube_proxy_conf)" ] || {
+		kube_proxy_conf >"$KUBE_DIR/kube-proxy.yaml"
+		kube_stop kube-proxy "$KUBE_BIN/kube-proxy"
+	}
+	kube_start kube-proxy "$KUBE_BIN/kube-proxy" --config="$KUBE_DIR/kube-proxy.yaml"
+
+	kctl get storageclass "$KUBE_STORAGE_CLASS" >/dev/null 2>&1 ||
+		kube_storage_class | kctl apply -f - >/dev/null || die "creating StorageClass $KUBE_STORAGE_CLASS failed"
+	wait_for 120 "Ready node $KUBE_NODE" kubelet kube_node_ready
+	for pid in kube-controller-manager kube-scheduler kube-proxy; do
+		kube_pid "$pid" "$KUBE_BIN/$pid" >/dev/null || { tail -n 30 "$KUBE_LOG/$pid.log" >&2; die "$pid is not running (log: $KUBE_LOG/$pid.log)"; }
+	done
+	if [ "$KUBE_STARTED" = 1 ]; then
+		log "Kubernetes v$KUBE_VERSION node $KUBE_NODE Ready in $(since "$t") s (kubeconfig: $KUBECONFIG_ADMIN)"
+	else
+		log "Kubernetes v$KUBE_VERSION already running (node $KUBE_NODE Ready, kubeconfig: $KUBECONFIG_ADMIN)"
+	fi
+}
+
+# stop_kubernetes: the order found to leave the host clean. Workloads through the API first (CNI
+# DEL and unmounts by kubelet, PVs deleted by the provisioner), then the components, leftover
+# containerd tasks, containerd, mounts under KUBE_DIR (deepest first), kube-proxy's nft tables,
+# the bridge and route, the cgroups, the sysctls. The cluster's data (etcd, kubelet, CNI IPAM)
+# goes too: the next `up` starts an empty cluster; certificates and the images in containerd
+# stay. Safe when nothing runs.
+stop_kubernetes() {
+	local t c pid m ids
+	t=$(now)
+	if [ ! -d "$KUBE_DIR" ]; then
+		log "no Kubernetes state in $KUBE_DIR: nothing to stop"
+		return 0
+	fi
+	if [ -x "$KUBE_BIN/kubectl" ] && [ -s "$KUBECONFIG_ADMIN" ] && kube_apiserver_ready >/dev/null 2>&1; then
+		log "deleting the cluster's workloads through the API"
+		ids=$(kctl get namespaces -o name 2>/dev/null | grep -vxE 'namespace/(default|kube-system|kube-public|kube-node-lease)' || true)
+		# shellcheck disable=SC2086 # a list of names
+		[ -z "$ids" ] || kctl delete $ids --wait=false --ignore-not-found >/dev/null 2>&1 || true
+		kctl delete statefulsets,deployments,replicasets,daemonsets,jobs,cronjobs --all -A --wait=false >/dev/null 2>&1 || true
+		kctl delete pods --all -A --grace-period=5 --wait=false >/dev/null 2>&1 || true
+		kctl delete pvc --all -A --wait=false >/dev/null 2>&1 || true
+		for _ in $(seq 1 300); do # 60 s
+			[ -z "$(kctl get pods -A -o name 2>/dev/null)" ] && break
+			sleep 0.2
+		done
+		[ -z "$(kctl get pods -A -o name 2>/dev/null)" ] || log "pods left after 60 s: stopping anyway"
+		for _ in $(seq 1 150); do # 30 s: the provisioner deletes released PVs and their directories
+			[ -z "$(kctl get pv -o name 2>/dev/null)" ] && break
+			sleep 0.2
+		done
+		[ -z "$(kctl get pv -o name 2>/dev/null)" ] || log "PVs left after 30 s: stopping anyway"
+	fi
+	# The apiserver's clients first, together; then it, then its store.
+	kube_stop kube-proxy "$KUBE_BIN/kube-proxy" kubelet "$KUBE_BIN/kubelet" \
+		kube-scheduler "$KUBE_BIN/kube-scheduler" kube-controller-manager "$KUBE_BIN/kube-controller-manager"
+	kube_stop kube-apiserver "$KUBE_BIN/kube-apiserver"
+	kube_stop etcd "$(command -v etcd || echo /usr/bin/etcd)"
+	if pid=$(kube_pid containerd "$(command -v containerd || echo /usr/bin/containerd)"); then
+		ids=$(kctr tasks ls -q 2>/dev/null || true)
+		if [ -n "$ids" ]; then
+			log "killing $(echo "$ids" | wc -l) leftover container task(s)"
+			for c in $ids; do kctr tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true; done
+			sleep 1
+			for c in $ids; do kctr tasks rm -f "$c" >/dev/null 2>&1 || true; done
+		fi
+		ids=$(kctr containers ls -q 2>/dev/null || true)
+		for c in $ids; do kctr containers rm "$c" >/dev/null 2>&1 || true; done
+		kube_stop containerd "$(command -v containerd)"
+	fi
+	# Shims of our containerd that outlived it (found by its socket in their command line).
+	for pid in $(grep -lzF -- "$KUBE_CTRD_SOCK" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = /usr/bin/containerd-shim-runc-v2 ] || continue
+		log "killing leftover containerd shim (pid $pid)"
+		kill -KILL "$pid" 2>/dev/null || true
+	done
+	# Deepest first; lazily, so a busy one goes when its last user does.
+	while read -r m; do
+		umount -l "$m" 2>/dev/null || log "could not unmount $m"
+	done < <(awk -v d="$KUBE_DIR/" 'index($5 "/", d) == 1 { print length($5) "\t" $5 }' /proc/self/mountinfo |
+		sort -rn | cut -f2- | sed 's/\\040/ /g')
+	kube_net_down
+	kube_cgroups_down
+	kube_restore_sysctls
+	if [ -e "$KUBE_HOST_PATHS" ]; then
+		while read -r m; do
+			[ -n "$m" ] && [ -e "$m" ] || continue
+			log "removing $m (made by the cluster)"
+			rm -rf "$m"
+		done <"$KUBE_HOST_PATHS"
+		rm -f "$KUBE_HOST_PATHS"
+	fi
+	# The hostpath provisioner's fixed directory holds only this cluster's volumes.
+	rm -rf "$KUBE_HOSTPATH_DIR"
+	rm -rf "$KUBE_DIR/etcd" "$KUBE_DIR/kubelet" "$KUBE_DIR/cni/ipam" "$KUBE_DIR/pod-logs" "$KUBE_CTRD/state" \
+		"$KUBE_CTRD/runc" "$KUBE_RUN"
+	log "Kubernetes stopped and its host changes undone in $(since "$t") s"
+}
+
+# kube_smoke: a StatefulSet of the test image with a PVC from a volumeClaimTemplate becomes
+# Ready, and psql from the host logs in through a ClusterIP and a NodePort Service. ~15 s.
+kube_smoke() {
+	local ns=postgraas-smoke pw t ip port ok
+	t=$(now)
+	kube_apiserver_ready >/dev/null 2>&1 || die "the cluster does not answer: run '$0 up kubernetes' first"
+	[ -s "$KUBE_CTRD/image.id" ] || die "no test image imported into the cluster: run '$0 up kubernetes' first"
+	KUBE_IMAGE=$(kube_image_ref "$(cut -d' ' -f1 "$KUBE_CTRD/image.id")")
+	pw=$(gen_password)
+	kctl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
+	kctl create namespace "$ns" >/dev/null
+	kctl -n "$ns" create secret generic pg --from-literal=password="$pw" >/dev/null
+	kctl -n "$ns" apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: pg}
+spec:
+  serviceName: pg
+  replicas: 1
+  selector: {matchLabels: {app: pg}}
+  template:
+    metadata: {labels: {app: pg}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: postgres
+        image: $KUBE_IMAGE
+        imagePullPolicy: IfNotPresent
+        env:
+        - {name: POSTGRES_USER, value: smoke}
+        - {name: POSTGRES_DB, value: smoke}
+        - name: POSTGRES_PASSWORD
+          valueFrom: {secretKeyRef: {name: pg, key: password}}
+        ports: [{containerPort: 5432}]
+        readinessProbe:
+          exec: {command: [pg_isready, -U, smoke, -d, smoke, -h, 127.0.0.1]}
+          periodSeconds: 1
+        volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg}
+spec:
+  selector: {app: pg}
+  ports: [{port: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg-nodeport}
+spec:
+  type: NodePort
+  selector: {app: pg}
+  ports: [{port: 5432}]
+EOF
+	if ! kctl -n "$ns" rollout status statefulset/pg --timeout=120s >&2; then
+		kctl -n "$ns" describe pod pg-0 >&2 || true
+		kctl -n "$ns" logs pg-0 >&2 || true
+		die "kube-smoke: the StatefulSet did not become Ready"
+	fi
+	log "kube-smoke: StatefulSet with PVC ($(kctl -n "$ns" get pvc data-pg-0 -o 'jsonpath={.spec.volumeName}')) Ready after $(since "$t") s"
+	ip=$(kctl -n "$ns" get svc pg -o 'jsonpath={.spec.clusterIP}')
+	port=$(kctl -n "$ns" get svc pg-nodeport -o 'jsonpath={.spec.ports[0].nodePort}')
+	for target in "$ip:5432" "$KUBE_NODE_IP:$port"; do
+		ok=0
+		for _ in $(seq 1 100); do # 20 s: kube-proxy syncs the new Service
+			if PGPASSWORD=$pw psql -X -At -c 'SELECT 1' \
+				"host=${target%:*} port=${target#*:} user=smoke dbname=smoke sslmode=disable connect_timeout=2" >/dev/null 2>&1; then
+				ok=1
+				break
+			fi
+			sleep 0.2
+		done
+		[ "$ok" = 1 ] || die "kube-smoke: no psql login through $target (namespace $ns kept for a look)"
+		log "kube-smoke: psql login from the host through $target OK"
+	done
+	kctl delete namespace "$ns" --wait=true --timeout=60s >/dev/null
+	for _ in $(seq 1 150); do
+		[ -z "$(kctl get pv -o name)" ] && break
+		sleep 0.2
+	done
+	[ -z "$(kctl get pv -o name)" ] || die "kube-smoke: PV left after deleting the namespace"
+	log "kube-smoke passed in $(since "$t") s (objects and PV deleted)"
+}
+
 # ---------------------------------------------------------------- main
 
-ALL_PARTS=(pg docker ssh terraform)
+ALL_PARTS=(pg docker ssh terraform kubernetes)
 PARTS=()
 has_part() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 
@@ -1039,13 +1887,15 @@ cmd_up() {
 		PARTS=("${ALL_PARTS[@]}")
 		file=$ENV_FILE
 	else
-		# The ssh part reaches the engine of the docker part; the matrix goes with terraform.
-		has_part ssh && ! has_part docker && PARTS+=(docker)
+		# The ssh part reaches the engine of the docker part, the kubernetes part runs its image;
+		# the matrix goes with terraform.
+		{ has_part ssh || has_part kubernetes; } && ! has_part docker && PARTS+=(docker)
 		[ "$matrix" = 0 ] || has_part terraform || PARTS+=(terraform)
 		file=$STATE/env-$(printf '%s\n' "${PARTS[@]}" | sort | paste -sd- -).sh
 	fi
 	mkdir -p "$STATE"
-	# CLIs first, outside the lock below: a build takes minutes and has a lock of its own.
+	# Builds first, outside the lock below: a build takes minutes and has a lock of its own.
+	if has_part kubernetes; then ensure_kube_built; fi
 	if has_part terraform; then
 		ensure_terraform
 		if [ "$matrix" = 1 ]; then
@@ -1067,9 +1917,26 @@ cmd_up() {
 		ensure_image
 	fi
 	if has_part ssh; then ensure_sshd; fi
+	if has_part kubernetes; then ensure_kubernetes; fi
 	write_env "$file"
 	log "test environment (${PARTS[*]}) ready in $(since "$t0") s; env file: $file"
 	printf '%s\n' "$file"
+}
+
+# cmd_down [PART...]: stop what `up` started of those parts (all without one). Kubernetes goes
+# first: its teardown talks to its API and needs nothing of the others. The terraform part has
+# nothing running.
+cmd_down() {
+	local p
+	for p in "$@"; do
+		case " ${ALL_PARTS[*]} " in *" $p "*) ;; *) die "unknown part '$p' (usage: $0 down [${ALL_PARTS[*]}])" ;; esac
+		has_part "$p" || PARTS+=("$p")
+	done
+	[ "${#PARTS[@]}" != 0 ] || PARTS=("${ALL_PARTS[@]}")
+	if has_part kubernetes; then stop_kubernetes; fi
+	if has_part pg; then stop_pg; fi
+	if has_part ssh; then stop_sshd; fi
+	if has_part docker; then stop_dockerd; fi
 }
 
 # cmd_clean stops the environment and removes what it and the tests made. Containers and
@@ -1097,6 +1964,7 @@ cmd_clean() {
 	else
 		log "no Docker engine answers: no containers or images to remove"
 	fi
+	stop_kubernetes
 	stop_pg
 	stop_sshd
 	stop_dockerd
@@ -1105,8 +1973,8 @@ cmd_clean() {
 		log "removing $STATE"
 		rm -rf "$STATE"
 	else
-		log "removing $STATE except the CLIs built there (POSTGRAAS_CLEAN_BUILDS=1 removes them too)"
-		find "$STATE" -mindepth 1 -maxdepth 1 ! -name 'terraform-*' ! -name 'tofu-*' -exec rm -rf {} +
+		log "removing $STATE except the CLIs and Kubernetes built there (POSTGRAAS_CLEAN_BUILDS=1 removes them too)"
+		find "$STATE" -mindepth 1 -maxdepth 1 ! -name 'terraform-*' ! -name 'tofu-*' ! -name 'kubernetes-v*' -exec rm -rf {} +
 	fi
 }
 
@@ -1117,10 +1985,16 @@ env)
 	printf '%s\n' "$ENV_FILE"
 	;;
 clean) cmd_clean ;;
-down)
-	stop_pg
-	stop_sshd
-	stop_dockerd
+down) cmd_down "${@:2}" ;;
+kube-smoke) kube_smoke ;;
+kube-status)
+	# Exit 0 when a component of the cluster runs (whoever started it), 3 when none does.
+	for c in etcd containerd "${KUBE_CMDS[@]}"; do
+		case $c in etcd | containerd) b=$(command -v "$c" || echo "/usr/bin/$c") ;; *) b=$KUBE_BIN/$c ;; esac
+		if kube_pid "$c" "$b" >/dev/null; then echo running; exit 0; fi
+	done
+	echo stopped
+	exit 3
 	;;
 terraform)
 	ensure_terraform
@@ -1135,7 +2009,7 @@ verify-image)
 	verify_image "${2:-$STANDIN_IMAGE}"
 	;;
 *)
-	echo "usage: $0 up [--matrix] [PART...]|env|down|clean|terraform|matrix|verify-image [IMAGE]" >&2
+	echo "usage: $0 up [--matrix] [PART...]|env|down [PART...]|clean|terraform|matrix|verify-image [IMAGE]|kube-status|kube-smoke" >&2
 	exit 2
 	;;
 esac
