@@ -298,6 +298,9 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 		return
 	}
 	req2 := instance.Request{Backend: b.Kind(), Image: config.Image.ValueString()}
+	if !plan.Name.IsUnknown() {
+		req2.Name = plan.Name.ValueString()
+	}
 	if !plan.DBUsername.IsUnknown() {
 		req2.Username = plan.DBUsername.ValueString()
 	}

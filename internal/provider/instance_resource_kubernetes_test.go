@@ -344,7 +344,7 @@ func TestAccInstance_kubernetesForeignStatefulSet(t *testing.T) {
 		ProtoV6ProviderFactories: testAccProviders,
 		Steps: []resource.TestStep{{
 			Config:      kubeConfig("", i),
-			ExpectError: regexp.MustCompile(`(?s)StatefulSet "` + regexp.QuoteMeta(i.name) + `" already exists`),
+			ExpectError: regexp.MustCompile(`(?s)The StatefulSet already exists.*StatefulSet "` + regexp.QuoteMeta(i.name) + `"\s+already\s+exists`),
 		}},
 		CheckDestroy: func(*terraform.State) error {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -372,4 +372,20 @@ func podTemplate(labels map[string]string) corev1.PodTemplateSpec {
 		ObjectMeta: metav1.ObjectMeta{Labels: labels},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "x", Image: os.Getenv("POSTGRAAS_TEST_KUBE_IMAGE")}}},
 	}
+}
+
+// A name that cannot name Kubernetes objects is refused at plan time, on
+// the name attribute, before anything is made.
+func TestAccInstance_kubernetesNameAtPlan(t *testing.T) {
+	i := newKubeInstance("test")
+	i.name = "Not_A_DNS_Label"
+	resource.ParallelTest(t, resource.TestCase{
+		PreCheck:                 func() { testAccPreCheck(t, kubeEnv...) },
+		ProtoV6ProviderFactories: testAccProviders,
+		Steps: []resource.TestStep{{
+			Config:      kubeConfig("", i),
+			PlanOnly:    true,
+			ExpectError: regexp.MustCompile(`(?s)Invalid instance settings for the kubernetes backend.*name.*must be a DNS label`),
+		}},
+	})
 }

@@ -260,6 +260,9 @@ func (b *Backend) TakesImage() bool { return true }
 // StatefulSet, Service and pod, so it must be a DNS label short enough for
 // the labels Kubernetes derives from it.
 func (b *Backend) CheckSpec(spec backend.Spec) error {
+	if spec.Name == "" {
+		return nil // not known yet (plan)
+	}
 	if errs := validation.IsDNS1123Label(spec.Name); len(errs) > 0 {
 		return &backend.SpecError{Attribute: "name", Err: fmt.Errorf("on the kubernetes backend the name must be a DNS label "+
 			"(lower case letters, digits and '-', starting and ending with a letter or digit): %s", strings.Join(errs, "; "))}

@@ -37,7 +37,7 @@ func TestCheckSpec(t *testing.T) {
 		"ci_1234":                  false,
 		"-x":                       false,
 		"x.y":                      false,
-		"":                         false,
+		"":                         true, // unknown at plan time
 		"ends-with-":               false,
 		"9starts-with-a-digit-too": true,
 	} {
