@@ -50,12 +50,9 @@ func kubeConfig(providerExtra string, instances ...clusterInstance) string {
 	return s
 }
 
-// newKubeInstance has a name that is a DNS label, as Kubernetes wants.
-func newKubeInstance(label string) clusterInstance {
-	i := newClusterInstance(label)
-	i.name = "acc-" + i.name[len("acc_"):]
-	return i
-}
+// newKubeInstance has a name that is a DNS label, as Kubernetes wants
+// (and a Docker container name may be).
+func newKubeInstance(label string) clusterInstance { return newDockerInstance(label) }
 
 func kubeClient(t *testing.T) kubernetes.Interface {
 	t.Helper()
