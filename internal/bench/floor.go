@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/go-connections/nat"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -219,11 +220,18 @@ func (b *bench) dockerCreateOne(ctx context.Context, i int, name string) error {
 	if hostPort == 0 {
 		return fmt.Errorf("floor: container %s publishes no port", name)
 	}
-	t := pgsql.Target{Host: b.bindAddr, Port: hostPort, Database: name, User: name, Password: b.password,
-		SSLMode: "disable", ConnectTimeout: 2 * time.Second}
+	return b.untilLogin(ctx, b.bindAddr, hostPort, name, 10*time.Millisecond)
+}
+
+// untilLogin logs in as the tenant of instance name (role = database =
+// name, the run's password) at host:port every interval until SELECT 1
+// answers, as the backends wait for a new server.
+func (b *bench) untilLogin(ctx context.Context, host string, port int, name string, interval time.Duration) error {
+	const attempt = 2 * time.Second
+	t := selfhosted.Login(host, port, name, b.password, name, attempt)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		actx, cancel := context.WithTimeout(ctx, attempt)
 		conn, err := b.connect(actx, t)
 		if err == nil {
 			var one int
@@ -235,9 +243,9 @@ func (b *bench) dockerCreateOne(ctx context.Context, i int, name string) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("floor: container %s not ready after 2 minutes: %w", name, err)
+			return fmt.Errorf("floor: instance %s on %s:%d not ready after 2 minutes: %w", name, host, port, err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 

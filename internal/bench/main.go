@@ -43,7 +43,7 @@ var (
 	flagDockerReps = flag.Int("docker-reps", 7, "repetitions of the docker rows; at least 3")
 	flagMD         = flag.String("md", "", "replace the generated section of this markdown file (BENCHMARKS.md) with the results")
 	flagKeep       = flag.Bool("keep", false, "keep the temporary directory (terraform logs, configurations)")
-	flagOnly       = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker,scale (default all)")
+	flagOnly       = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker,scale,kubernetes (default all; kubernetes only when POSTGRAAS_TEST_KUBECONFIG is set)")
 	flagPGNs       = flag.String("pg-n", "1,20,100", "instance counts for pg_cluster create/destroy")
 	flagRefNs      = flag.String("refresh-n", "20,200", "instance counts for refresh")
 	flagDocNs      = flag.String("docker-n", "1,5", "instance counts for docker create/destroy")
@@ -52,8 +52,8 @@ var (
 
 func main() {
 	flag.Parse()
-	if *flagReps < 3 || *flagDockerReps < 3 {
-		fatalf("-reps and -docker-reps must be at least 3")
+	if *flagReps < 3 || *flagDockerReps < 3 || *flagKubeReps < 3 {
+		fatalf("-reps, -docker-reps and -kube-reps must be at least 3")
 	}
 	ctx := context.Background()
 	b, err := setup(ctx)
@@ -71,10 +71,13 @@ func main() {
 	if runErr != nil {
 		fatalf("%v", runErr)
 	}
-	// The scale group has a section of its own, so a run of only that
-	// group (or of only the others) leaves the other section as it is.
+	// The scale and kubernetes groups have sections of their own, so a run
+	// of only one of them (or of only the others) leaves the other
+	// sections as they are.
 	for _, sec := range []struct{ text, begin, end string }{
-		{b.report(time.Since(start)), beginMarker, endMarker},
+		{b.report(b.groupRows(false), repsText(), time.Since(start), "the run"), beginMarker, endMarker},
+		{b.report(b.groupRows(true), fmt.Sprintf("%d repetitions per row", *flagKubeReps), b.kubeTook, "these rows"),
+			kubeBeginMarker, kubeEndMarker},
 		{b.scaleReport(), scaleBeginMarker, scaleEndMarker},
 	} {
 		if sec.text == "" {
@@ -112,15 +115,18 @@ type bench struct {
 	bindAddr string
 	pgLog    string
 	docker   *client.Client
+	kube     *kubeEnv // nil unless the kubernetes group runs
 
 	// live records what exists and must be removed if the run stops early.
 	mu       sync.Mutex
 	liveDirs map[string]bool // terraform work dirs with resources in state
 	liveSQL  map[string]bool // floor instances (role = db = name)
 	liveCtrs map[string]bool // floor containers
+	liveKube map[string]bool // floor kubernetes instances (their objects' names)
 
 	rows      []*row
 	scaleRows []*scaleRow
+	kubeTook  time.Duration
 }
 
 // setup builds the provider, writes the CLI configuration and checks that
@@ -151,6 +157,12 @@ func setup(ctx context.Context) (*bench, error) {
 		liveDirs: map[string]bool{},
 		liveSQL:  map[string]bool{},
 		liveCtrs: map[string]bool{},
+		liveKube: map[string]bool{},
+	}
+	if kubeWanted() {
+		if err := b.setupKube(ctx); err != nil {
+			return nil, err
+		}
 	}
 	b.metaDB.Database = envOr("POSTGRAAS_METADB_DB_NAME", "postgraas")
 	b.cluster.Database = envOr("POSTGRAAS_PG_CLUSTER_DATABASE", "postgres")
@@ -260,7 +272,7 @@ func ints(s string) []int {
 
 func (b *bench) run(ctx context.Context) error {
 	reps := *flagReps
-	logf("run %s, %d repetitions (docker: %d), %d cores", b.runID, reps, *flagDockerReps, runtime.NumCPU())
+	logf("run %s, %d repetitions (docker: %d, kubernetes: %d), %d cores", b.runID, reps, *flagDockerReps, *flagKubeReps, runtime.NumCPU())
 
 	// The empty configuration: Terraform's own cost with the provider
 	// configured and nothing to manage. pg_cluster rows add it to their floor.
@@ -357,14 +369,31 @@ func (b *bench) run(ctx context.Context) error {
 	}
 
 	if wanted("docker") {
-		for _, n := range ints(*flagDocNs) {
-			create := b.newRow("docker create-to-ready", "docker", n, "<= 1.2 x floor")
-			destroy := b.newRow("docker destroy", "docker", n, "")
-			for r := 0; r < *flagDockerReps; r++ {
-				tag := fmt.Sprintf("d%d-%d", n, r)
-				if _, err := b.createDestroyRep(ctx, create, destroy, "docker", tag, n, b.floorDockerCreate, b.floorDockerDestroy); err != nil {
-					return err
-				}
+		if err := b.serverRows(ctx, "docker", "d", ints(*flagDocNs), *flagDockerReps, b.floorDockerCreate, b.floorDockerDestroy); err != nil {
+			return err
+		}
+	}
+
+	if b.kube != nil {
+		start := time.Now()
+		if err := b.serverRows(ctx, kubeGroup, "k", ints(*flagKubeNs), *flagKubeReps, b.floorKubeCreate, b.floorKubeDestroy); err != nil {
+			return err
+		}
+		b.kubeTook = time.Since(start)
+	}
+	return nil
+}
+
+// serverRows measures the create-to-ready and destroy rows of a backend
+// that starts a server per instance (group names the backend), at every
+// N, reps times each; tag names the repetitions' instances.
+func (b *bench) serverRows(ctx context.Context, group, tag string, ns []int, reps int, floorCreate, floorDestroy floorFunc) error {
+	for _, n := range ns {
+		create := b.newRow(group+" create-to-ready", group, n, "<= 1.2 x floor")
+		destroy := b.newRow(group+" destroy", group, n, "")
+		for r := 0; r < reps; r++ {
+			if _, err := b.createDestroyRep(ctx, create, destroy, group, fmt.Sprintf("%s%d-%d", tag, n, r), n, floorCreate, floorDestroy); err != nil {
+				return err
 			}
 		}
 	}
@@ -427,7 +456,11 @@ func (b *bench) workdir(name, kind string, n int, tag string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
-	cfg := terraformBlock + fmt.Sprintf("\nprovider \"postgraas\" {\n  backend = %q\n}\n", kind) + b.instancesHCL(n, tag)
+	settings := ""
+	if kind == kubeGroup {
+		settings = b.kubeProviderHCL()
+	}
+	cfg := terraformBlock + fmt.Sprintf("\nprovider \"postgraas\" {\n  backend = %q\n%s}\n", kind, settings) + b.instancesHCL(n, tag)
 	return dir, os.WriteFile(filepath.Join(dir, "main.tf"), []byte(cfg), 0o600)
 }
 

@@ -113,25 +113,27 @@ func (r *row) verdict() (target string, met, applies bool) {
 		return "≤ 1.5", ratio <= 1.5, true
 	case r.group == "refresh" && r.n >= 200:
 		return "< 3 s", median(r.provider) < 3*time.Second, true
-	case r.name == "docker create-to-ready":
+	case strings.HasSuffix(r.name, " create-to-ready"): // docker, kubernetes
 		return "≤ 1.2", ratio <= 1.2, true
 	}
 	return "", false, false
 }
 
-func (b *bench) report(took time.Duration) string {
-	if len(b.rows) == 0 {
+// report is the table of rows with its notes; took is what the rows cost,
+// which tookWhat names ("the run", "these rows").
+func (b *bench) report(rows []*row, reps string, took time.Duration, tookWhat string) string {
+	if len(rows) == 0 {
 		return ""
 	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "Measured by one `make bench` run on %s: %d cores (%s), %s; %s, median reported; "+
-		"the run took %.0f s. Load average before/after: %s / %s.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), memTotal(), repsText(),
-		took.Seconds(), loadAtStart, loadavg())
+		"%s took %.0f s. Load average before/after: %s / %s.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), memTotal(), reps,
+		tookWhat, took.Seconds(), loadAtStart, loadavg())
 	sb.WriteString("| scenario | N | floor | provider | ratio | target | server connections (per instance) | provider peak RSS |\n")
 	sb.WriteString("|---|---|---|---|---|---|---|---|\n")
 	var verdicts, spread []string
-	for _, r := range b.rows {
+	for _, r := range rows {
 		ratio := "—"
 		if len(r.floor) > 0 {
 			ratio = fmt.Sprintf("%.2f", r.ratio())
@@ -159,7 +161,7 @@ func (b *bench) report(took time.Duration) string {
 
 	// Refresh cost per instance above the empty plan, to show it is flat.
 	var per []string
-	for _, r := range b.rows {
+	for _, r := range rows {
 		if r.group == "refresh" && len(r.floorPlan) > 0 {
 			d := median(r.provider) - median(r.floorPlan)
 			per = append(per, fmt.Sprintf("N=%d: %.1f ms", r.n, d.Seconds()*1000/float64(r.n)))
@@ -179,6 +181,17 @@ func (b *bench) report(took time.Duration) string {
 
 func minMax(ds []time.Duration) string {
 	return fmt.Sprintf("%.2f–%.2f s", slices.Min(ds).Seconds(), slices.Max(ds).Seconds())
+}
+
+// groupRows are the rows of the kubernetes group (kube) or of all others.
+func (b *bench) groupRows(kube bool) []*row {
+	var out []*row
+	for _, r := range b.rows {
+		if (r.group == kubeGroup) == kube {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func repsText() string {
@@ -242,6 +255,8 @@ const (
 	endMarker        = "<!-- bench:end -->"
 	scaleBeginMarker = "<!-- bench:scale:begin (written by `make bench`; do not edit by hand) -->"
 	scaleEndMarker   = "<!-- bench:scale:end -->"
+	kubeBeginMarker  = "<!-- bench:kubernetes:begin (written by `make bench`; do not edit by hand) -->"
+	kubeEndMarker    = "<!-- bench:kubernetes:end -->"
 )
 
 // replaceSection puts text between the markers of the markdown file.

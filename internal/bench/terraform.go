@@ -255,12 +255,13 @@ func procStatus(pid int) (name string, hwmKB int64) {
 }
 
 // cleanup removes whatever an interrupted run left: terraform states with
-// resources, floor roles/databases and containers.
+// resources, floor roles/databases, containers and kubernetes objects.
 func (b *bench) cleanup(ctx context.Context) {
 	b.mu.Lock()
 	dirs := keys(b.liveDirs)
 	sqls := keys(b.liveSQL)
 	ctrs := keys(b.liveCtrs)
+	kube := keys(b.liveKube)
 	b.mu.Unlock()
 	for _, d := range dirs {
 		logf("cleanup: terraform destroy in %s", d)
@@ -277,6 +278,12 @@ func (b *bench) cleanup(ctx context.Context) {
 	if len(ctrs) > 0 {
 		logf("cleanup: removing %d floor container(s)", len(ctrs))
 		if _, err := b.floorDockerDestroy(ctx, ctrs); err != nil {
+			logf("cleanup: %v", err)
+		}
+	}
+	if len(kube) > 0 {
+		logf("cleanup: deleting %d floor kubernetes instance(s)", len(kube))
+		if _, err := b.floorKubeDestroy(ctx, kube); err != nil {
 			logf("cleanup: %v", err)
 		}
 	}
