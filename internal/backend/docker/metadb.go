@@ -489,7 +489,7 @@ func (b *Backend) startMetaDB(ctx context.Context, c container.InspectResponse, 
 	}
 	login := &metaDBLogin{b: b, name: name, id: c.ID, file: l[LabelMetaDBCredentials], target: t, bootstrap: envValue(c.Config.Env, "POSTGRES_PASSWORD")}
 	if login.password, err = login.credentials(ctx, ""); err != nil {
-		return pgsql.Target{}, b.metaDBExecFailed(ctx, c.ID, cfg, err)
+		return pgsql.Target{}, b.metaDBExecFailed(ctx, c.ID, c.RestartCount, cfg, err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
 	defer cancel()
@@ -548,9 +548,14 @@ func (b *Backend) metaDBStopped(ctx context.Context, id string, cfg MetaDBConfig
 }
 
 // metaDBExecFailed is the error for a failed look at the password file:
-// the container stopping meanwhile says more than the exec's error.
-func (b *Backend) metaDBExecFailed(ctx context.Context, id string, cfg MetaDBConfig, err error) error {
-	if c, ierr := b.cli.ContainerInspect(ctx, id); ierr == nil && (c.State == nil || !c.State.Running) {
+// the container stopping meanwhile says more than the exec's error. Under
+// unless-stopped a server that exits is restarted at once, so an exec can
+// meet it between two runs (sh exits 126) while inspect already shows it
+// running again: a restart count above the one seen after the start
+// (restarts) is the sign.
+func (b *Backend) metaDBExecFailed(ctx context.Context, id string, restarts int, cfg MetaDBConfig, err error) error {
+	if c, ierr := b.cli.ContainerInspect(ctx, id); ierr == nil &&
+		(c.State == nil || !c.State.Running || c.State.Restarting || c.RestartCount > restarts) {
 		return b.metaDBStopped(ctx, id, cfg, "it stopped right after it was started")
 	}
 	var me *MetaDBError

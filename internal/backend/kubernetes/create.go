@@ -79,18 +79,7 @@ func (b *Backend) create(ctx context.Context, spec backend.Spec, img, bootstrap 
 		}
 	}
 	var p selfhosted.Personalisation
-	host, port, err := b.untilLogin(ctx, spec.Name, svc, func(ctx context.Context, host string, port int) error {
-		err := selfhosted.Personalise(ctx, target(host, port, spec.Username, bootstrap, spec.DBName), verifier, attemptTimeout, &p)
-		if err != nil && p.Sent && pgsql.IsAuthFailure(err) {
-			// An earlier attempt's ALTER ROLE may have committed after
-			// it stopped waiting for the answer: ask the server.
-			inst := backend.Instance{Name: spec.Name, DBName: spec.DBName, Username: spec.Username}
-			if secret, _, verr := selfhosted.StoredVerifier(ctx, b.psqlIn(inst)); verr == nil && secret == verifier {
-				p.SSL, err = selfhosted.SSLSetting(ctx, target(host, port, spec.Username, spec.Password, spec.DBName), attemptTimeout)
-			}
-		}
-		return err
-	})
+	host, port, err := b.untilLogin(ctx, spec.Name, svc, b.personaliseAttempt(ctx, spec, bootstrap, verifier, &p))
 	if err != nil {
 		return backend.Created{}, b.startError(ctx, spec, err)
 	}
@@ -120,6 +109,27 @@ func (b *Backend) create(ctx context.Context, spec backend.Spec, img, bootstrap 
 		Image:       img,
 		SSLMode:     backend.SSLModeFor(p.SSL),
 	}, nil
+}
+
+// personaliseAttempt is one readiness attempt of a new instance: log in with
+// the bootstrap secret and set the instance's verifier.
+func (b *Backend) personaliseAttempt(ctx context.Context, spec backend.Spec, bootstrap, verifier string,
+	p *selfhosted.Personalisation) func(actx context.Context, host string, port int) error {
+	return func(actx context.Context, host string, port int) error {
+		err := selfhosted.Personalise(actx, target(host, port, spec.Username, bootstrap, spec.DBName), verifier, attemptTimeout, p)
+		if err != nil && p.Sent && pgsql.IsAuthFailure(err) {
+			// An earlier attempt's ALTER ROLE may have committed after
+			// it stopped waiting for the answer (seen on a loaded
+			// machine): ask the server, from inside, on the create's
+			// own time (an exec under load takes longer than an
+			// attempt may).
+			inst := backend.Instance{Name: spec.Name, DBName: spec.DBName, Username: spec.Username}
+			if secret, _, verr := selfhosted.StoredVerifier(ctx, b.psqlIn(inst)); verr == nil && secret == verifier {
+				p.SSL, err = selfhosted.SSLSetting(ctx, target(host, port, spec.Username, spec.Password, spec.DBName), attemptTimeout)
+			}
+		}
+		return err
+	}
 }
 
 // checkFree reports a conflict when any object the create would make, or

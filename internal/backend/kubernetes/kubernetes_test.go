@@ -21,6 +21,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/backendtest"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -474,5 +475,42 @@ func TestCreateMissingImage(t *testing.T) {
 	t.Logf("error: %v", err)
 	if left := e.left(t, spec.Name); len(left) > 0 {
 		t.Errorf("left after the failed create: %v", left)
+	}
+}
+
+// The answer to the ALTER ROLE that sets the verifier can be lost (an
+// attempt that stopped waiting while the server, loaded, committed it): the
+// next attempt's bootstrap login is then refused, and the create must ask
+// the server rather than fail (seen in CI). Here the instance's verifier is
+// already set, as after such a lost answer, and the bootstrap secret is
+// refused.
+func TestPersonaliseAfterALostAnswer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	c := e.create(t, spec)
+	ctx := ctxFor(t, 2*time.Minute)
+	verifier, err := pgsql.ScramVerifier(spec.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The create stored a verifier of its own salt: store this one.
+	if err := e.b.SetPassword(ctx, instanceOf(spec, c), backend.Auth{Password: spec.Password}, verifier); err != nil {
+		t.Fatal(err)
+	}
+	none := selfhosted.Personalisation{}
+	if err := e.b.personaliseAttempt(ctx, spec, "bootstrap-gone", verifier, &none)(ctx, c.Host, c.Port); !pgsql.IsAuthFailure(err) {
+		t.Fatalf("an attempt that never sent its ALTER ROLE: %v; want the refusal", err)
+	}
+	sent := selfhosted.Personalisation{Sent: true}
+	if err := e.b.personaliseAttempt(ctx, spec, "bootstrap-gone", verifier, &sent)(ctx, c.Host, c.Port); err != nil {
+		t.Fatalf("an attempt after a lost answer: %v; want success", err)
+	}
+	if sent.SSL != "off" {
+		t.Errorf("ssl setting %q after a lost answer, want off", sent.SSL)
+	}
+	other, _ := pgsql.ScramVerifier("not the password")
+	if err := e.b.personaliseAttempt(ctx, spec, "bootstrap-gone", other, &sent)(ctx, c.Host, c.Port); !pgsql.IsAuthFailure(err) {
+		t.Fatalf("an attempt whose verifier is not the server's: %v; want the refusal", err)
 	}
 }
