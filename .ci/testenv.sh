@@ -972,6 +972,25 @@ ensure_cli_built() {
 	exec 8>&-
 }
 
+# go_build_logged WHAT START LOG DIR ARGS...: `go build -v -trimpath ARGS` in the module copy DIR
+# (module mode, no cgo), its output in LOG and a progress line every minute (START: when the
+# whole build began); on failure the log's last lines go to stderr and it returns non-zero. The
+# compiler must not inherit fd 9 (a caller's lock).
+go_build_logged() {
+	local what=$1 t=$2 logf=$3 dir=$4 pid n=0 rc=0
+	shift 4
+	(cd "$dir" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 exec go build -v -trimpath "$@") >"$logf" 2>&1 9>&- &
+	pid=$!
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 1
+		n=$((n + 1))
+		[ $((n % 60)) != 0 ] || log "still compiling $what after $(since "$t") s: $(grep -c '' "$logf") packages so far"
+	done
+	wait "$pid" || rc=$?
+	[ "$rc" = 0 ] || tail -n 30 "$logf" >&2
+	return "$rc"
+}
+
 # build_go_cli NAME MODULE VERSION MAIN DIR [HINT] builds the Go command MAIN (a package path
 # relative to the module's root) of MODULE at VERSION into DIR/NAME, from the Go module
 # proxy. `go install` cannot build terraform: its go.mod has replace directives to nested
@@ -983,7 +1002,7 @@ ensure_cli_built() {
 # version is stamped as the projects' release builds do (terraform's scripts/build.sh,
 # OpenTofu's .goreleaser.yaml: version.dev=no), or it would say v1.11.4-dev.
 build_go_cli() {
-	local name=$1 mod=$2 v=$3 main=$4 out=$5 hint=${6:-} t src work missing m alias init pid n=0 rc=0
+	local name=$1 mod=$2 v=$3 main=$4 out=$5 hint=${6:-} t src work missing m alias init
 	t=$(now)
 	log "building $name v$v ($mod) from the Go module proxy into $out: this takes minutes, once"
 	mkdir -p "$out"
@@ -1016,20 +1035,8 @@ build_go_cli() {
 	sed -i '/^godebug tlskyber=/d' "$work/go.mod"
 
 	log "compiling $name v$v (log: $out/build.log)"
-	(cd "$work" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 exec go build -v -trimpath \
-		-ldflags "-s -w -X '$mod/version.dev=no'" -o "$out/$name.tmp" "$main") >"$out/build.log" 2>&1 &
-	pid=$!
-	while kill -0 "$pid" 2>/dev/null; do
-		sleep 1
-		n=$((n + 1))
-		[ $((n % 60)) != 0 ] ||
-			log "still compiling $name v$v after $(since "$t") s: $(grep -c '' "$out/build.log") packages so far"
-	done
-	wait "$pid" || rc=$?
-	if [ "$rc" != 0 ]; then
-		tail -n 30 "$out/build.log" >&2
-		die "building $name v$v failed (log: $out/build.log)${hint:+: $hint}"
-	fi
+	go_build_logged "$name v$v" "$t" "$out/build.log" "$work" -ldflags "-s -w -X '$mod/version.dev=no'" \
+		-o "$out/$name.tmp" "$main" || die "building $name v$v failed (log: $out/build.log)${hint:+: $hint}"
 	mv "$out/$name.tmp" "$out/$name"
 	rm -rf "$work"
 	[ "$(cli_version "$out/$name")" = "$v" ] ||
@@ -1079,7 +1086,7 @@ ensure_kube_built() {
 # ordinary module build. Version stamped as Kubernetes' own build does (hack/lib/version.sh),
 # or the components report v0.0.0 and kubelet/apiserver skew checks complain.
 build_kube() {
-	local mod=k8s.io/kubernetes v=v$KUBE_VERSION sv=v0.${KUBE_VERSION#*.} t src work m pid n=0 rc=0 ldflags pkgs=()
+	local mod=k8s.io/kubernetes v=v$KUBE_VERSION sv=v0.${KUBE_VERSION#*.} t src work m ldflags pkgs=()
 	t=$(now)
 	log "building Kubernetes $v (${KUBE_CMDS[*]}) from the Go module proxy into $KUBE_BIN"
 	log "(about 6 minutes on 2 idle cores, 15 on a busy machine and 2 GB of memory, once per machine; kept by clean)"
@@ -1104,20 +1111,8 @@ build_kube() {
 	for m in "${KUBE_CMDS[@]}"; do pkgs+=("./cmd/$m"); done
 	mkdir -p "$KUBE_BIN"
 	log "compiling (log: $KUBE_BUILD_DIR/build.log)"
-	(cd "$work" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 exec go build -v -trimpath -ldflags "$ldflags" \
-		-o "$KUBE_BIN/" "${pkgs[@]}") >"$KUBE_BUILD_DIR/build.log" 2>&1 9>&- &
-	pid=$!
-	while kill -0 "$pid" 2>/dev/null; do
-		sleep 1
-		n=$((n + 1))
-		[ $((n % 60)) != 0 ] ||
-			log "still compiling Kubernetes $v after $(since "$t") s: $(grep -c '' "$KUBE_BUILD_DIR/build.log") packages so far"
-	done
-	wait "$pid" || rc=$?
-	if [ "$rc" != 0 ]; then
-		tail -n 30 "$KUBE_BUILD_DIR/build.log" >&2
-		die "building Kubernetes $v failed (log: $KUBE_BUILD_DIR/build.log)"
-	fi
+	go_build_logged "Kubernetes $v" "$t" "$KUBE_BUILD_DIR/build.log" "$work" -ldflags "$ldflags" \
+		-o "$KUBE_BIN/" "${pkgs[@]}" || die "building Kubernetes $v failed (log: $KUBE_BUILD_DIR/build.log)"
 	"$KUBE_BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $v\$" ||
 		die "$KUBE_BIN/kubectl does not report $v"
 	echo "$v" >"$KUBE_BIN/version"
