@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,5 +191,39 @@ func TestTemplateConcurrentClones(t *testing.T) {
 	}
 	if st, err := b.Inspect(testCtx(t), g.inst); err != nil || !st.Exists {
 		t.Fatalf("golden after %d clones: %+v, %v", n, st, err)
+	}
+}
+
+// A template role that holds a grant outside its database (given by a DBA)
+// is refused after the copy: DROP OWNED in the copy would revoke that
+// grant. The undo drops the copy and the new role only; the template and
+// the grant stay as they were.
+func TestTemplateRoleWithOutsideGrant(t *testing.T) {
+	env := requireEnv(t)
+	t.Parallel()
+	b := newBackend(t, env.super)
+	g := golden(t, env, b)
+	super := connect(t, env.super)
+	ctx := testCtx(t)
+	grant := "GRANT CONNECT ON DATABASE " + pgsql.QuoteIdent(env.super.Database) + " TO " + pgsql.QuoteIdent(g.spec.Username)
+	if _, err := super.Exec(ctx, grant); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = super.Exec(context.Background(), "REVOKE CONNECT ON DATABASE "+pgsql.QuoteIdent(env.super.Database)+" FROM "+pgsql.QuoteIdent(g.spec.Username))
+	})
+	spec := cloneSpec(t, env, g, 0)
+	if _, err := b.Create(ctx, spec); err == nil || !strings.Contains(err.Error(), "outside its database") {
+		t.Fatalf("Create = %v, want a refusal naming the grant outside the template's database", err)
+	}
+	if r, d := exists(t, super, spec.Username, spec.DBName); r || d {
+		t.Errorf("left behind: role %v, database %v", r, d)
+	}
+	if st, err := b.Inspect(ctx, g.inst); err != nil || !st.Exists {
+		t.Fatalf("golden after the refused clone: %+v, %v", st, err)
+	}
+	var granted bool
+	if err := super.QueryRow(ctx, "SELECT has_database_privilege($1, $2, 'CONNECT')", g.spec.Username, env.super.Database).Scan(&granted); err != nil || !granted {
+		t.Errorf("the template role's grant is gone (%v)", err)
 	}
 }
