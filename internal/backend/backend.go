@@ -55,6 +55,39 @@ type Spec struct {
 	Verifier string
 	// Image is the docker image; empty means the backend's default.
 	Image string
+	// Template, when set, is another instance whose database the new one
+	// starts as a copy of (backends that implement Cloner only). The
+	// backend proves it by Template.Proof right before it copies it.
+	Template *Instance
+	// TemplateWait is how long a create keeps trying while other sessions
+	// are connected to the template; 0 fails at the first refusal.
+	TemplateWait time.Duration
+}
+
+// Cloner is a backend that can start an instance as a copy of another
+// instance's database (Spec.Template); the others refuse a template.
+type Cloner interface {
+	TakesTemplate()
+}
+
+// TemplateBusyError: the template's database had other sessions connected
+// for as long as the create waited, so it could not be copied.
+type TemplateBusyError struct {
+	// Name and ID are the template instance's.
+	Name   string
+	ID     int64
+	DBName string
+	Count  int
+	Waited time.Duration
+}
+
+func (e *TemplateBusyError) Error() string {
+	waited := "without waiting"
+	if e.Waited > 0 {
+		waited = "after waiting " + e.Waited.String()
+	}
+	return fmt.Sprintf("the database %q of template instance %q (id %d) has %d other session(s) connected (%s); "+
+		"a database can only be copied while nobody else is connected to it", e.DBName, e.Name, e.ID, e.Count, waited)
 }
 
 // Instance identifies the backend objects of one instance as recorded in the

@@ -117,6 +117,11 @@ type Request struct {
 	Name, DBName, Username, Password, Image string
 	// Backend is the kind; "" means the default.
 	Backend string
+	// Template is the id of another instance whose database the new one
+	// starts as a copy of; "" for an empty database. TemplateWait is how
+	// long to wait for the template's other sessions to end.
+	Template     string
+	TemplateWait time.Duration
 }
 
 // CheckRequest validates what a backend can check before anything is made.
@@ -128,7 +133,40 @@ func (s *Service) CheckRequest(req Request) error {
 	if req.Image != "" && !b.TakesImage() {
 		return &backend.SpecError{Attribute: "image", Err: fmt.Errorf("the %s backend has no images", b.Kind())}
 	}
-	return b.CheckSpec(backend.Spec{Name: req.Name, DBName: req.DBName, Username: req.Username})
+	spec := backend.Spec{Name: req.Name, DBName: req.DBName, Username: req.Username}
+	if req.Template != "" {
+		if _, ok := b.(backend.Cloner); !ok {
+			return &backend.SpecError{Attribute: "template_instance", Err: fmt.Errorf("the %s backend cannot copy another instance's database; only pg_cluster can", b.Kind())}
+		}
+		spec.Template = &backend.Instance{}
+	}
+	return b.CheckSpec(spec)
+}
+
+// template looks up the instance a create copies: a ready instance with an
+// ownership proof, on the same backend as the new one.
+func (s *Service) template(ctx context.Context, req Request, kind string) (*backend.Instance, error) {
+	rec, err := s.store.Lookup(ctx, req.Template)
+	if errors.Is(err, metadb.ErrNotFound) {
+		return nil, &backend.SpecError{Attribute: "template_instance", Err: fmt.Errorf("the meta DB records no instance %q", req.Template)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up template instance %q: %w", req.Template, err)
+	}
+	var why string
+	switch {
+	case rec.Backend != kind:
+		why = fmt.Sprintf("it is on the %s backend, not %s", rec.Backend, kind)
+	case rec.State != metadb.StateReady:
+		why = "it is not ready (state " + rec.State + ")"
+	case rec.Token == "":
+		why = "it has no ownership proof (recorded by postgraas_server or an older provider), so it cannot be proven to be the instance's"
+	}
+	if why != "" {
+		return nil, &backend.SpecError{Attribute: "template_instance", Err: fmt.Errorf("instance %q (id %d) cannot be a template: %s", rec.Name, rec.ID, why)}
+	}
+	inst := InstanceOf(rec)
+	return &inst, nil
 }
 
 // Create reserves the name, makes the backend objects under a lease that a
@@ -150,6 +188,12 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 		return metadb.Record{}, "", err
 	}
 	b, _ := s.Backend(req.Backend)
+	var tmpl *backend.Instance
+	if req.Template != "" {
+		if tmpl, err = s.template(ctx, req, b.Kind()); err != nil {
+			return metadb.Record{}, "", err
+		}
+	}
 	ctx, done := track(ctx)
 	defer done()
 
@@ -170,6 +214,7 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 	spec := backend.Spec{
 		InstanceID: id, Proof: ProofFor(want), Name: req.Name, DBName: req.DBName,
 		Username: req.Username, Password: req.Password, Verifier: verifier, Image: req.Image,
+		Template: tmpl, TemplateWait: req.TemplateWait,
 	}
 	var rec metadb.Record
 	created, err := b.Create(cctx, spec)

@@ -265,6 +265,7 @@ func addError(diags *diag.Diagnostics, action, name string, err error, limit opL
 		disabled  *backend.LoginDisabledError
 		start     *backend.StartError
 		metaDBc   *docker.MetaDBError
+		tbusy     *backend.TemplateBusyError
 	)
 	switch {
 	case errors.As(err, &metaDBc):
@@ -278,6 +279,11 @@ func addError(diags *diag.Diagnostics, action, name string, err error, limit opL
 			fmt.Sprintf("Could not %s instance %q: its server will never take the instance's login: %s\n\nWhat the create "+
 				"made was removed. Check the image: it must honour the official postgres image's POSTGRES_USER, "+
 				"POSTGRES_PASSWORD and POSTGRES_DB and keep its server running.", action, name, start.Error()))
+	case errors.As(err, &tbusy):
+		diags.AddAttributeError(path.Root("template_instance"), "Template instance in use",
+			fmt.Sprintf("Could not %s instance %q: %s. Nothing was created. Close those sessions (a pipeline still "+
+				"migrating the template, a psql left open; pg_stat_activity lists them), or set template_wait to a "+
+				"duration such as \"2m\" to have the create wait for them to end.", action, name, tbusy.Error()))
 	case errors.As(err, &spec):
 		diags.AddAttributeError(path.Root(spec.Attribute), "Invalid instance settings",
 			fmt.Sprintf("Cannot %s instance %q: %s. Nothing was created.", action, name, spec.Err))

@@ -75,6 +75,8 @@ type instanceResourceModel struct {
 	CreatedAt     types.String   `tfsdk:"created_at"`
 	ConnectionURI types.String   `tfsdk:"connection_uri"`
 	SSLMode       types.String   `tfsdk:"sslmode"`
+	Template      types.String   `tfsdk:"template_instance"`
+	TemplateWait  types.String   `tfsdk:"template_wait"`
 	Timeouts      timeouts.Value `tfsdk:"timeouts"`
 }
 
@@ -174,6 +176,26 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 					stringplanmodifier.UseStateForUnknown(),
 					stringplanmodifier.RequiresReplaceIfConfigured(),
 				},
+			},
+			"template_instance": schema.StringAttribute{
+				MarkdownDescription: "`pg_cluster` only: the `id` of another `pg_cluster` instance (e.g. " +
+					"`postgraas_instance.golden.id`) whose database this one starts as a copy of (`CREATE DATABASE ... " +
+					"TEMPLATE`), instead of an empty one. The template is proven to be that instance's own right before it " +
+					"is copied; in the copy, everything the template's role owned goes to this instance's `db_username` and " +
+					"the template's role keeps no privilege, so neither tenant can reach the other's database. PostgreSQL " +
+					"copies a database only while nobody else is connected to it: with other sessions on the template the " +
+					"create fails (after the server's own 5 s wait) and names the template and the session count, unless " +
+					"`template_wait` gives them time to end. Changing it replaces the instance.",
+				Optional:      true,
+				Validators:    []validator.String{stringvalidator.LengthAtLeast(1)},
+				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},
+			},
+			"template_wait": schema.StringAttribute{
+				MarkdownDescription: "With `template_instance`: how long the create keeps trying while other sessions are " +
+					"connected to the template, as a duration such as `30s` or `5m` (each try itself waits up to 5 s), " +
+					"within `timeouts.create`. Default: no wait, the create fails at the first refusal. Only read at create.",
+				Optional:   true,
+				Validators: []validator.String{durationBetween{0, time.Hour}},
 			},
 			"host": schema.StringAttribute{
 				MarkdownDescription: "Host to connect to.",
@@ -298,6 +320,11 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 		return
 	}
 	req2 := instance.Request{Backend: b.Kind(), Image: config.Image.ValueString()}
+	if !config.Template.IsNull() {
+		// The template's id may be unknown until its own create: what is
+		// checked here is only that this backend can copy at all.
+		req2.Template = "?"
+	}
 	if !plan.Name.IsUnknown() {
 		req2.Name = plan.Name.ValueString()
 	}
@@ -380,13 +407,16 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 	if resp.Diagnostics.HasError() {
 		return
 	}
+	wait, _ := time.ParseDuration(plan.TemplateWait.ValueString()) // validated; "" is no wait
 	rec, verifier, err := r.client.svc.Create(ctx, instance.Request{
-		Name:     name,
-		DBName:   plan.DBName.ValueString(),
-		Username: plan.DBUsername.ValueString(),
-		Password: pw,
-		Image:    plan.Image.ValueString(),
-		Backend:  plan.Backend.ValueString(),
+		Name:         name,
+		DBName:       plan.DBName.ValueString(),
+		Username:     plan.DBUsername.ValueString(),
+		Password:     pw,
+		Image:        plan.Image.ValueString(),
+		Backend:      plan.Backend.ValueString(),
+		Template:     plan.Template.ValueString(),
+		TemplateWait: wait,
 	})
 	if err != nil {
 		addError(&resp.Diagnostics, "create", name, err, opLimit{"timeouts.create", timeout})

@@ -52,8 +52,10 @@ type creation struct {
 	// CREATE ROLE, to recognise our role when the outcome is unknown.
 	marker string
 	// pid is the server process of the create's connection.
-	pid      uint32
-	ssl      string // the server's ssl setting
+	pid uint32
+	ssl string // the server's ssl setting
+	// tmpl, when set, is the instance whose database is copied.
+	tmpl     *template
 	roleDone outcome
 	dbDone   outcome
 }
@@ -82,6 +84,11 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		return backend.Created{}, errors.New("a create needs an ownership proof")
 	}
 	c := &creation{role: role, db: spec.DBName, marker: marker(spec.Proof)}
+	if spec.Template != nil {
+		if c.tmpl, err = newTemplate(*spec.Template, spec.TemplateWait, b.server); err != nil {
+			return backend.Created{}, err
+		}
+	}
 
 	conn, err := b.acquire(ctx)
 	if err != nil {
@@ -169,12 +176,18 @@ FROM pg_roles WHERE rolname = current_user`, c.role, c.db).Scan(&roleExists, &db
 	// until PUBLIC's rights are revoked below, any tenant could otherwise
 	// connect to it, and a create killed in between would leave it so.
 	d := pgsql.QuoteIdent(c.db)
-	_, err = conn.Exec(ctx, "CREATE DATABASE "+d+" OWNER "+r+" ALLOW_CONNECTIONS false")
-	if c.dbDone = outcomeOf(err); err != nil {
-		if code := pgsql.Code(err); code == pgsql.CodeDuplicateDatabase || code == pgsql.CodeUniqueViolation {
-			return dbConflict(c.db)
+	if c.tmpl != nil {
+		if err := b.copyTemplate(ctx, conn, c); err != nil {
+			return err
 		}
-		return fmt.Errorf("creating database %q: %w", c.db, err)
+	} else {
+		_, err = conn.Exec(ctx, "CREATE DATABASE "+d+" OWNER "+r+" ALLOW_CONNECTIONS false")
+		if c.dbDone = outcomeOf(err); err != nil {
+			if code := pgsql.Code(err); code == pgsql.CodeDuplicateDatabase || code == pgsql.CodeUniqueViolation {
+				return dbConflict(c.db)
+			}
+			return fmt.Errorf("creating database %q: %w", c.db, err)
+		}
 	}
 	faultinject.Pause(ctx, "pgcluster.database_created")
 
@@ -185,6 +198,11 @@ FROM pg_roles WHERE rolname = current_user`, c.role, c.db).Scan(&roleExists, &db
 	// together with the revoke.
 	if _, err := conn.Exec(ctx, "REVOKE ALL ON DATABASE "+d+" FROM PUBLIC; ALTER DATABASE "+d+" ALLOW_CONNECTIONS true"); err != nil {
 		return fmt.Errorf("opening database %q to its owner only: %w", c.db, err)
+	}
+	if c.tmpl != nil {
+		// Open to its owner only (and admins), so the template's tenant
+		// cannot connect while what it owns in the copy is moved.
+		return b.adoptCopyLocked(ctx, conn, c)
 	}
 	return nil
 }
