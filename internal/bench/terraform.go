@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -171,7 +170,6 @@ type rssSampler struct {
 	parent int
 	quit   chan struct{}
 	done   chan struct{}
-	mu     sync.Mutex
 	maxKB  int64
 	seen   map[int]bool
 }

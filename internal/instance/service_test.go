@@ -222,7 +222,7 @@ func TestLiveLeaseRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	lctx, stop := live.keepLease(ctx, id, lease)
-	defer stop()
+	defer func() { _ = stop() }()
 
 	other := newService(t, LeaseConfig{Poll: 50 * time.Millisecond})
 	start := time.Now()

@@ -42,10 +42,10 @@ func (f *flakyBackend) Purge(ctx context.Context, inst backend.Instance) error {
 
 func newFlakyService(t *testing.T, purgeErr error, failures int) (*Service, *flakyBackend) {
 	t.Helper()
-	real := newService(t, LeaseConfig{})
-	b, _ := real.Backend(backend.KindPGCluster)
+	actual := newService(t, LeaseConfig{})
+	b, _ := actual.Backend(backend.KindPGCluster)
 	f := &flakyBackend{Backend: b, purgeErr: purgeErr, purgeFailures: failures}
-	return New(real.Store(), backend.KindPGCluster, LeaseConfig{}, f), f
+	return New(actual.Store(), backend.KindPGCluster, LeaseConfig{}, f), f
 }
 
 // An undo step that fails transiently (here the server refusing a

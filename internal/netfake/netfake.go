@@ -47,7 +47,11 @@ func SilentCounting(tb testing.TB) (port int, accepted func() int) {
 			_ = c.Close()
 		}
 	})
-	return l.Addr().(*net.TCPAddr).Port, func() int {
+	addr, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		tb.Fatalf("listener address %v is not TCP", l.Addr())
+	}
+	return addr.Port, func() int {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(held)
@@ -61,7 +65,11 @@ func ClosedPort(tb testing.TB) int {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
+	addr, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		tb.Fatalf("listener address %v is not TCP", l.Addr())
+	}
+	port := addr.Port
 	_ = l.Close()
 	return port
 }

@@ -57,7 +57,11 @@ func FreePort() (int, error) {
 		return 0, err
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	addr, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		return 0, fmt.Errorf("listener address %v is not TCP", l.Addr())
+	}
+	return addr.Port, nil
 }
 
 // Start runs initdb (scram-sha-256 over TCP, a random password, no fsync:
@@ -84,7 +88,7 @@ func Start(opts Options) (s *Server, err error) {
 	s = &Server{Base: base, Data: filepath.Join(base, "data"), Log: filepath.Join(base, "postgres.log")}
 	defer func() {
 		if err != nil {
-			s.Remove()
+			_ = s.Remove() // best effort: the start's error is the one to report
 		}
 	}()
 	sock := filepath.Join(base, "sock")

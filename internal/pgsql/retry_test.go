@@ -193,7 +193,11 @@ func TestConnectDroppedAndRefused(t *testing.T) {
 			c.Close()
 		}
 	}()
-	port := l.Addr().(*net.TCPAddr).Port
+	addr, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		t.Fatalf("listener address %v is not TCP", l.Addr())
+	}
+	port := addr.Port
 	target := Target{Host: "127.0.0.1", Port: port, Database: "d", User: "u", Password: "secret-pw", SSLMode: "disable"}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

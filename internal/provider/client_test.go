@@ -47,7 +47,11 @@ func TestClientSharesOnePoolForOneLogin(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		shared := b.(*pgcluster.Backend).SharedPool()
+		pb, ok := b.(*pgcluster.Backend)
+		if !ok {
+			t.Fatalf("%s: the pg_cluster backend is a %T", c.name, b)
+		}
+		shared := pb.SharedPool()
 		switch {
 		case c.shared && (shared == nil || shared != cl.store.Pool() || shared.MaxConns() != sharedMaxConns):
 			t.Errorf("%s: the cluster backend does not share the meta DB's pool of %d", c.name, sharedMaxConns)

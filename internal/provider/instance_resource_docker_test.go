@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
+
 	"github.com/docker/docker/api/types/container"
 	dockerclient "github.com/docker/docker/client"
-	"github.com/docker/docker/errdefs"
 	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 	"github.com/jackc/pgx/v5"
@@ -133,7 +134,7 @@ func checkDockerGone(t *testing.T, volumes *[]string, insts ...*clusterInstance)
 		defer cancel()
 		cli := dockerClient(t)
 		for _, i := range insts {
-			if _, err := cli.ContainerInspect(ctx, i.name); !errdefs.IsNotFound(err) {
+			if _, err := cli.ContainerInspect(ctx, i.name); !cerrdefs.IsNotFound(err) {
 				return fmt.Errorf("container %s still there after destroy (%v)", i.name, err)
 			}
 			if n, err := metaRows(i.name); err != nil || n != 0 {
@@ -141,7 +142,7 @@ func checkDockerGone(t *testing.T, volumes *[]string, insts ...*clusterInstance)
 			}
 		}
 		for _, v := range *volumes {
-			if _, err := cli.VolumeInspect(ctx, v); !errdefs.IsNotFound(err) {
+			if _, err := cli.VolumeInspect(ctx, v); !cerrdefs.IsNotFound(err) {
 				return fmt.Errorf("volume %s still there after destroy (%v)", v, err)
 			}
 		}
@@ -431,7 +432,7 @@ func TestAccInstance_dockerCreateFailures(t *testing.T) {
 					if err != nil || c.ID != foreignID || !c.State.Running {
 						return fmt.Errorf("foreign container touched: %v running=%v", err, c.State != nil && c.State.Running)
 					}
-					if _, err := cli.ContainerInspect(ctx, badImage.name); !errdefs.IsNotFound(err) {
+					if _, err := cli.ContainerInspect(ctx, badImage.name); !cerrdefs.IsNotFound(err) {
 						return fmt.Errorf("failed create left container %s (%v)", badImage.name, err)
 					}
 					for _, i := range []clusterInstance{taken, badImage} {

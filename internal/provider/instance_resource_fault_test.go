@@ -28,11 +28,12 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/volume"
 	dockerclient "github.com/docker/docker/client"
-	"github.com/docker/docker/errdefs"
 	"github.com/jackc/pgx/v5"
 	"k8s.io/client-go/kubernetes"
 
@@ -588,7 +589,7 @@ func faultVolumeExists(cli *dockerclient.Client, name string) (bool, error) {
 	ctx, cancel := dockerCtx()
 	defer cancel()
 	_, err := cli.VolumeInspect(ctx, name)
-	if errdefs.IsNotFound(err) {
+	if cerrdefs.IsNotFound(err) {
 		return false, nil
 	}
 	return err == nil, err

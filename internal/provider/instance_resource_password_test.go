@@ -70,7 +70,7 @@ type passwordBackend struct {
 	gone            func(t *testing.T, i *clusterInstance) resource.TestCheckFunc
 }
 
-func passwordBackends(t *testing.T) []passwordBackend {
+func passwordBackends() []passwordBackend {
 	return []passwordBackend{
 		{
 			name:   "pg_cluster",
@@ -146,7 +146,7 @@ func passwordBackends(t *testing.T) []passwordBackend {
 // (the verifier in private state no longer matches the server's) and the
 // password the instance accepts is taken as it is.
 func TestAccInstance_writeOnlyPassword(t *testing.T) {
-	for _, b := range passwordBackends(t) {
+	for _, b := range passwordBackends() {
 		t.Run(b.name, func(t *testing.T) {
 			i := b.newI()
 			i.password = "wo-1'@:/" + randomName("p")

@@ -37,7 +37,7 @@ func TestAccMatrix_kubernetes(t *testing.T) { testAccMatrix(t, "kubernetes") }
 
 func testAccMatrix(t *testing.T, backendName string) {
 	var b passwordBackend
-	for _, pb := range passwordBackends(t) {
+	for _, pb := range passwordBackends() {
 		if pb.name == backendName {
 			b = pb
 		}

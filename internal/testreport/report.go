@@ -85,15 +85,19 @@ func (r *Report) pkg(name string) *pkgState {
 	return p
 }
 
+// write copies text to the log or the terminal; a write that fails there
+// cannot be reported anywhere better, and the counts still decide.
+func (r *Report) write(w io.Writer, text string) { _, _ = io.WriteString(w, text) }
+
 func (r *Report) event(e event) {
-	switch {
-	case e.Action == "build-output":
+	switch e.Action {
+	case "build-output":
 		// Compiler messages: shown at once, they explain the failure that
 		// follows.
-		io.WriteString(r.log, e.Output)
-		io.WriteString(r.out, e.Output)
+		r.write(r.log, e.Output)
+		r.write(r.out, e.Output)
 		return
-	case e.Action == "build-fail":
+	case "build-fail":
 		return
 	}
 	if depth := strings.Count(e.Test, "/"); depth > 0 && strings.HasPrefix(e.Output, "--- ") {
@@ -101,7 +105,7 @@ func (r *Report) event(e event) {
 		// line; the log keeps the -v text.
 		e.Output = strings.Repeat("    ", depth) + e.Output
 	}
-	io.WriteString(r.log, e.Output)
+	r.write(r.log, e.Output)
 	if e.Package == "" {
 		return
 	}

@@ -402,7 +402,7 @@ func (b *Backend) lastExit(ctx context.Context, c container.InspectResponse) (co
 			if v, err := strconv.Atoi(m.Actor.Attributes["exitCode"]); err == nil {
 				code, ok = v, true
 			}
-		case <-errs: // io.EOF once until is reached
+		case <-errs: //nolint:errcheck // io.EOF once until is reached; any error ends the watch with what it saw
 			return code, ok
 		}
 	}
@@ -441,9 +441,9 @@ var logPrefix = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \S+ 
 
 // collapseRepeats folds runs of lines that differ only in their time and
 // process id (a login refused forty times while a create waited) into one
-// line and a count, so the last max lines still show how the server got
+// line and a count, so the last limit lines still show how the server got
 // there.
-func collapseRepeats(logs string, max int) string {
+func collapseRepeats(logs string, limit int) string {
 	if logs == "" {
 		return ""
 	}
@@ -466,8 +466,8 @@ func collapseRepeats(logs string, max int) string {
 		last, n = key, 1
 	}
 	flush()
-	if len(out) > max {
-		out = out[len(out)-max:]
+	if len(out) > limit {
+		out = out[len(out)-limit:]
 	}
 	return strings.Join(out, "\n")
 }

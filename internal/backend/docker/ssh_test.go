@@ -62,8 +62,8 @@ func TestNewSSHIsLazy(t *testing.T) {
 
 func TestTailBuffer(t *testing.T) {
 	var b tailBuffer
-	b.Write([]byte(strings.Repeat("x", sshStderrMax)))
-	b.Write([]byte("the end"))
+	_, _ = b.Write([]byte(strings.Repeat("x", sshStderrMax)))
+	_, _ = b.Write([]byte("the end"))
 	if s := b.String(); len(s) != sshStderrMax || !strings.HasSuffix(s, "xthe end") {
 		t.Errorf("kept %d bytes ending %q", len(s), s[len(s)-10:])
 	}

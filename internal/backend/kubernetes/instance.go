@@ -148,7 +148,7 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 		return nil, b.apiError(fmt.Sprintf("reading Service %q", inst.Name), err)
 	}
 	if !proven(svc.ObjectMeta, inst.Proof) {
-		return nil, fmt.Errorf("Service %q does not carry this instance's ownership proof: %w", inst.Name, backend.ErrNotOurs)
+		return nil, fmt.Errorf("the Service %q does not carry this instance's ownership proof: %w", inst.Name, backend.ErrNotOurs)
 	}
 	s := &session{sts: sts}
 	wctx, cancel := context.WithTimeout(ctx, existingReadyTimeout)
@@ -356,47 +356,41 @@ type object struct {
 // releases the claim.
 func (b *Backend) objects(name string) []object {
 	apps, core := b.cs.AppsV1(), b.cs.CoreV1()
-	meta := func(m metav1.ObjectMeta, err error) (*metav1.ObjectMeta, error) {
-		if err != nil {
-			return nil, err
-		}
-		return &m, nil
-	}
 	return []object{
 		{"StatefulSet", name, func(ctx context.Context) (*metav1.ObjectMeta, error) {
 			o, err := apps.StatefulSets(b.namespace).Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return nil, err
 			}
-			return meta(o.ObjectMeta, nil)
+			return &o.ObjectMeta, nil
 		}},
 		{"Pod", podName(name), func(ctx context.Context) (*metav1.ObjectMeta, error) {
 			o, err := core.Pods(b.namespace).Get(ctx, podName(name), metav1.GetOptions{})
 			if err != nil {
 				return nil, err
 			}
-			return meta(o.ObjectMeta, nil)
+			return &o.ObjectMeta, nil
 		}},
 		{"Service", name, func(ctx context.Context) (*metav1.ObjectMeta, error) {
 			o, err := core.Services(b.namespace).Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return nil, err
 			}
-			return meta(o.ObjectMeta, nil)
+			return &o.ObjectMeta, nil
 		}},
 		{"Secret", secretName(name), func(ctx context.Context) (*metav1.ObjectMeta, error) {
 			o, err := core.Secrets(b.namespace).Get(ctx, secretName(name), metav1.GetOptions{})
 			if err != nil {
 				return nil, err
 			}
-			return meta(o.ObjectMeta, nil)
+			return &o.ObjectMeta, nil
 		}},
 		{"PersistentVolumeClaim", claimName(name), func(ctx context.Context) (*metav1.ObjectMeta, error) {
 			o, err := core.PersistentVolumeClaims(b.namespace).Get(ctx, claimName(name), metav1.GetOptions{})
 			if err != nil {
 				return nil, err
 			}
-			return meta(o.ObjectMeta, nil)
+			return &o.ObjectMeta, nil
 		}},
 	}
 }

@@ -294,7 +294,7 @@ func (b *Backend) Check(ctx context.Context) error {
 func (b *Backend) apiError(doing string, err error) error {
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("Kubernetes API server %s: %s in namespace %q: %w", b.server, doing, b.namespace, err)
+		return fmt.Errorf("the Kubernetes API server %s: %s in namespace %q: %w", b.server, doing, b.namespace, err)
 	}
 	return fmt.Errorf("%s in namespace %q: %w", doing, b.namespace, err)
 }

@@ -100,8 +100,8 @@ func uniqueName(t *testing.T, kind string) string {
 	suffix := make([]byte, 4)
 	rand.Read(suffix)
 	tail := "_" + kind + "_" + hex.EncodeToString(suffix)
-	if max := maxIdentLen - len(tail); len(base) > max {
-		base = base[:max]
+	if limit := maxIdentLen - len(tail); len(base) > limit {
+		base = base[:limit]
 	}
 	return base + tail
 }

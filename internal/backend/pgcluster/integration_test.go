@@ -244,7 +244,7 @@ func TestCreateCancelledWhileRoleBlocked(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	_, err = b.Create(cctx, spec)
-	tx.Rollback(ctx)
+	_ = tx.Rollback(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Create = %v, want deadline exceeded", err)
 	}
