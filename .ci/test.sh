@@ -42,11 +42,17 @@ esac
 state=${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}
 tmp=$(mktemp -d)
 kube_down=0
+holder=
 # shellcheck disable=SC2317 # run by the trap
 cleanup() {
 	rm -rf "$tmp"
+	# Release this run's shared lock: its holder is a process of its own (see below).
+	if [ -n "$holder" ]; then
+		pkill -P "$holder" 2>/dev/null || true
+		kill "$holder" 2>/dev/null || true
+		wait "$holder" 2>/dev/null || true
+	fi
 	[ "$kube_down" = 1 ] || return 0
-	exec 7>&-
 	# Another `test.sh all` that came while this one ran holds the lock too (shared): its tests
 	# still need the cluster.
 	if flock -n -x "$state/kubernetes-users.lock" true; then
@@ -64,15 +70,24 @@ if [ "$mode" = all ]; then
 	# Each run uses the cluster under a shared lock, so that the run that started it tears it
 	# down only when no other run is using it.
 	mkdir -p "$state"
-	exec 7>"$state/kubernetes-users.lock"
-	flock -s 7
+	# The shared lock is held by a process of its own (flock -o: its command does not keep the
+	# file open), not by this shell: a process this run leaves behind (seen: the private
+	# PostgreSQL server of a test whose run was killed) would inherit a descriptor of the
+	# shell's and keep the lock, so that later runs think another one still uses the cluster.
+	: >>"$state/kubernetes-users.lock"
+	# It lives as long as this shell, even one that is killed (tail --pid).
+	flock -s -o "$state/kubernetes-users.lock" tail --pid=$$ -f /dev/null &
+	holder=$!
+	until pgrep -P "$holder" -x tail >/dev/null; do
+		kill -0 "$holder" 2>/dev/null || { echo "ERROR: could not take $state/kubernetes-users.lock" >&2; exit 1; }
+		sleep 0.1
+	done
 	# A cluster that runs already is someone else's (or a test in progress): leave it running.
 	if ! .ci/testenv.sh kube-status >/dev/null; then
 		kube_down=1
 	fi
-	# The daemons up starts must not hold the users' lock.
 	# shellcheck disable=SC2086 # a list of flags
-	.ci/testenv.sh up ${TESTENV_UP_FLAGS:---matrix} >/dev/null 7>&-
+	.ci/testenv.sh up ${TESTENV_UP_FLAGS:---matrix} >/dev/null
 fi
 env_file=$(.ci/testenv.sh env)
 # shellcheck disable=SC1090
