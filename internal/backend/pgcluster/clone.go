@@ -151,6 +151,19 @@ func (b *Backend) adoptCopy(ctx context.Context, c *creation) error {
 		if oid != t.oid {
 			return fmt.Errorf("template instance %q: database %q was replaced while it was copied; the copy is removed", t.inst.Name, t.inst.DBName)
 		}
+		// The database this connection reached by name must be the copy
+		// this create made: owned by the new role, which carries the new
+		// row's proof.
+		var copyProven bool
+		if err := tx.QueryRow(ctx, `SELECT f.role_proven AND f.db_owned AND u.d = current_database()
+FROM (SELECT $1::text AS r, $2::text AS d, $3::text AS m) u, LATERAL (`+ownershipSQL+`) f`,
+			c.role, c.db, c.marker).Scan(&copyProven); err != nil {
+			return fmt.Errorf("proving the copy %q: %w", c.db, err)
+		}
+		if !copyProven {
+			return fmt.Errorf("database %q is not the copy this create made (not owned by role %q with this instance's proof): %w",
+				c.db, c.role, backend.ErrNotOurs)
+		}
 		var shared int
 		var owned []string
 		if err := tx.QueryRow(ctx, `
