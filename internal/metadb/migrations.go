@@ -81,6 +81,35 @@ var migrations = []migration{
 		_, err := tx.Exec(ctx, `ALTER TABLE db_instance ADD COLUMN IF NOT EXISTS sslmode varchar(20)`)
 		return err
 	}},
+	{6, "warm pools: pool and member tables, claimed member on db_instance", func(ctx context.Context, tx pgx.Tx) error {
+		// Pool members are kept out of db_instance, so postgraas_server and
+		// every instance listing never see them. pool_member and pool_proof
+		// record, on a row that claimed a pool container, the pool labels
+		// the container must carry to be proven this row's (DESIGN.md,
+		// "Warm pools").
+		_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS postgraas_warm_pool (
+				name varchar(100) PRIMARY KEY,
+				image varchar(500) NOT NULL,
+				size integer NOT NULL CHECK (size >= 0),
+				state varchar(20) NOT NULL DEFAULT 'active'
+			);
+			CREATE TABLE IF NOT EXISTS postgraas_pool_member (
+				id serial PRIMARY KEY,
+				pool varchar(100) NOT NULL REFERENCES postgraas_warm_pool (name),
+				image varchar(500) NOT NULL,
+				state varchar(20) NOT NULL,
+				owner_token varchar(64) NOT NULL,
+				container_id varchar(100),
+				lease_expires_at timestamptz,
+				created_at timestamptz NOT NULL DEFAULT now()
+			);
+			CREATE INDEX IF NOT EXISTS postgraas_pool_member_idle ON postgraas_pool_member (image, id) WHERE state = 'idle';
+			CREATE INDEX IF NOT EXISTS postgraas_pool_member_pool ON postgraas_pool_member (pool);
+			ALTER TABLE db_instance
+				ADD COLUMN IF NOT EXISTS pool_member integer,
+				ADD COLUMN IF NOT EXISTS pool_proof varchar(64)`)
+		return err
+	}},
 }
 
 // latestVersion is the schema version this provider needs.

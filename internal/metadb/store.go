@@ -55,6 +55,11 @@ type Record struct {
 	// SSLMode is the libpq sslmode clients should use ("require" or
 	// "disable"); empty when unknown (rows written before it was recorded).
 	SSLMode string
+	// PoolMember and PoolProof are set on a docker row whose container was
+	// claimed from a warm pool: the pool labels that container carries
+	// (its instance labels are the pool's, as labels cannot change).
+	PoolMember int64
+	PoolProof  string
 }
 
 // ErrNotFound: no row with that id or name.
@@ -227,14 +232,16 @@ const selectColumns = `id, coalesce(postgraas_instance_name, ''), creation_times
 	coalesce(backend, CASE WHEN coalesce(container_id, '') <> '' THEN 'docker' ELSE 'pg_cluster' END),
 	coalesce(state, 'ready'), coalesce(image, ''), state IS NULL,
 	coalesce(owner_token, ''), coalesce(lease_owner, ''),
-	coalesce(extract(epoch FROM lease_expires_at - now()), 0)::float8, coalesce(sslmode, '')`
+	coalesce(extract(epoch FROM lease_expires_at - now()), 0)::float8, coalesce(sslmode, ''),
+	coalesce(pool_member, 0), coalesce(pool_proof, '')`
 
 func scanRecord(row pgx.CollectableRow) (Record, error) {
 	var r Record
 	var created *time.Time
 	var left float64
 	err := row.Scan(&r.ID, &r.Name, &created, &r.DBName, &r.Username, &r.Host, &r.Port,
-		&r.ContainerID, &r.Backend, &r.State, &r.Image, &r.Legacy, &r.Token, &r.LeaseOwner, &left, &r.SSLMode)
+		&r.ContainerID, &r.Backend, &r.State, &r.Image, &r.Legacy, &r.Token, &r.LeaseOwner, &left, &r.SSLMode,
+		&r.PoolMember, &r.PoolProof)
 	r.LeaseLeft = time.Duration(left * float64(time.Second))
 	if created != nil {
 		r.CreatedAt = created.UTC()
@@ -437,7 +444,7 @@ func (s *Store) Claim(ctx context.Context, old Record, lease Lease) (bool, error
 func (s *Store) Respec(ctx context.Context, id int64, r Record, lease Lease) error {
 	return s.execOwned(ctx, id, lease.Owner, "preparing",
 		`UPDATE db_instance SET db_name = $3, username = $4, backend = $5, image = nullif($6, ''),
-			owner_token = $7, hostname = NULL, port = NULL, container_id = NULL,
+			owner_token = $7, hostname = NULL, port = NULL, container_id = NULL, pool_member = NULL, pool_proof = NULL,
 			creation_timestamp = now() AT TIME ZONE 'UTC'
 		WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`,
 		r.DBName, r.Username, r.Backend, r.Image, r.Token)
@@ -500,12 +507,13 @@ func (s *Store) Rerecord(ctx context.Context, r Record) (Record, error) {
 	}
 	rows, err := pool.Query(ctx, `INSERT INTO db_instance
 		(id, postgraas_instance_name, creation_timestamp, db_name, username, password, hostname, port,
-		 container_id, backend, state, image, owner_token, sslmode)
+		 container_id, backend, state, image, owner_token, sslmode, pool_member, pool_proof)
 		SELECT $1::int, $2::text, $3, $4, $5, '', $6, $7, nullif($8::text, ''), $9, 'ready', nullif($10::text, ''), $11,
-		 nullif($12::text, '')
+		 nullif($12::text, ''), nullif($13::int, 0), nullif($14::text, '')
 		WHERE NOT EXISTS (SELECT 1 FROM db_instance WHERE postgraas_instance_name = $2::text OR id = $1::int)
 		RETURNING `+selectColumns,
-		r.ID, r.Name, r.CreatedAt, r.DBName, r.Username, r.Host, r.Port, r.ContainerID, r.Backend, r.Image, r.Token, r.SSLMode)
+		r.ID, r.Name, r.CreatedAt, r.DBName, r.Username, r.Host, r.Port, r.ContainerID, r.Backend, r.Image, r.Token, r.SSLMode,
+		r.PoolMember, r.PoolProof)
 	if err != nil && pgsql.Code(err) != pgsql.CodeUniqueViolation {
 		return Record{}, fmt.Errorf("recording instance %q again: %w", r.Name, err)
 	}

@@ -110,7 +110,7 @@ func TestMigrateFromNothing(t *testing.T) {
 	}
 	cols := scalar[string](t, target, `SELECT string_agg(column_name, ',' ORDER BY ordinal_position)
 		FROM information_schema.columns WHERE table_name = 'db_instance'`)
-	want := "id,postgraas_instance_name,creation_timestamp,db_name,username,password,hostname,port,container_id,backend,state,image,owner_token,lease_owner,lease_expires_at,sslmode"
+	want := "id,postgraas_instance_name,creation_timestamp,db_name,username,password,hostname,port,container_id,backend,state,image,owner_token,lease_owner,lease_expires_at,sslmode,pool_member,pool_proof"
 	if cols != want {
 		t.Fatalf("columns %s, want %s", cols, want)
 	}
