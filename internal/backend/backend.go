@@ -103,6 +103,11 @@ type Instance struct {
 	// Proof is what the instance's objects must carry before anything is
 	// dropped, altered or terminated.
 	Proof Proof
+	// PoolMember and PoolProof (docker only) are set when the row claimed
+	// its container from a warm pool: the container ContainerID is then
+	// proven by these pool labels instead of Proof (labels cannot change).
+	PoolMember int64
+	PoolProof  string
 }
 
 // Created is what a successful create reports, to be written to the row.

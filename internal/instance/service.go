@@ -101,6 +101,7 @@ func InstanceOf(rec metadb.Record) backend.Instance {
 	return backend.Instance{
 		ID: rec.ID, Name: rec.Name, DBName: rec.DBName, Username: rec.Username,
 		Host: rec.Host, Port: rec.Port, ContainerID: rec.ContainerID, Proof: ProofFor(rec),
+		PoolMember: rec.PoolMember, PoolProof: rec.PoolProof,
 	}
 }
 

@@ -51,6 +51,9 @@ func proven(c container.InspectResponse, inst backend.Instance) bool {
 	if inst.Proof.Legacy() {
 		return inst.ContainerID != ""
 	}
+	if inst.PoolMember != 0 {
+		return poolProven(c, inst)
+	}
 	if c.Config == nil {
 		return false
 	}
