@@ -110,6 +110,32 @@ type Instance struct {
 	PoolProof  string
 }
 
+// PoolMember is a warm pool container to make (DESIGN.md, "Warm pools"):
+// the member row's id, its pool, its image and the pool proof its labels
+// carry.
+type PoolMember struct {
+	ID    int64
+	Pool  string
+	Image string
+	Proof string
+}
+
+// Pooled is a backend that keeps warm pools (docker).
+type Pooled interface {
+	// PoolImage is the image a create of image (empty: the default) uses,
+	// which is what pools are matched on.
+	PoolImage(image string) string
+	// StartPoolMember makes and starts m's container and returns its ID
+	// without waiting for its initialisation.
+	StartPoolMember(ctx context.Context, m PoolMember) (string, error)
+	// ClaimPool makes the pool container id, which spec's row has claimed,
+	// the instance, ready as a cold create's.
+	ClaimPool(ctx context.Context, id string, spec Spec) (Created, error)
+	// RemovePoolContainer removes the container id if it carries m's
+	// pool proof (gone is not an error).
+	RemovePoolContainer(ctx context.Context, id string, m PoolMember) error
+}
+
 // Created is what a successful create reports, to be written to the row.
 type Created struct {
 	Host        string

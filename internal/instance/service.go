@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-log/tflog"
@@ -220,7 +221,31 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 		Template: tmpl, TemplateWait: req.TemplateWait,
 	}
 	var rec metadb.Record
-	created, err := b.Create(cctx, spec)
+	var created backend.Created
+	// A warm pool container of the image, when one is free, instead of a
+	// cold create; its replacement starts beside the claim, and this
+	// create returns only once that replacement's docker run has.
+	var claimed *metadb.Claimed
+	pooled, isPooled := b.(backend.Pooled)
+	if isPooled {
+		claimed, err = s.claimWarm(cctx, pooled, &want, spec.Image, lease)
+	}
+	var refill sync.WaitGroup
+	defer refill.Wait()
+	switch {
+	case err != nil:
+	case claimed != nil:
+		if claimed.Replacement != nil {
+			refill.Add(1)
+			go func() {
+				defer refill.Done()
+				s.startMember(ctx, pooled, *claimed.Replacement)
+			}()
+		}
+		created, err = pooled.ClaimPool(cctx, claimed.Member.ContainerID, spec)
+	default:
+		created, err = b.Create(cctx, spec)
+	}
 	if err == nil {
 		faultinject.Pause(cctx, "create.backend_done")
 		// Renewing stops before the row is completed: a renewal that ran
@@ -239,6 +264,43 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 		return metadb.Record{}, "", s.undo(ctx, b, want, created, lease, err)
 	}
 	return rec, verifier, nil
+}
+
+// claimWarm claims an idle container of image from a warm pool for the
+// creating row want (nil when none is free: the create goes cold) and
+// records the claim in want, so that an undo proves the container by it.
+func (s *Service) claimWarm(ctx context.Context, pb backend.Pooled, want *metadb.Record, image string, lease metadb.Lease) (*metadb.Claimed, error) {
+	cl, err := s.store.ClaimMember(ctx, want.ID, want.Token, pb.PoolImage(image), randomHex(32), lease)
+	if err != nil || cl == nil {
+		return nil, err
+	}
+	want.ContainerID, want.PoolMember, want.PoolProof = cl.Member.ContainerID, cl.Member.ID, cl.Member.Proof()
+	return cl, nil
+}
+
+// memberStartTimeout bounds making and starting a pool container.
+const memberStartTimeout = 2 * time.Minute
+
+// startMember makes the container of a warming pool member and makes it
+// claimable. A failure is only logged: the member's lease runs out and the
+// pool's next apply deals with it (DESIGN.md, "Warm pools").
+func (s *Service) startMember(ctx context.Context, pb backend.Pooled, m metadb.Member) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), memberStartTimeout)
+	defer cancel()
+	pm := backend.PoolMember{ID: m.ID, Pool: m.Pool, Image: m.Image, Proof: m.Proof()}
+	id, err := pb.StartPoolMember(ctx, pm)
+	if err != nil {
+		tflog.Warn(ctx, "starting a warm pool container failed", map[string]any{"pool": m.Pool, "member": m.ID, "error": err.Error()})
+		return
+	}
+	err = s.store.MemberStarted(ctx, m.ID, id)
+	if errors.Is(err, metadb.ErrNotFound) {
+		// The pool is being destroyed: this container is not its member.
+		err = pb.RemovePoolContainer(ctx, id, pm)
+	}
+	if err != nil {
+		tflog.Warn(ctx, "recording a warm pool container failed", map[string]any{"pool": m.Pool, "member": m.ID, "error": err.Error()})
+	}
 }
 
 // complete marks the row ready. When the completion fails in a way that
@@ -279,7 +341,9 @@ func (s *Service) undo(ctx context.Context, b backend.Backend, rec metadb.Record
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
 	inst := InstanceOf(rec)
-	inst.ContainerID = created.ContainerID
+	if created.ContainerID != "" {
+		inst.ContainerID = created.ContainerID
+	}
 	tflog.Info(ctx, "create failed; removing what it made", map[string]any{"name": rec.Name, "id": rec.ID})
 	if perr := pgsql.Retry(cctx, func(ctx context.Context) error { return b.Purge(ctx, inst) }); perr != nil {
 		return &UndoError{Err: cause, UndoErr: perr, ID: rec.ID, LeaseTTL: lease.TTL}

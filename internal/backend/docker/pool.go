@@ -35,13 +35,39 @@ const poolBootstrap = "postgraas_pool"
 // superuser from (a session cannot rename its own user).
 const poolClaimRole = "postgraas_pool_claim"
 
-// PoolMember is a pool container to make: the member row's id, its pool,
-// and the pool proof its labels carry.
-type PoolMember struct {
-	ID    int64
-	Pool  string
-	Image string
-	Proof string
+// PoolMember is a pool container to make.
+type PoolMember = backend.PoolMember
+
+var _ backend.Pooled = (*Backend)(nil)
+
+// PoolImage implements backend.Pooled.
+func (b *Backend) PoolImage(image string) string {
+	if image == "" {
+		return b.cfg.Image
+	}
+	return image
+}
+
+// RemovePoolContainer implements backend.Pooled.
+func (b *Backend) RemovePoolContainer(ctx context.Context, id string, m PoolMember) error {
+	if err := b.engine(ctx); err != nil {
+		return err
+	}
+	c, err := b.cli.ContainerInspect(ctx, id)
+	if cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspecting pool container %s: %w", id, err)
+	}
+	l := map[string]string{}
+	if c.Config != nil {
+		l = c.Config.Labels
+	}
+	if c.ID != id || l[LabelPoolMember] != strconv.FormatInt(m.ID, 10) || l[LabelPoolProof] != m.Proof || m.Proof == "" {
+		return fmt.Errorf("container %s does not carry the proof of pool member %d; it was left alone", id, m.ID)
+	}
+	return b.remove(ctx, id)
 }
 
 // PoolContainerName is the name of a pool member's container.

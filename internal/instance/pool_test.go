@@ -1,0 +1,182 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend/docker"
+	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
+	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
+)
+
+// poolService is a docker-only service on a meta DB database of its own
+// (the pool tables stay out of the shared meta DB).
+func poolService(t *testing.T) (*Service, *docker.Backend) {
+	t.Helper()
+	host, img := os.Getenv("DOCKER_HOST"), os.Getenv("POSTGRAAS_TEST_IMAGE")
+	if host == "" || img == "" {
+		t.Fatal("DOCKER_HOST and POSTGRAAS_TEST_IMAGE must be set: run the tests with `make test`")
+	}
+	name := uniq("pooltest")
+	admin(t, "CREATE DATABASE "+pgsql.QuoteIdent(name))
+	t.Cleanup(func() { admin(t, "DROP DATABASE IF EXISTS "+pgsql.QuoteIdent(name)+" WITH (FORCE)") })
+	tg := target(t, "POSTGRAAS_PG_CLUSTER", "_DATABASE")
+	tg.Database = name
+	d, err := docker.New(docker.Config{Host: host, Image: img, BindAddress: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(metadb.New(tg, 8), backend.KindDocker, LeaseConfig{}, d)
+	t.Cleanup(s.Close)
+	return s, d
+}
+
+// fillPool records a pool of size n of the test image and starts its
+// members, as the pool resource will.
+func fillPool(t *testing.T, s *Service, d *docker.Backend, pool string, n int) {
+	t.Helper()
+	ctx := testCtx(t)
+	if err := s.Store().EnsurePool(ctx, pool, d.PoolImage(""), n); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		m, err := s.Store().AddMember(ctx, pool, randomHex(32), metadb.Lease{TTL: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.startMember(ctx, d, m)
+	}
+}
+
+// destroyPool removes a pool as the pool resource's destroy will.
+func destroyPool(ctx context.Context, s *Service, d *docker.Backend, pool string) error {
+	ms, err := s.Store().StartPoolRemoval(ctx, pool)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.ContainerID != "" {
+			if err := d.RemovePoolContainer(ctx, m.ContainerID, backend.PoolMember{ID: m.ID, Pool: m.Pool, Proof: m.Proof()}); err != nil {
+				return err
+			}
+		}
+		if err := s.Store().DeleteMember(ctx, m.ID); err != nil {
+			return err
+		}
+	}
+	if done, err := s.Store().DeletePool(ctx, pool); err != nil || !done {
+		return fmt.Errorf("pool row left: %v", err)
+	}
+	return nil
+}
+
+// Four creates at once against a pool of two: two claim distinct warm
+// containers, two go cold, all four log in; the claims started two
+// replacements. A claimed instance rotates and is destroyed like a cold
+// one, and destroying the pool leaves the claimed instances alone.
+func TestPoolCreates(t *testing.T) {
+	t.Parallel()
+	s, d := poolService(t)
+	pool := uniq("p")
+	fillPool(t, s, d, pool, 2)
+	warm := map[string]bool{}
+	ms, _ := s.Store().Members(testCtx(t), pool)
+	for _, m := range ms {
+		warm[m.ContainerID] = true
+	}
+	ctx := testCtx(t)
+	recs := make([]metadb.Record, 4)
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	for i := range recs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			recs[i], _, errs[i] = s.Create(ctx, Request{Name: uniq("pc"), DBName: "app db", Username: "app user",
+				Password: "pw" + strconv.Itoa(i), Backend: backend.KindDocker})
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for i, r := range recs {
+			if r.ID != 0 {
+				_ = s.Delete(cctx, strconv.FormatInt(r.ID, 10), backend.Auth{Password: "pw" + strconv.Itoa(i)}, true)
+			}
+		}
+		_ = destroyPool(cctx, s, d, pool)
+	})
+	var claimed []int
+	seen := map[string]bool{}
+	for i, r := range recs {
+		if errs[i] != nil {
+			t.Fatalf("create %d: %v", i, errs[i])
+		}
+		if seen[r.ContainerID] {
+			t.Fatalf("container %s shared", r.ContainerID)
+		}
+		seen[r.ContainerID] = true
+		if r.PoolMember != 0 {
+			if !warm[r.ContainerID] {
+				t.Fatalf("create %d claimed %s, not a pool container", i, r.ContainerID)
+			}
+			claimed = append(claimed, i)
+		} else if warm[r.ContainerID] {
+			t.Fatalf("create %d got a pool container without recording the claim", i)
+		}
+		tg := pgsql.Target{Host: "127.0.0.1", Port: r.Port, Database: "app db", User: "app user", Password: "pw" + strconv.Itoa(i), SSLMode: "disable"}
+		c, err := tg.ConnectOnce(ctx)
+		if err != nil {
+			t.Fatalf("login to %d: %v", i, err)
+		}
+		c.Close(ctx)
+	}
+	if len(claimed) != 2 {
+		t.Fatalf("%d creates claimed a warm container, want 2", len(claimed))
+	}
+	ms, err := s.Store().Members(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || ms[0].State != metadb.MemberIdle || ms[1].State != metadb.MemberIdle || warm[ms[0].ContainerID] || warm[ms[1].ContainerID] {
+		t.Fatalf("replacements: %+v", ms)
+	}
+
+	// Rotate a claimed instance, destroy the other.
+	a, b := claimed[0], claimed[1]
+	if _, err := s.Rotate(ctx, recs[a], backend.Auth{Password: "pw" + strconv.Itoa(a)}, "rotated"); err != nil {
+		t.Fatalf("rotate of a claimed instance: %v", err)
+	}
+	if err := s.Delete(ctx, strconv.FormatInt(recs[b].ID, 10), backend.Auth{Password: "pw" + strconv.Itoa(b)}, false); err != nil {
+		t.Fatalf("destroy of a claimed instance: %v", err)
+	}
+	if _, err := s.Store().Get(ctx, recs[b].ID); !errors.Is(err, metadb.ErrNotFound) {
+		t.Fatalf("row of the destroyed instance: %v", err)
+	}
+
+	// The pool's destroy removes its idle containers only.
+	if err := destroyPool(ctx, s, d, pool); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Inspect(ctx, recs[a]); err != nil || st.Port == 0 {
+		t.Fatalf("claimed instance after the pool's destroy: %+v %v", st, err)
+	}
+	tg := pgsql.Target{Host: "127.0.0.1", Port: recs[a].Port, Database: "app db", User: "app user", Password: "rotated", SSLMode: "disable"}
+	c, err := tg.ConnectOnce(ctx)
+	if err != nil {
+		t.Fatalf("login to the rotated claimed instance after the pool's destroy: %v", err)
+	}
+	c.Close(ctx)
+	if err := s.Delete(ctx, strconv.FormatInt(recs[a].ID, 10), backend.Auth{Password: "rotated"}, false); err != nil {
+		t.Fatalf("destroy after rotate: %v", err)
+	}
+	recs[a].ID, recs[b].ID = 0, 0
+}
