@@ -235,6 +235,7 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 	switch {
 	case err != nil:
 	case claimed != nil:
+		faultinject.Pause(cctx, "create.pool_claimed")
 		if claimed.Replacement != nil {
 			refill.Add(1)
 			go func() {
