@@ -134,6 +134,9 @@ type Pooled interface {
 	// RemovePoolContainer removes the container id if it carries m's
 	// pool proof (gone is not an error).
 	RemovePoolContainer(ctx context.Context, id string, m PoolMember) error
+	// PoolContainer finds m's container by its name and pool proof (""
+	// when there is none that carries the proof).
+	PoolContainer(ctx context.Context, m PoolMember) (string, error)
 }
 
 // Created is what a successful create reports, to be written to the row.

@@ -3,7 +3,6 @@ package instance
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"strconv"
 	"sync"
@@ -38,43 +37,15 @@ func poolService(t *testing.T) (*Service, *docker.Backend) {
 	return s, d
 }
 
-// fillPool records a pool of size n of the test image and starts its
-// members, as the pool resource will.
-func fillPool(t *testing.T, s *Service, d *docker.Backend, pool string, n int) {
+func fillPool(t *testing.T, s *Service, pool string, n int) {
 	t.Helper()
-	ctx := testCtx(t)
-	if err := s.Store().EnsurePool(ctx, pool, d.PoolImage(""), n); err != nil {
+	if err := s.EnsurePool(testCtx(t), backend.KindDocker, pool, "", n); err != nil {
 		t.Fatal(err)
-	}
-	for range n {
-		m, err := s.Store().AddMember(ctx, pool, randomHex(32), metadb.Lease{TTL: time.Minute})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.startMember(ctx, d, m)
 	}
 }
 
-// destroyPool removes a pool as the pool resource's destroy will.
-func destroyPool(ctx context.Context, s *Service, d *docker.Backend, pool string) error {
-	ms, err := s.Store().StartPoolRemoval(ctx, pool)
-	if err != nil {
-		return err
-	}
-	for _, m := range ms {
-		if m.ContainerID != "" {
-			if err := d.RemovePoolContainer(ctx, m.ContainerID, backend.PoolMember{ID: m.ID, Pool: m.Pool, Proof: m.Proof()}); err != nil {
-				return err
-			}
-		}
-		if err := s.Store().DeleteMember(ctx, m.ID); err != nil {
-			return err
-		}
-	}
-	if done, err := s.Store().DeletePool(ctx, pool); err != nil || !done {
-		return fmt.Errorf("pool row left: %v", err)
-	}
-	return nil
+func destroyPool(ctx context.Context, s *Service, pool string) error {
+	return s.DestroyPool(ctx, backend.KindDocker, pool)
 }
 
 // Four creates at once against a pool of two: two claim distinct warm
@@ -83,9 +54,9 @@ func destroyPool(ctx context.Context, s *Service, d *docker.Backend, pool string
 // one, and destroying the pool leaves the claimed instances alone.
 func TestPoolCreates(t *testing.T) {
 	t.Parallel()
-	s, d := poolService(t)
+	s, _ := poolService(t)
 	pool := uniq("p")
-	fillPool(t, s, d, pool, 2)
+	fillPool(t, s, pool, 2)
 	warm := map[string]bool{}
 	ms, _ := s.Store().Members(testCtx(t), pool)
 	for _, m := range ms {
@@ -112,7 +83,7 @@ func TestPoolCreates(t *testing.T) {
 				_ = s.Delete(cctx, strconv.FormatInt(r.ID, 10), backend.Auth{Password: "pw" + strconv.Itoa(i)}, true)
 			}
 		}
-		_ = destroyPool(cctx, s, d, pool)
+		_ = destroyPool(cctx, s, pool)
 	})
 	var claimed []int
 	seen := map[string]bool{}
@@ -163,7 +134,7 @@ func TestPoolCreates(t *testing.T) {
 	}
 
 	// The pool's destroy removes its idle containers only.
-	if err := destroyPool(ctx, s, d, pool); err != nil {
+	if err := destroyPool(ctx, s, pool); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := s.Inspect(ctx, recs[a]); err != nil || st.Port == 0 {
@@ -179,4 +150,54 @@ func TestPoolCreates(t *testing.T) {
 		t.Fatalf("destroy after rotate: %v", err)
 	}
 	recs[a].ID, recs[b].ID = 0, 0
+}
+
+// A pool apply finishes what a killed maker left: a warming member whose
+// lease ran out keeps its container when it exists (found by name and
+// pool proof) and is dropped otherwise, and the pool is topped up.
+func TestPoolRecoversWarmingMembers(t *testing.T) {
+	t.Parallel()
+	s, d := poolService(t)
+	pool := uniq("p")
+	ctx := testCtx(t)
+	fillPool(t, s, pool, 0)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := destroyPool(cctx, s, pool); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	short := metadb.Lease{TTL: time.Second}
+	started, err := s.Store().AddMember(ctx, pool, randomHex(32), short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := d.StartPoolMember(ctx, poolMember(started)) // then killed before recording it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Store().AddMember(ctx, pool, randomHex(32), short); err != nil { // killed before docker run
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if err := s.EnsurePool(ctx, backend.KindDocker, pool, "", 2); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := s.Store().Members(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || ms[0].ID != started.ID || ms[0].ContainerID != id || ms[0].State != metadb.MemberIdle ||
+		ms[1].State != metadb.MemberIdle || ms[1].ContainerID == "" {
+		t.Fatalf("members after the apply: %+v", ms)
+	}
+	if err := destroyPool(ctx, s, pool); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if got, err := d.PoolContainer(ctx, poolMember(m)); err != nil || got != "" {
+			t.Fatalf("container of member %d after the destroy: %q %v", m.ID, got, err)
+		}
+	}
 }

@@ -286,22 +286,29 @@ const memberStartTimeout = 2 * time.Minute
 // claimable. A failure is only logged: the member's lease runs out and the
 // pool's next apply deals with it (DESIGN.md, "Warm pools").
 func (s *Service) startMember(ctx context.Context, pb backend.Pooled, m metadb.Member) {
+	if err := s.startMemberErr(ctx, pb, m); err != nil {
+		tflog.Warn(ctx, "starting a warm pool container failed", map[string]any{"pool": m.Pool, "member": m.ID, "error": err.Error()})
+	}
+}
+
+// startMemberErr makes and records the container of the warming member m.
+func (s *Service) startMemberErr(ctx context.Context, pb backend.Pooled, m metadb.Member) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), memberStartTimeout)
 	defer cancel()
-	pm := backend.PoolMember{ID: m.ID, Pool: m.Pool, Image: m.Image, Proof: m.Proof()}
+	pm := poolMember(m)
 	id, err := pb.StartPoolMember(ctx, pm)
 	if err != nil {
-		tflog.Warn(ctx, "starting a warm pool container failed", map[string]any{"pool": m.Pool, "member": m.ID, "error": err.Error()})
-		return
+		return fmt.Errorf("starting warm pool container of member %d: %w", m.ID, err)
 	}
 	err = s.store.MemberStarted(ctx, m.ID, id)
 	if errors.Is(err, metadb.ErrNotFound) {
-		// The pool is being destroyed: this container is not its member.
+		// The pool is being destroyed: this container is nobody's member.
 		err = pb.RemovePoolContainer(ctx, id, pm)
 	}
 	if err != nil {
-		tflog.Warn(ctx, "recording a warm pool container failed", map[string]any{"pool": m.Pool, "member": m.ID, "error": err.Error()})
+		return fmt.Errorf("recording warm pool container of member %d: %w", m.ID, err)
 	}
+	return nil
 }
 
 // complete marks the row ready. When the completion fails in a way that

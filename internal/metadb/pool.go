@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -43,6 +44,9 @@ type Member struct {
 	State       string
 	Token       string
 	ContainerID string
+	// LeaseLeft is what is left of a warming member's lease (negative once
+	// expired: the run making its container died or stalled).
+	LeaseLeft time.Duration
 }
 
 // Proof is the value of the label postgraas.pool.proof that the member's
@@ -88,11 +92,14 @@ func (s *Store) EnsurePool(ctx context.Context, name, image string, size int) er
 	return nil
 }
 
-const memberColumns = `id, pool, image, state, owner_token, coalesce(container_id, '')`
+const memberColumns = `id, pool, image, state, owner_token, coalesce(container_id, ''),
+	coalesce(extract(epoch FROM lease_expires_at - now()), 0)::float8`
 
 func scanMember(row pgx.CollectableRow) (Member, error) {
 	var m Member
-	err := row.Scan(&m.ID, &m.Pool, &m.Image, &m.State, &m.Token, &m.ContainerID)
+	var left float64
+	err := row.Scan(&m.ID, &m.Pool, &m.Image, &m.State, &m.Token, &m.ContainerID, &left)
+	m.LeaseLeft = time.Duration(left * float64(time.Second))
 	return m, err
 }
 
@@ -137,15 +144,16 @@ func (s *Store) AddMember(ctx context.Context, poolName, token string, lease Lea
 }
 
 // MemberStarted records the container of a warming member and makes it
-// claimable. ErrNotFound when the member is no longer warming (its lease
-// ran out and another run dealt with it, or the pool is being destroyed).
+// claimable; repeating it (a run that took over the member's expired lease
+// found the container first) is not an error. ErrNotFound when the member
+// is gone or being removed: the container is then nobody's member.
 func (s *Store) MemberStarted(ctx context.Context, id int64, containerID string) error {
 	pool, err := s.db(ctx)
 	if err != nil {
 		return err
 	}
 	tag, err := pool.Exec(ctx, `UPDATE postgraas_pool_member SET container_id = $2, state = 'idle', lease_expires_at = NULL
-		WHERE id = $1 AND state = 'warming'`, id, containerID)
+		WHERE id = $1 AND (state = 'warming' OR (state = 'idle' AND container_id = $2))`, id, containerID)
 	if err != nil {
 		return fmt.Errorf("recording the container of pool member %d: %w", id, err)
 	}
@@ -287,4 +295,20 @@ func (s *Store) DeletePool(ctx context.Context, name string) (bool, error) {
 		return false, fmt.Errorf("deleting warm pool %q: %w", name, err)
 	}
 	return !left, nil
+}
+
+// TakeOverMember extends the expired lease of a warming member to this
+// run; false when it is not expired or not warming any more (another run
+// was first).
+func (s *Store) TakeOverMember(ctx context.Context, id int64, lease Lease) (bool, error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return false, err
+	}
+	tag, err := pool.Exec(ctx, `UPDATE postgraas_pool_member SET lease_expires_at = now() + make_interval(secs => $2)
+		WHERE id = $1 AND state = 'warming' AND lease_expires_at < now()`, id, seconds(lease.TTL))
+	if err != nil {
+		return false, fmt.Errorf("taking over pool member %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
 }

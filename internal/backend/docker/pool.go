@@ -48,6 +48,26 @@ func (b *Backend) PoolImage(image string) string {
 	return image
 }
 
+// PoolContainer implements backend.Pooled.
+func (b *Backend) PoolContainer(ctx context.Context, m PoolMember) (string, error) {
+	if err := b.engine(ctx); err != nil {
+		return "", err
+	}
+	name := PoolContainerName(m.Pool, m.ID)
+	c, err := b.cli.ContainerInspect(ctx, name)
+	if cerrdefs.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("inspecting pool container %q: %w", name, err)
+	}
+	if c.Name != "/"+name || c.Config == nil || m.Proof == "" ||
+		c.Config.Labels[LabelPoolMember] != strconv.FormatInt(m.ID, 10) || c.Config.Labels[LabelPoolProof] != m.Proof {
+		return "", nil
+	}
+	return c.ID, nil
+}
+
 // RemovePoolContainer implements backend.Pooled.
 func (b *Backend) RemovePoolContainer(ctx context.Context, id string, m PoolMember) error {
 	if err := b.engine(ctx); err != nil {
