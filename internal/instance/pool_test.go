@@ -201,3 +201,42 @@ func TestPoolRecoversWarmingMembers(t *testing.T) {
 		}
 	}
 }
+
+// A claimed instance whose row was deleted out of band is written back
+// with its claim (kept in private state), and not without it: the claim
+// is what proves its container.
+func TestPoolRerecord(t *testing.T) {
+	t.Parallel()
+	s, _ := poolService(t)
+	pool := uniq("p")
+	ctx := testCtx(t)
+	fillPool(t, s, pool, 1)
+	rec, _, err := s.Create(ctx, Request{Name: uniq("pr"), DBName: "app", Username: "app", Password: "pw", Backend: backend.KindDocker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = s.Delete(cctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw"}, true)
+		_ = destroyPool(cctx, s, pool)
+	})
+	if rec.PoolMember == 0 {
+		t.Fatal("the create did not claim the warm container")
+	}
+	if err := s.Store().Delete(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	unclaimed := rec
+	unclaimed.PoolMember, unclaimed.PoolProof = 0, ""
+	if _, _, adopted, err := s.Rerecord(ctx, unclaimed); err != nil || adopted {
+		t.Fatalf("written back without its claim: %v %v", adopted, err)
+	}
+	back, _, adopted, err := s.Rerecord(ctx, rec)
+	if err != nil || !adopted || back.PoolMember != rec.PoolMember || back.PoolProof != rec.PoolProof {
+		t.Fatalf("written back with its claim: %v %v %+v", adopted, err, back)
+	}
+	if err := s.Delete(ctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw"}, false); err != nil {
+		t.Fatalf("destroy after the write-back: %v", err)
+	}
+}

@@ -426,6 +426,7 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 	r.fromRecord(&plan, rec, b)
 	plan.Status = types.StringValue(b.StatusAfterCreate())
 	resp.Diagnostics.Append(setToken(ctx, resp.Private, rec.Token)...)
+	resp.Diagnostics.Append(setPrivate(ctx, resp.Private, privatePoolClaimKey, poolClaim(rec))...)
 	resp.Diagnostics.Append(setPrivate(ctx, resp.Private, privateVerifierKey, verifier)...)
 	tflog.Info(ctx, "created instance", map[string]any{"name": name, "id": rec.ID, "backend": rec.Backend})
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
@@ -501,15 +502,40 @@ func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Recor
 	}
 }
 
-// recordOf rebuilds the row of an instance from its state and the token in
-// private state, to write it back after an out-of-band delete.
-func recordOf(m instanceResourceModel, token string) (metadb.Record, bool) {
+// privatePoolClaimKey holds, for a docker instance whose container was
+// claimed from a warm pool, the claim ("<member id>:<pool proof>"): with
+// the token, what proves that container the instance's when its row must
+// be written back (DESIGN.md, "Warm pools").
+const privatePoolClaimKey = "pool_claim"
+
+// poolClaim is rec's claim as kept in private state; "" for none.
+func poolClaim(rec metadb.Record) string {
+	if rec.PoolMember == 0 || rec.PoolProof == "" {
+		return ""
+	}
+	return strconv.FormatInt(rec.PoolMember, 10) + ":" + rec.PoolProof
+}
+
+// recordOf rebuilds the row of an instance from its state and the token
+// and pool claim in private state, to write it back after an out-of-band
+// delete.
+func recordOf(m instanceResourceModel, token, claim string) (metadb.Record, bool) {
 	id, err := strconv.ParseInt(m.ID.ValueString(), 10, 64)
 	created, terr := time.Parse(time.RFC3339, m.CreatedAt.ValueString())
 	if err != nil || terr != nil || token == "" {
 		return metadb.Record{}, false
 	}
+	var member int64
+	var proof string
+	if claim != "" {
+		ms, p, ok := strings.Cut(claim, ":")
+		if member, err = strconv.ParseInt(ms, 10, 64); !ok || err != nil || p == "" {
+			return metadb.Record{}, false
+		}
+		proof = p
+	}
 	return metadb.Record{
+		PoolMember: member, PoolProof: proof,
 		ID: id, Name: m.Name.ValueString(), CreatedAt: created.UTC(), DBName: m.DBName.ValueString(),
 		Username: m.DBUsername.ValueString(), Host: m.Host.ValueString(), Port: int(m.Port.ValueInt64()),
 		ContainerID: m.ContainerID.ValueString(), Backend: m.Backend.ValueString(), State: metadb.StateReady,
@@ -544,7 +570,7 @@ func (r *instanceResource) Read(ctx context.Context, req resource.ReadRequest, r
 	defer cancel()
 	rec, st, err := r.client.svc.Refresh(ctx, state.ID.ValueString())
 	if errors.Is(err, metadb.ErrNotFound) {
-		r.readUnrecorded(ctx, state, getToken(ctx, req.Private), limit, resp)
+		r.readUnrecorded(ctx, state, getToken(ctx, req.Private), getPrivate(ctx, req.Private, privatePoolClaimKey), limit, resp)
 		return
 	}
 	if err != nil {
@@ -576,6 +602,9 @@ func (r *instanceResource) Read(ctx context.Context, req resource.ReadRequest, r
 	if rec.Token != "" && getToken(ctx, req.Private) != rec.Token {
 		resp.Diagnostics.Append(setToken(ctx, resp.Private, rec.Token)...)
 	}
+	if c := poolClaim(rec); c != "" && getPrivate(ctx, req.Private, privatePoolClaimKey) != c {
+		resp.Diagnostics.Append(setPrivate(ctx, resp.Private, privatePoolClaimKey, c)...)
+	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
 }
 
@@ -583,8 +612,8 @@ func (r *instanceResource) Read(ctx context.Context, req resource.ReadRequest, r
 // still carry its proof keep it in state, marked for the next apply to
 // write the row back; anything else drops it from state (nothing of it is
 // provably left to destroy).
-func (r *instanceResource) readUnrecorded(ctx context.Context, state instanceResourceModel, token string, limit opLimit, resp *resource.ReadResponse) {
-	rec, ok := recordOf(state, token)
+func (r *instanceResource) readUnrecorded(ctx context.Context, state instanceResourceModel, token, claim string, limit opLimit, resp *resource.ReadResponse) {
+	rec, ok := recordOf(state, token, claim)
 	if ok {
 		st, err := r.client.svc.Inspect(ctx, rec)
 		if err != nil {
@@ -629,7 +658,7 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 	rec, err := r.client.svc.Store().Lookup(ctx, state.ID.ValueString())
 	status := state.Status
 	if errors.Is(err, metadb.ErrNotFound) && state.Status.ValueString() == statusUnrecorded {
-		if old, ok := recordOf(state, getToken(ctx, req.Private)); ok {
+		if old, ok := recordOf(state, getToken(ctx, req.Private), getPrivate(ctx, req.Private, privatePoolClaimKey)); ok {
 			var st backend.Status
 			var adopted bool
 			rec, st, adopted, err = r.client.svc.Rerecord(ctx, old)
