@@ -19,6 +19,11 @@ import (
 // (the pool tables stay out of the shared meta DB).
 func poolService(t *testing.T) (*Service, *docker.Backend) {
 	t.Helper()
+	return poolServiceLease(t, LeaseConfig{})
+}
+
+func poolServiceLease(t *testing.T, lease LeaseConfig) (*Service, *docker.Backend) {
+	t.Helper()
 	host, img := os.Getenv("DOCKER_HOST"), os.Getenv("POSTGRAAS_TEST_IMAGE")
 	if host == "" || img == "" {
 		t.Fatal("DOCKER_HOST and POSTGRAAS_TEST_IMAGE must be set: run the tests with `make test`")
@@ -32,7 +37,7 @@ func poolService(t *testing.T) (*Service, *docker.Backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(metadb.New(tg, 8), backend.KindDocker, LeaseConfig{}, d)
+	s := New(metadb.New(tg, 8), backend.KindDocker, lease, d)
 	t.Cleanup(s.Close)
 	return s, d
 }
@@ -239,4 +244,59 @@ func TestPoolRerecord(t *testing.T) {
 	if err := s.Delete(ctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw"}, false); err != nil {
 		t.Fatalf("destroy after the write-back: %v", err)
 	}
+}
+
+// A run killed after its claim (here: even after the container was renamed
+// and personalised) leaves a creating row whose lease runs out; the next
+// create of the name takes it over, removes the claimed container, proven
+// by the claim, and creates anew.
+func TestPoolTakeOverAfterKilledClaim(t *testing.T) {
+	t.Parallel()
+	s, d := poolServiceLease(t, LeaseConfig{TTL: 2 * time.Second, Poll: 50 * time.Millisecond})
+	pool := uniq("p")
+	ctx := testCtx(t)
+	fillPool(t, s, pool, 1)
+	name := uniq("pk")
+	dead := metadb.Record{Name: name, DBName: "app", Username: "app", Backend: backend.KindDocker, Token: randomHex(32)}
+	deadLease := metadb.Lease{Owner: "dead", TTL: 2 * time.Second}
+	id, err := s.Store().Reserve(ctx, dead, deadLease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.ID = id
+	cl, err := s.Store().ClaimMember(ctx, id, dead.Token, d.PoolImage(""), randomHex(32), deadLease)
+	if err != nil || cl == nil {
+		t.Fatalf("claim: %+v %v", cl, err)
+	}
+	if _, err := d.ClaimPool(ctx, cl.Member.ContainerID, backend.Spec{InstanceID: id, Proof: ProofFor(dead), Name: name,
+		DBName: "app", Username: "app", Password: "dead-pw"}); err != nil {
+		t.Fatal(err)
+	}
+	rec, _, err := s.Create(ctx, Request{Name: name, DBName: "app", Username: "app", Password: "new-pw", Backend: backend.KindDocker})
+	if err != nil {
+		t.Fatalf("create after a killed claim: %v", err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = s.Delete(cctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "new-pw"}, true)
+		_ = destroyPool(cctx, s, pool)
+	})
+	if rec.ID != id || rec.ContainerID == cl.Member.ContainerID || rec.Token == dead.Token {
+		t.Fatalf("row after the take-over: %+v", rec)
+	}
+	if got, err := d.PoolContainer(ctx, poolMember(cl.Member)); err != nil || got != "" {
+		t.Fatalf("pool container by its old name: %q %v", got, err)
+	}
+	gone := rec
+	gone.ContainerID, gone.PoolMember, gone.PoolProof, gone.Token = cl.Member.ContainerID, cl.Member.ID, cl.Member.Proof(), dead.Token
+	if st, err := s.Inspect(ctx, gone); err != nil || st.Exists {
+		t.Fatalf("the killed claim's container after the take-over: %+v %v", st, err)
+	}
+	tg := pgsql.Target{Host: "127.0.0.1", Port: rec.Port, Database: "app", User: "app", Password: "new-pw", SSLMode: "disable"}
+	c, err := tg.ConnectOnce(ctx)
+	if err != nil {
+		t.Fatalf("login to the new instance: %v", err)
+	}
+	c.Close(ctx)
 }
