@@ -30,8 +30,10 @@ func poolMember(m metadb.Member) backend.PoolMember {
 
 // EnsurePool records the pool and brings it to size members: a warming
 // member whose maker died (its lease ran out) is finished (its container
-// found by name and pool proof) or dropped, and missing members are added
-// and their containers started, without waiting for their initdb.
+// found by name and pool proof) or dropped, a member left half removed by a
+// killed shrink is removed, missing members are added and their containers
+// started (without waiting for their initdb), and idle members beyond size
+// are removed, newest first.
 func (s *Service) EnsurePool(ctx context.Context, kind, name, image string, size int) error {
 	pb, err := s.pooled(kind)
 	if err != nil {
@@ -47,10 +49,13 @@ func (s *Service) EnsurePool(ctx context.Context, kind, name, image string, size
 	}
 	lease := metadb.Lease{Owner: randomHex(16), TTL: s.lease.TTL}
 	have := 0
+	var gone []metadb.Member
 	for _, m := range ms {
 		switch {
 		case m.State == metadb.MemberIdle:
 			have++
+		case m.State == metadb.MemberRemoving:
+			gone = append(gone, m)
 		case m.State == metadb.MemberWarming && m.LeaseLeft > 0:
 			have++ // its maker is alive
 		case m.State == metadb.MemberWarming:
@@ -78,6 +83,16 @@ func (s *Service) EnsurePool(ctx context.Context, kind, name, image string, size
 			have++
 		}
 	}
+	if have > size {
+		extra, err := s.store.TakeIdle(ctx, name, have-size)
+		if err != nil {
+			return err
+		}
+		gone = append(gone, extra...)
+	}
+	if err := s.removeMembers(ctx, pb, gone); err != nil {
+		return err
+	}
 	var errs []error
 	for ; have < size; have++ {
 		m, err := s.store.AddMember(ctx, name, randomHex(32), lease)
@@ -89,6 +104,36 @@ func (s *Service) EnsurePool(ctx context.Context, kind, name, image string, size
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// PoolStatus is the recorded pool name (metadb.ErrPoolGone when there is
+// none).
+func (s *Service) PoolStatus(ctx context.Context, name string) (metadb.PoolInfo, error) {
+	return s.store.WarmPool(ctx, name)
+}
+
+// removeMembers removes members marked as being removed: each container
+// only when it carries its member's pool proof, then the member's row.
+func (s *Service) removeMembers(ctx context.Context, pb backend.Pooled, ms []metadb.Member) error {
+	for _, m := range ms {
+		id := m.ContainerID
+		if id == "" {
+			// A warming member: its container may exist under its name.
+			var err error
+			if id, err = pb.PoolContainer(ctx, poolMember(m)); err != nil {
+				return err
+			}
+		}
+		if id != "" {
+			if err := pb.RemovePoolContainer(ctx, id, poolMember(m)); err != nil {
+				return err
+			}
+		}
+		if err := s.store.DeleteMember(ctx, m.ID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DestroyPool removes the pool's members, each container only when it
@@ -104,22 +149,8 @@ func (s *Service) DestroyPool(ctx context.Context, kind, name string) error {
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
-		id := m.ContainerID
-		if id == "" {
-			// A warming member: its container may exist under its name.
-			if id, err = pb.PoolContainer(ctx, poolMember(m)); err != nil {
-				return err
-			}
-		}
-		if id != "" {
-			if err := pb.RemovePoolContainer(ctx, id, poolMember(m)); err != nil {
-				return err
-			}
-		}
-		if err := s.store.DeleteMember(ctx, m.ID); err != nil {
-			return err
-		}
+	if err := s.removeMembers(ctx, pb, ms); err != nil {
+		return err
 	}
 	done, err := s.store.DeletePool(ctx, name)
 	if err != nil {

@@ -300,3 +300,50 @@ func TestPoolTakeOverAfterKilledClaim(t *testing.T) {
 	}
 	c.Close(ctx)
 }
+
+// A pool apply with a smaller size removes the newest idle members and
+// their containers; one left half removed by a killed shrink (its row
+// marked, its container still there) is removed by the next apply.
+func TestPoolShrinks(t *testing.T) {
+	t.Parallel()
+	s, d := poolService(t)
+	pool := uniq("p")
+	ctx := testCtx(t)
+	fillPool(t, s, pool, 3)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := destroyPool(cctx, s, pool); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	before, err := s.Store().Members(ctx, pool)
+	if err != nil || len(before) != 3 {
+		t.Fatalf("members: %+v %v", before, err)
+	}
+	// A shrink killed after marking the newest member: its container lives.
+	killed, err := s.Store().TakeIdle(ctx, pool, 1)
+	if err != nil || len(killed) != 1 || killed[0].ID != before[2].ID {
+		t.Fatalf("TakeIdle: %+v %v", killed, err)
+	}
+	if err := s.EnsurePool(ctx, backend.KindDocker, pool, "", 1); err != nil {
+		t.Fatal(err)
+	}
+	after, err := s.Store().Members(ctx, pool)
+	if err != nil || len(after) != 1 || after[0].ID != before[0].ID || after[0].State != metadb.MemberIdle {
+		t.Fatalf("members after shrinking to 1: %+v %v", after, err)
+	}
+	for i, m := range before {
+		got, err := d.PoolContainer(ctx, poolMember(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kept := i == 0; (got != "") != kept {
+			t.Fatalf("container of member %d: %q, want kept=%v", m.ID, got, kept)
+		}
+	}
+	p, err := s.PoolStatus(ctx, pool)
+	if err != nil || p.Size != 1 || p.Idle != 1 || p.Warming != 0 {
+		t.Fatalf("pool status: %+v %v", p, err)
+	}
+}

@@ -1,12 +1,14 @@
 package metadb
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -311,4 +313,61 @@ func (s *Store) TakeOverMember(ctx context.Context, id int64, lease Lease) (bool
 		return false, fmt.Errorf("taking over pool member %d: %w", id, err)
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+// PoolInfo is a pool's row and a count of its members by state.
+type PoolInfo struct {
+	Name, Image, State string
+	Size               int
+	// Idle members have a container that can be claimed; Warming ones are
+	// still being made (or their maker died: see Member.LeaseLeft).
+	Idle, Warming int
+}
+
+// WarmPool reads the pool name; ErrPoolGone when there is none.
+func (s *Store) WarmPool(ctx context.Context, name string) (PoolInfo, error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return PoolInfo{}, err
+	}
+	p := PoolInfo{Name: name}
+	err = pool.QueryRow(ctx, `SELECT p.image, p.state, p.size,
+			count(*) FILTER (WHERE m.state = 'idle'), count(*) FILTER (WHERE m.state = 'warming')
+		FROM postgraas_warm_pool p LEFT JOIN postgraas_pool_member m ON m.pool = p.name
+		WHERE p.name = $1 GROUP BY p.name`, name).Scan(&p.Image, &p.State, &p.Size, &p.Idle, &p.Warming)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return PoolInfo{}, ErrPoolGone
+	}
+	if err != nil {
+		return PoolInfo{}, fmt.Errorf("reading warm pool %q: %w", name, err)
+	}
+	return p, nil
+}
+
+// TakeIdle marks up to n idle members of the pool name as being removed,
+// newest first, skipping members a claim holds, and returns them: the
+// caller removes their containers by pool proof and then their rows, as a
+// pool destroy does. It is how a pool shrinks.
+func (s *Store) TakeIdle(ctx context.Context, name string, n int) ([]Member, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	pool, err := s.db(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := pool.Query(ctx, `UPDATE postgraas_pool_member SET state = 'removing'
+		WHERE id IN (SELECT id FROM postgraas_pool_member WHERE pool = $1 AND state = 'idle'
+			ORDER BY id DESC LIMIT $2 FOR UPDATE SKIP LOCKED)
+		RETURNING `+memberColumns, name, n)
+	if err != nil {
+		return nil, fmt.Errorf("taking idle members of warm pool %q: %w", name, err)
+	}
+	ms, err := pgx.CollectRows(rows, scanMember)
+	if err != nil {
+		return nil, fmt.Errorf("taking idle members of warm pool %q: %w", name, err)
+	}
+	// RETURNING follows no order.
+	slices.SortFunc(ms, func(a, b Member) int { return cmp.Compare(b.ID, a.ID) })
+	return ms, nil
 }

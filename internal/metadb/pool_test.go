@@ -241,3 +241,59 @@ func TestPoolRemoval(t *testing.T) {
 		t.Fatalf("the claiming row changed: %+v", r)
 	}
 }
+
+// WarmPool counts members by state; TakeIdle takes the newest idle
+// members, never one a claim holds, and never more than asked.
+func TestWarmPoolAndTakeIdle(t *testing.T) {
+	t.Parallel()
+	s := newStore(t, freshDB(t))
+	c := ctx(t)
+	if _, err := s.WarmPool(c, "p"); !errors.Is(err, ErrPoolGone) {
+		t.Fatalf("no pool: %v", err)
+	}
+	warm := warmPool(t, s, 3)
+	if _, err := s.AddMember(c, "p", "warming-token", testLease); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.WarmPool(c, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Image != "img" || p.Size != 3 || p.State != "active" || p.Idle != 3 || p.Warming != 1 {
+		t.Fatalf("pool: %+v", p)
+	}
+
+	// A claim in progress holds the oldest idle member.
+	conn, err := s.Pool().Acquire(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	tx, err := conn.Begin(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(c) }()
+	if _, err := tx.Exec(c, `SELECT 1 FROM postgraas_pool_member WHERE id = $1 FOR UPDATE`, warm[0].ID); err != nil {
+		t.Fatal(err)
+	}
+
+	took, err := s.TakeIdle(c, "p", 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(took) != 2 || took[0].ID != warm[2].ID || took[1].ID != warm[1].ID {
+		t.Fatalf("took %+v, want members %d and %d", took, warm[2].ID, warm[1].ID)
+	}
+	for _, m := range took {
+		if m.State != MemberRemoving || m.ContainerID == "" {
+			t.Fatalf("taken member: %+v", m)
+		}
+	}
+	if p, err = s.WarmPool(c, "p"); err != nil || p.Idle != 1 || p.Warming != 1 {
+		t.Fatalf("after TakeIdle: %+v %v", p, err)
+	}
+	if took, err = s.TakeIdle(c, "p", 0); err != nil || len(took) != 0 {
+		t.Fatalf("TakeIdle 0: %+v %v", took, err)
+	}
+}
