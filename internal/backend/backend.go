@@ -134,6 +134,10 @@ type Pooled interface {
 	// RemovePoolContainer removes the container id if it carries m's
 	// pool proof (gone is not an error).
 	RemovePoolContainer(ctx context.Context, id string, m PoolMember) error
+	// NameInUse reports whether an instance create of name would meet an
+	// existing object of that name, so that a create does not spend a warm
+	// container on a name it cannot take.
+	NameInUse(ctx context.Context, name string) (bool, error)
 	// PoolContainer finds m's container by its name and pool proof (""
 	// when there is none that carries the proof).
 	PoolContainer(ctx context.Context, m PoolMember) (string, error)

@@ -228,7 +228,12 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 	var claimed *metadb.Claimed
 	pooled, isPooled := b.(backend.Pooled)
 	if isPooled {
-		claimed, err = s.claimWarm(cctx, pooled, &want, spec.Image, lease)
+		// A taken name goes cold, to fail there as any create does,
+		// rather than spend a warm container on it.
+		var taken bool
+		if taken, err = pooled.NameInUse(cctx, spec.Name); err == nil && !taken {
+			claimed, err = s.claimWarm(cctx, pooled, &want, spec.Image, lease)
+		}
 	}
 	var refill sync.WaitGroup
 	defer refill.Wait()

@@ -68,6 +68,22 @@ func (b *Backend) PoolContainer(ctx context.Context, m PoolMember) (string, erro
 	return c.ID, nil
 }
 
+// NameInUse implements backend.Pooled. Inspect also finds a container by
+// an ID prefix, so only an exact name counts.
+func (b *Backend) NameInUse(ctx context.Context, name string) (bool, error) {
+	if err := b.engine(ctx); err != nil {
+		return false, err
+	}
+	c, err := b.cli.ContainerInspect(ctx, name)
+	if cerrdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("looking for a container named %q: %w", name, err)
+	}
+	return c.Name == "/"+name, nil
+}
+
 // RemovePoolContainer implements backend.Pooled.
 func (b *Backend) RemovePoolContainer(ctx context.Context, id string, m PoolMember) error {
 	if err := b.engine(ctx); err != nil {
