@@ -12,7 +12,8 @@ import (
 // Warm pools (DESIGN.md, "Warm pools"): what the pool resource's apply and
 // destroy do.
 
-func (s *Service) pooled(kind string) (backend.Pooled, error) {
+// Pooled is the backend of kind as one that keeps warm pools.
+func (s *Service) Pooled(kind string) (backend.Pooled, error) {
 	b, err := s.Backend(kind)
 	if err != nil {
 		return nil, err
@@ -35,12 +36,22 @@ func poolMember(m metadb.Member) backend.PoolMember {
 // started (without waiting for their initdb), and idle members beyond size
 // are removed, newest first.
 func (s *Service) EnsurePool(ctx context.Context, kind, name, image string, size int) error {
-	pb, err := s.pooled(kind)
+	pb, err := s.Pooled(kind)
 	if err != nil {
 		return err
 	}
 	image = pb.PoolImage(image)
-	if err := s.store.EnsurePool(ctx, name, image, size); err != nil {
+	err = s.store.EnsurePool(ctx, name, image, size)
+	if errors.Is(err, metadb.ErrPoolGone) {
+		// A destroy of this pool is under way or was killed: finishing it
+		// is safe either way (each of its steps is idempotent and proven),
+		// and then the pool is made anew.
+		if err := s.DestroyPool(ctx, kind, name); err != nil {
+			return err
+		}
+		err = s.store.EnsurePool(ctx, name, image, size)
+	}
+	if err != nil {
 		return err
 	}
 	ms, err := s.store.Members(ctx, name)
@@ -141,7 +152,7 @@ func (s *Service) removeMembers(ctx context.Context, pb backend.Pooled, ms []met
 // claimed are no members and are not touched. A killed destroy is
 // finished by the next.
 func (s *Service) DestroyPool(ctx context.Context, kind, name string) error {
-	pb, err := s.pooled(kind)
+	pb, err := s.Pooled(kind)
 	if err != nil {
 		return err
 	}

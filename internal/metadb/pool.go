@@ -62,6 +62,12 @@ func PoolProof(token string, id int64, pool string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// Pool states.
+const (
+	PoolActive   = "active"
+	PoolRemoving = "removing"
+)
+
 // ErrPoolGone: the pool does not exist or is being destroyed.
 var ErrPoolGone = errors.New("the warm pool does not exist or is being destroyed")
 
@@ -320,9 +326,14 @@ type PoolInfo struct {
 	Name, Image, State string
 	Size               int
 	// Idle members have a container that can be claimed; Warming ones are
-	// still being made (or their maker died: see Member.LeaseLeft).
-	Idle, Warming int
+	// still being made, Stale ones of them by a run that died (their lease
+	// ran out: the pool's next apply finishes or drops them).
+	Idle, Warming, Stale int
 }
+
+// Ready is how many members the pool has or will have without another
+// apply of it.
+func (p PoolInfo) Ready() int { return p.Idle + p.Warming - p.Stale }
 
 // WarmPool reads the pool name; ErrPoolGone when there is none.
 func (s *Store) WarmPool(ctx context.Context, name string) (PoolInfo, error) {
@@ -332,9 +343,10 @@ func (s *Store) WarmPool(ctx context.Context, name string) (PoolInfo, error) {
 	}
 	p := PoolInfo{Name: name}
 	err = pool.QueryRow(ctx, `SELECT p.image, p.state, p.size,
-			count(*) FILTER (WHERE m.state = 'idle'), count(*) FILTER (WHERE m.state = 'warming')
+			count(*) FILTER (WHERE m.state = 'idle'), count(*) FILTER (WHERE m.state = 'warming'),
+			count(*) FILTER (WHERE m.state = 'warming' AND m.lease_expires_at < now())
 		FROM postgraas_warm_pool p LEFT JOIN postgraas_pool_member m ON m.pool = p.name
-		WHERE p.name = $1 GROUP BY p.name`, name).Scan(&p.Image, &p.State, &p.Size, &p.Idle, &p.Warming)
+		WHERE p.name = $1 GROUP BY p.name`, name).Scan(&p.Image, &p.State, &p.Size, &p.Idle, &p.Warming, &p.Stale)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return PoolInfo{}, ErrPoolGone
 	}

@@ -406,7 +406,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 }
 
 func (p *postgraasProvider) Resources(context.Context) []func() resource.Resource {
-	return []func() resource.Resource{NewInstanceResource}
+	return []func() resource.Resource{NewInstanceResource, NewWarmPoolResource}
 }
 
 func (p *postgraasProvider) EphemeralResources(context.Context) []func() ephemeral.EphemeralResource {
