@@ -49,6 +49,7 @@ const (
 	pointContainerCreated = "docker.container_created"
 	pointStarted          = "docker.started"
 	pointBackendDone      = "create.backend_done"
+	pointPoolClaimed      = "create.pool_claimed"
 )
 
 const (
@@ -601,6 +602,9 @@ type faultCase struct {
 	backend string // "pg_cluster", "docker" or "kubernetes"
 	sig     syscall.Signal
 	point   string
+	// pool: the docker instance claims from a warm pool of size 1 that the
+	// same configuration makes first.
+	pool bool
 }
 
 // faultInstance is one case's instance and what the test saw of it.
@@ -611,6 +615,7 @@ type faultInstance struct {
 	cli     *dockerclient.Client
 	kube    kubernetes.Interface
 	backend string
+	pool    *warmPool // the pool it claims from, if any
 	// What the paused run had made (container IDs; "role"/"database" ->
 	// OID): the recovering run must remove it and create anew.
 	paused map[string]bool
@@ -639,6 +644,9 @@ func newFaultInstance(t *testing.T, backend string) *faultInstance {
 func (i *faultInstance) config() string {
 	if i.backend == "kubernetes" {
 		return faultTerraformBlock + kubeConfig("", i.clusterInstance)
+	}
+	if i.backend == "docker" && i.pool != nil {
+		return faultTerraformBlock + dockerConfig("", i.clusterInstance) + i.pool.hcl()
 	}
 	if i.backend == "docker" {
 		return faultTerraformBlock + dockerConfig("", i.clusterInstance)
@@ -675,6 +683,24 @@ func (i *faultInstance) recordPaused(t *testing.T) {
 		cs := i.observe(t)
 		for _, c := range cs {
 			i.paused[c.ID] = true
+		}
+		if i.pool != nil {
+			// A claimed container keeps its pool name until the claim
+			// renames it: the row's claim says which it is.
+			err := withConn(metaDB(), func(ctx context.Context, c *pgx.Conn) error {
+				var id string
+				err := c.QueryRow(ctx, `SELECT coalesce(container_id, '') FROM db_instance
+					WHERE postgraas_instance_name = $1 AND pool_member IS NOT NULL`, i.name).Scan(&id)
+				if err != nil {
+					return fmt.Errorf("the paused run's claim: %w", err)
+				}
+				i.paused[id] = true
+				t.Logf("paused: claimed container %s", id[:12])
+				return nil
+			})
+			if err != nil {
+				t.Errorf("%v", err)
+			}
 		}
 		if len(cs) > 0 {
 			t.Logf("paused: containers %v, volumes %v", faultContainerIDs(cs), faultSortedKeys(i.volumes))
@@ -741,6 +767,7 @@ func (i *faultInstance) leftovers(t *testing.T) []string {
 	for _, c := range cs {
 		left = append(left, fmt.Sprintf("container %s %s (%s)", c.ID[:12], strings.Join(c.Names, ","), c.State))
 	}
+	left = append(left, i.pausedContainersLeft(t, cs)...)
 	for _, v := range faultSortedKeys(i.volumes) {
 		ok, err := faultVolumeExists(i.cli, v)
 		if err != nil {
@@ -749,6 +776,31 @@ func (i *faultInstance) leftovers(t *testing.T) []string {
 		if ok {
 			left = append(left, "volume "+v)
 		}
+	}
+	return left
+}
+
+// pausedContainersLeft names the containers the paused run had made (or
+// claimed) that still exist and are not among seen: a claimed container
+// still under its pool name is found only by its ID.
+func (i *faultInstance) pausedContainersLeft(t *testing.T, seen []container.Summary) []string {
+	t.Helper()
+	ctx, cancel := dockerCtx()
+	defer cancel()
+	var left []string
+	for _, id := range faultSortedKeys(i.paused) {
+		if slices.ContainsFunc(seen, func(c container.Summary) bool { return c.ID == id }) {
+			continue
+		}
+		c, err := i.cli.ContainerInspect(ctx, id)
+		if cerrdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			t.Errorf("inspecting container %s: %v", id, err)
+			continue
+		}
+		left = append(left, fmt.Sprintf("container %s %s of the paused run", id[:12], c.Name))
 	}
 	return left
 }
@@ -898,6 +950,14 @@ func (i *faultInstance) checkConverged(t *testing.T, w *faultWorkspace) {
 	if i.paused[attrs["container_id"]] {
 		t.Errorf("container %s is the one the killed run made: the recovering run must remove it and create anew", attrs["container_id"])
 	}
+	if left := i.pausedContainersLeft(t, cs); len(left) > 0 {
+		t.Errorf("after recovery: %s", strings.Join(left, "; "))
+	}
+	if i.pool != nil {
+		if _, err := idleMembers(t, i.pool.name, i.pool.size); err != nil {
+			t.Errorf("the pool after recovery: %v", err)
+		}
+	}
 	mounted := map[string]bool{}
 	for _, c := range cs {
 		for _, m := range c.Mounts {
@@ -923,6 +983,12 @@ func runFaultCase(t *testing.T, providerDir string, c faultCase) {
 		testAccPreCheck(t)
 	}
 	i := newFaultInstance(t, c.backend)
+	if c.pool {
+		p := newWarmPool(t, 1)
+		i.pool = &p
+		i.clusterInstance = p.claiming(i.clusterInstance)
+		t.Cleanup(func() { sweepPool(t, p) })
+	}
 	t.Cleanup(func() { i.sweep(t) }) // last: after the processes are gone
 	w := newFaultWorkspace(t, providerDir, i.config(), "DEBUG")
 	t.Logf("instance %s, workspace %s", i.name, w.dir)
@@ -977,6 +1043,15 @@ func runFaultCase(t *testing.T, providerDir string, c faultCase) {
 		t.Logf("left by the killed run: %s", strings.Join(left, "; "))
 	}
 
+	if i.pool != nil {
+		// The replacement member the killed claim added is the pool's to
+		// refill once its lease runs out; the recovering apply's refresh
+		// must see that, or it leaves the pool short (refilled later).
+		if !faultWaitUntil(time.Minute, func() bool { n, err := liveWarming(i.pool.name); return err == nil && n == 0 }) {
+			t.Fatalf("pool %s: a warming member's lease still runs after a minute", i.pool.name)
+		}
+	}
+
 	// 2. A plain apply converges: waits out the lease, takes over, creates.
 	rec, err := w.run("recover-apply", faultRunLimit, nil, faultApply...)
 	if err != nil {
@@ -997,6 +1072,11 @@ func runFaultCase(t *testing.T, providerDir string, c faultCase) {
 	t.Logf("destroy took %s", d.elapsed.Round(time.Millisecond))
 	if left := i.leftovers(t); len(left) > 0 {
 		t.Errorf("after destroy: %s", strings.Join(left, "; "))
+	}
+	if i.pool != nil {
+		if err := checkPoolGone(t, *i.pool, nil)(nil); err != nil {
+			t.Errorf("after destroy: %v", err)
+		}
 	}
 }
 
@@ -1383,5 +1463,61 @@ func TestAccFault_rotationKilledAfterAlter(t *testing.T) {
 	}
 	if n, err := metaRows(i.name); err != nil || n != 0 {
 		t.Fatalf("after destroy: %d rows (%v)", n, err)
+	}
+}
+
+// TestAccFault_dockerPoolClaimKill: the provider killed (SIGKILL) or stopped
+// (SIGTERM) right after a create claimed a warm container (the meta DB row
+// records the claim; the container still has its pool name and bootstrap
+// role). The next apply removes the claimed container by the claim's proof,
+// creates the instance anew, and refills the pool.
+func TestAccFault_dockerPoolClaimKill(t *testing.T) {
+	faultAccPreCheck(t, dockerEnv...)
+	cases := faultCases("docker", pointPoolClaimed)
+	for k := range cases {
+		cases[k].pool = true
+	}
+	runFaultCases(t, cases)
+}
+
+// liveWarming counts the pool's warming members whose maker may be alive.
+func liveWarming(pool string) (int, error) {
+	var n int
+	err := withConn(metaDB(), func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT count(*) FROM postgraas_pool_member
+			WHERE pool = $1 AND state = 'warming' AND lease_expires_at > now()`, pool).Scan(&n)
+	})
+	return n, err
+}
+
+// sweepPool removes what a failed case left of a pool: its rows and the
+// containers labelled as its.
+func sweepPool(t *testing.T, p warmPool) {
+	var swept []string
+	if err := withConn(metaDB(), func(ctx context.Context, c *pgx.Conn) error {
+		tag, err := c.Exec(ctx, `DELETE FROM postgraas_pool_member WHERE pool = $1`, p.name)
+		if err == nil && tag.RowsAffected() > 0 {
+			swept = append(swept, fmt.Sprintf("%d pool member rows", tag.RowsAffected()))
+		}
+		if err == nil {
+			_, err = c.Exec(ctx, `DELETE FROM postgraas_warm_pool WHERE name = $1`, p.name)
+		}
+		return err
+	}); err != nil {
+		t.Logf("sweep: meta DB: %v", err)
+	}
+	cs, err := poolContainers(t, p.name)
+	if err != nil {
+		t.Logf("sweep: %v", err)
+	}
+	ctx, cancel := dockerCtx()
+	defer cancel()
+	for id := range cs {
+		if err := dockerClient(t).ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true}); err == nil {
+			swept = append(swept, "pool container "+id[:12])
+		}
+	}
+	if len(swept) > 0 {
+		t.Logf("sweep after the test removed: %s", strings.Join(swept, ", "))
 	}
 }
