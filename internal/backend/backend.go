@@ -372,6 +372,10 @@ func (e *SessionsError) Error() string {
 // ownership proof (someone else's now), so nothing was done to them.
 var ErrNotOurs = errors.New("the instance's objects are gone or do not carry its ownership proof")
 
+// ErrPoolContainerUnusable: a claimed warm pool container is gone or not
+// running (removed or stopped outside the provider); the create goes cold.
+var ErrPoolContainerUnusable = errors.New("the claimed warm pool container is gone or not running")
+
 // ErrNotRunning: the instance's server is not running (a stopped
 // container), so nothing can be done inside it.
 var ErrNotRunning = errors.New("the instance's server is not running")

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+	dockerclient "github.com/docker/docker/client"
+
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/docker"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
@@ -346,4 +349,75 @@ func TestPoolShrinks(t *testing.T) {
 	if err != nil || p.Size != 1 || p.Idle != 1 || p.Warming != 0 {
 		t.Fatalf("pool status: %+v %v", p, err)
 	}
+}
+
+// A warm container removed or stopped outside the provider is not a dead
+// end: the create that claims it removes it (by the claim's proof), forgets
+// the claim and creates cold; the claim's replacement keeps the pool full.
+func TestPoolUnusableContainerGoesCold(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"removed", "stopped"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			s, d := poolService(t)
+			pool := uniq("p")
+			ctx := testCtx(t)
+			fillPool(t, s, pool, 1)
+			ms, err := s.Store().Members(ctx, pool)
+			if err != nil || len(ms) != 1 {
+				t.Fatalf("members: %+v %v", ms, err)
+			}
+			spoilt := ms[0].ContainerID
+			if how == "removed" {
+				err = d.RemovePoolContainer(ctx, spoilt, poolMember(ms[0]))
+			} else {
+				err = stopContainer(ctx, spoilt)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, _, err := s.Create(ctx, Request{Name: uniq("pu"), DBName: "app", Username: "app", Password: "pw", Backend: backend.KindDocker})
+			t.Cleanup(func() {
+				cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if rec.ID != 0 {
+					_ = s.Delete(cctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw"}, true)
+				}
+				_ = destroyPool(cctx, s, pool)
+			})
+			if err != nil {
+				t.Fatalf("create: %v", err)
+			}
+			if rec.PoolMember != 0 || rec.ContainerID == spoilt || rec.ContainerID == "" {
+				t.Fatalf("row after the create: container %s, pool member %d", rec.ContainerID, rec.PoolMember)
+			}
+			row, err := s.Store().Get(ctx, rec.ID)
+			if err != nil || row.PoolMember != 0 || row.PoolProof != "" || row.ContainerID != rec.ContainerID {
+				t.Fatalf("stored row: %+v %v", row, err)
+			}
+			if got, err := d.PoolContainer(ctx, poolMember(ms[0])); err != nil || got != "" {
+				t.Fatalf("the spoilt container after the create: %q %v", got, err)
+			}
+			tg := pgsql.Target{Host: "127.0.0.1", Port: rec.Port, Database: "app", User: "app", Password: "pw", SSLMode: "disable"}
+			c, err := tg.ConnectOnce(ctx)
+			if err != nil {
+				t.Fatalf("login: %v", err)
+			}
+			c.Close(ctx)
+			p, err := s.PoolStatus(ctx, pool)
+			if err != nil || p.Idle != 1 {
+				t.Fatalf("pool after the create: %+v %v", p, err)
+			}
+		})
+	}
+}
+
+// stopContainer stops a container as someone outside the provider would.
+func stopContainer(ctx context.Context, id string) error {
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	return cli.ContainerStop(ctx, id, container.StopOptions{})
 }

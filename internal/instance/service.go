@@ -249,6 +249,9 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 			}()
 		}
 		created, err = pooled.ClaimPool(cctx, claimed.Member.ContainerID, spec)
+		if errors.Is(err, backend.ErrPoolContainerUnusable) {
+			created, err = s.unclaimAndGoCold(cctx, b, &want, spec, lease)
+		}
 	default:
 		created, err = b.Create(cctx, spec)
 	}
@@ -282,6 +285,21 @@ func (s *Service) claimWarm(ctx context.Context, pb backend.Pooled, want *metadb
 	}
 	want.ContainerID, want.PoolMember, want.PoolProof = cl.Member.ContainerID, cl.Member.ID, cl.Member.Proof()
 	return cl, nil
+}
+
+// unclaimAndGoCold removes a claimed warm container that is gone or
+// stopped (by the claim's proof), forgets the claim and creates cold.
+func (s *Service) unclaimAndGoCold(ctx context.Context, b backend.Backend, want *metadb.Record, spec backend.Spec, lease metadb.Lease) (backend.Created, error) {
+	tflog.Warn(ctx, "the claimed warm pool container is gone or stopped; creating without it",
+		map[string]any{"name": want.Name, "container_id": want.ContainerID})
+	if err := b.Purge(ctx, InstanceOf(*want)); err != nil {
+		return backend.Created{}, fmt.Errorf("removing the unusable warm pool container: %w", err)
+	}
+	if err := s.store.Unclaim(ctx, want.ID, want.Token, lease); err != nil {
+		return backend.Created{}, err
+	}
+	want.ContainerID, want.PoolMember, want.PoolProof = "", 0, ""
+	return b.Create(ctx, spec)
 }
 
 // memberStartTimeout bounds making and starting a pool container.

@@ -244,6 +244,26 @@ func (s *Store) ClaimMember(ctx context.Context, id int64, token, image, replace
 	return out, nil
 }
 
+// Unclaim forgets the claim of the creating row id, which lease.Owner
+// holds with token, after its claimed container turned out unusable and
+// was removed: the create goes on cold. ErrLeaseLost when the row is no
+// longer this run's.
+func (s *Store) Unclaim(ctx context.Context, id int64, token string, lease Lease) error {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return err
+	}
+	tag, err := pool.Exec(ctx, `UPDATE db_instance SET container_id = NULL, pool_member = NULL, pool_proof = NULL
+		WHERE id = $1 AND lease_owner = $2 AND owner_token = $3 AND state = 'creating'`, id, lease.Owner, token)
+	if err != nil {
+		return fmt.Errorf("forgetting the warm container claim of meta DB row %d: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("forgetting the warm container claim of meta DB row %d: %w", id, ErrLeaseLost)
+	}
+	return nil
+}
+
 // StartPoolRemoval marks a pool and all its members as being removed and
 // returns the members, whose containers the caller removes by their pool
 // proof before DeleteMember and finally DeletePool. Claims that hold the

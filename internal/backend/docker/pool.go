@@ -221,8 +221,14 @@ func (b *Backend) ClaimPool(ctx context.Context, id string, spec backend.Spec) (
 		return backend.Created{}, err
 	}
 	c, err := b.cli.ContainerInspect(ctx, id)
+	if cerrdefs.IsNotFound(err) {
+		return backend.Created{}, backend.ErrPoolContainerUnusable
+	}
 	if err != nil {
 		return backend.Created{}, fmt.Errorf("inspecting the claimed pool container: %w", err)
+	}
+	if c.State == nil || !c.State.Running || c.State.Restarting {
+		return backend.Created{}, backend.ErrPoolContainerUnusable
 	}
 	if c.Name != "/"+spec.Name {
 		if err := b.cli.ContainerRename(ctx, id, spec.Name); err != nil {
