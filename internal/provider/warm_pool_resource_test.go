@@ -483,3 +483,63 @@ func TestAccWarmPool_dockerNameTakenAndResize(t *testing.T) {
 		},
 	})
 }
+
+// A write-only password works on a claimed container as on a cold one: the
+// claim sets its verifier, it is in neither plan nor state, a new version
+// rotates it, and destroy proves it by the verifier in private state.
+func TestAccWarmPool_dockerWriteOnlyPassword(t *testing.T) {
+	testAccPreCheck(t, dockerEnv...)
+	p := newWarmPool(t, 1)
+	i := p.claiming(newDockerInstance("wo"))
+	i.password = "wo-1'@:/" + randomName("p")
+	i.woVersion = 1
+	v2 := i
+	v2.password = "wo-2\\\"" + randomName("p")
+	v2.woVersion = 2
+	secrets := []string{i.password, v2.password}
+	claimed := map[string]string{}
+	resource.ParallelTest(t, resource.TestCase{
+		PreCheck:                 func() { testAccPreCheck(t, dockerEnv...) },
+		ProtoV6ProviderFactories: testAccProviders,
+		CheckDestroy:             checkPoolGone(t, p, claimed, &i),
+		Steps: []resource.TestStep{
+			{
+				Config:            dockerConfig("", i) + p.hcl(),
+				ConfigStateChecks: []statecheck.StateCheck{noSecretInState{secrets}},
+				Check: func(s *terraform.State) error {
+					attrs := s.RootModule().Resources[i.address()].Primary.Attributes
+					ctx, cancel := dockerCtx()
+					defer cancel()
+					c, err := dockerClient(t).ContainerInspect(ctx, attrs["container_id"])
+					if err != nil {
+						return err
+					}
+					if c.Config.Labels[docker.LabelPoolMember] == "" {
+						return fmt.Errorf("the instance did not claim the warm container: labels %v", c.Config.Labels)
+					}
+					claimed[i.name] = c.ID
+					target, err := dockerTenant(s, &i, i.password)
+					if err != nil {
+						return err
+					}
+					return writeAndRead(target)
+				},
+			},
+			{
+				Config:            dockerConfig("", v2) + p.hcl(),
+				ConfigStateChecks: []statecheck.StateCheck{noSecretInState{secrets}},
+				Check: func(s *terraform.State) error {
+					old, err := dockerTenant(s, &i, i.password)
+					if err != nil {
+						return err
+					}
+					if err := loginFails(old, pgsql.CodeInvalidPassword); err != nil {
+						return fmt.Errorf("version 1 after the rotation: %w", err)
+					}
+					current, _ := dockerTenant(s, &i, v2.password)
+					return writeAndRead(current)
+				},
+			},
+		},
+	})
+}
