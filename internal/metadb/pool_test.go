@@ -133,7 +133,7 @@ func TestPoolClaimSkipsLocked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback(context.Background())
+	defer func() { _ = tx.Rollback(context.Background()) }()
 	if _, err := tx.Exec(c, `SELECT 1 FROM postgraas_pool_member WHERE id = $1 FOR UPDATE`, warm[0].ID); err != nil {
 		t.Fatal(err)
 	}

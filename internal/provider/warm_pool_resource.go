@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
+	"github.com/hashicorp/terraform-plugin-framework/tfsdk"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/hashicorp/terraform-plugin-log/tflog"
 
@@ -202,29 +203,37 @@ func fromPool(m *warmPoolResourceModel, p metadb.PoolInfo) {
 }
 
 func (r *warmPoolResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
-	if r.client == nil {
-		notConfigured(&resp.Diagnostics)
-		return
-	}
-	var plan warmPoolResourceModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	timeout, diags := plan.Timeouts.Create(ctx, defaultPoolCreateTimeout)
-	resp.Diagnostics.Append(diags...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
 	// A pool of that name recorded already (another pipeline's, or one a
 	// lost state left) is taken over and set to this size and image: a
 	// pool holds no data, and its idle containers serve this configuration
 	// as well as theirs.
-	r.ensure(ctx, &plan, "create", opLimit{"timeouts.create", timeout}, &resp.Diagnostics)
-	if resp.Diagnostics.HasError() {
+	r.apply(ctx, req.Plan, &resp.State, &resp.Diagnostics, "create", func(m warmPoolResourceModel) (time.Duration, diag.Diagnostics) {
+		return m.Timeouts.Create(ctx, defaultPoolCreateTimeout)
+	})
+}
+
+// apply is Create and Update: the plan applied, read back into state.
+func (r *warmPoolResource) apply(ctx context.Context, planned tfsdk.Plan, state *tfsdk.State, diags *diag.Diagnostics, action string,
+	timeout func(warmPoolResourceModel) (time.Duration, diag.Diagnostics)) {
+	if r.client == nil {
+		notConfigured(diags)
 		return
 	}
-	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
+	var plan warmPoolResourceModel
+	diags.Append(planned.Get(ctx, &plan)...)
+	if diags.HasError() {
+		return
+	}
+	d, tdiags := timeout(plan)
+	diags.Append(tdiags...)
+	if diags.HasError() {
+		return
+	}
+	r.ensure(ctx, &plan, action, opLimit{"timeouts." + action, d}, diags)
+	if diags.HasError() {
+		return
+	}
+	diags.Append(state.Set(ctx, &plan)...)
 }
 
 func (r *warmPoolResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
@@ -267,25 +276,9 @@ func (r *warmPoolResource) Read(ctx context.Context, req resource.ReadRequest, r
 }
 
 func (r *warmPoolResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	if r.client == nil {
-		notConfigured(&resp.Diagnostics)
-		return
-	}
-	var plan warmPoolResourceModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	timeout, diags := plan.Timeouts.Update(ctx, defaultPoolUpdateTimeout)
-	resp.Diagnostics.Append(diags...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	r.ensure(ctx, &plan, "update", opLimit{"timeouts.update", timeout}, &resp.Diagnostics)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
+	r.apply(ctx, req.Plan, &resp.State, &resp.Diagnostics, "update", func(m warmPoolResourceModel) (time.Duration, diag.Diagnostics) {
+		return m.Timeouts.Update(ctx, defaultPoolUpdateTimeout)
+	})
 }
 
 func (r *warmPoolResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

@@ -62,6 +62,12 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 	if err != nil {
 		return backend.Created{}, b.failedStart(ctx, spec.Name, id, err)
 	}
+	return b.createdOf(spec, id, img, port, ssl), nil
+}
+
+// createdOf is what a create (cold or claimed) of spec made: container id
+// of image img, ready on the published port, its TLS as ssl reported.
+func (b *Backend) createdOf(spec backend.Spec, id, img string, port int, ssl string) backend.Created {
 	return backend.Created{
 		Host:        b.cfg.AdvertisedHost,
 		Port:        port,
@@ -69,7 +75,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Create
 		ContainerID: id,
 		Image:       img,
 		SSLMode:     backend.SSLModeFor(ssl),
-	}, nil
+	}
 }
 
 func containerConflict(name string) error {

@@ -278,12 +278,5 @@ func (b *Backend) ClaimPool(ctx context.Context, id string, spec backend.Spec) (
 	if l := c.Config.Labels[LabelImage]; l != "" {
 		img = l
 	}
-	return backend.Created{
-		Host:        b.cfg.AdvertisedHost,
-		Port:        port,
-		Username:    spec.Username,
-		ContainerID: id,
-		Image:       img,
-		SSLMode:     backend.SSLModeFor(ssl),
-	}, nil
+	return b.createdOf(spec, id, img, port, ssl), nil
 }
