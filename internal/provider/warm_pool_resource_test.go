@@ -394,10 +394,10 @@ func TestAccWarmPool_dockerNameTakenAndResize(t *testing.T) {
 	testAccPreCheck(t, dockerEnv...)
 	p := newWarmPool(t, 1)
 	i := p.claiming(newDockerInstance("taken"))
-	ctx, cancel := dockerCtx()
-	defer cancel()
 	cli := dockerClient(t)
+	ctx, cancel := dockerCtx()
 	foreign, err := cli.ContainerCreate(ctx, &container.Config{Image: p.image}, nil, nil, nil, i.name)
+	cancel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,9 +437,14 @@ func TestAccWarmPool_dockerNameTakenAndResize(t *testing.T) {
 					if !slices.Equal(now, warm) {
 						return fmt.Errorf("idle containers %v after the refused create, want the same %v", now, warm)
 					}
+					ctx, cancel := dockerCtx()
+					defer cancel()
 					c, err := cli.ContainerInspect(ctx, foreign.ID)
-					if err != nil || c.Name != "/"+i.name {
-						return fmt.Errorf("the foreign container: %v %v", c.Name, err)
+					if err != nil {
+						return fmt.Errorf("the foreign container: %w", err)
+					}
+					if c.Name != "/"+i.name {
+						return fmt.Errorf("the foreign container is named %s now", c.Name)
 					}
 					return nil
 				},
