@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-log/tflog"
@@ -21,20 +19,6 @@ const (
 	DefaultReapLimit  = 5
 	DefaultReapBudget = 30 * time.Second
 )
-
-// ReapLimitFromEnv reads POSTGRAAS_REAP_LIMIT: how many expired instances
-// one run removes at most; 0 turns reaping off. Unset: DefaultReapLimit.
-func ReapLimitFromEnv() (int, error) {
-	v := os.Getenv("POSTGRAAS_REAP_LIMIT")
-	if v == "" {
-		return DefaultReapLimit, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > MaxReapLimit {
-		return 0, fmt.Errorf("POSTGRAAS_REAP_LIMIT=%q is not a whole number from 0 to %d", v, MaxReapLimit)
-	}
-	return n, nil
-}
 
 // MaxReapLimit bounds the limit, so that a typo cannot make one run spend
 // its time reaping.
@@ -69,6 +53,9 @@ func (e *ReapFailedError) Unwrap() error { return e.Err }
 
 // Expired lists the instances a reap would remove now, at most limit.
 func (s *Service) Expired(ctx context.Context, limit int) ([]Reaped, error) {
+	if there, err := s.store.Exists(ctx); err != nil || !there {
+		return nil, err
+	}
 	recs, err := s.store.Expired(ctx, limit)
 	out := make([]Reaped, 0, len(recs))
 	for _, r := range recs {
@@ -108,6 +95,14 @@ func (s *Service) Reap(ctx context.Context, limit int, budget time.Duration) ([]
 	}
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
+	// The common case, nothing expired, costs one query (an index probe)
+	// and takes no lock; a meta DB that is not there yet is not made.
+	if there, err := s.store.Exists(ctx); err != nil || !there {
+		return nil, err
+	}
+	if recs, err := s.store.Expired(ctx, 1); err != nil || len(recs) == 0 {
+		return nil, err
+	}
 	unlock, ok, err := s.store.LockReaping(ctx)
 	if err != nil || !ok {
 		if !ok && err == nil {

@@ -122,6 +122,7 @@ type Store struct {
 	// use; check answers Check until then.
 	locate   func(context.Context) (pgsql.Target, error)
 	check    func(context.Context) error
+	found    func(context.Context) (bool, error)
 	maxConns int32
 
 	// migrating is one migration attempt shared by every caller that
@@ -156,10 +157,24 @@ func NewOnPool(pool *pgsql.Pool) *Store {
 // NewLocated returns a store whose meta DB is found on first use by
 // locate, which may make it (a container of its own), with at most
 // maxConns connections. Until then, Check calls check, which must not
-// make anything. Several callers arriving at once share one locate, and a
-// failed one is tried again by the next use.
-func NewLocated(locate func(context.Context) (pgsql.Target, error), check func(context.Context) error, maxConns int32) *Store {
-	return &Store{locate: locate, check: check, maxConns: defaultMaxConns(maxConns)}
+// make anything. found reports, without making or starting anything,
+// whether the meta DB is there to use (see Exists). Several callers
+// arriving at once share one locate, and a failed one is tried again by
+// the next use.
+func NewLocated(locate func(context.Context) (pgsql.Target, error), check func(context.Context) error,
+	found func(context.Context) (bool, error), maxConns int32) *Store {
+	return &Store{locate: locate, check: check, found: found, maxConns: defaultMaxConns(maxConns)}
+}
+
+// Exists reports whether the meta DB can be used without making it: always
+// for a meta DB server (using it may still fail), and for a located one
+// once found or when found says it is there. What only reads or cleans up
+// (the reaper) asks first, so that it never makes a meta DB.
+func (s *Store) Exists(ctx context.Context) (bool, error) {
+	if s.pool.Load() != nil || s.found == nil {
+		return true, nil
+	}
+	return s.found(ctx)
 }
 
 // Pool is the store's connection pool; nil while a located store has not
