@@ -12,9 +12,19 @@ import (
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
-// These tests reap the whole meta DB they run against: they are not
-// parallel, so that no other test of this package has an expired instance
-// of its own at the time. Their assertions name their own instances only.
+// These tests reap the whole meta DB they run against, and every provider
+// run reaps the meta DB it uses: each test gets a meta DB database of its
+// own (freshMeta), so that what it counts is what its own reaps did.
+
+// freshMeta creates an empty meta DB database owned by the meta DB login.
+func freshMeta(t *testing.T) pgsql.Target {
+	t.Helper()
+	meta := target(t, "POSTGRAAS_METADB", "_DB_NAME")
+	meta.Database = uniq("postgraas_reap")
+	admin(t, "CREATE DATABASE "+pgsql.QuoteIdent(meta.Database)+" OWNER "+pgsql.QuoteIdent(meta.User))
+	t.Cleanup(func() { admin(t, "DROP DATABASE IF EXISTS "+pgsql.QuoteIdent(meta.Database)+" WITH (FORCE)") })
+	return meta
+}
 
 // waitExpired polls until every named row is expired by the meta DB's clock.
 func waitExpired(t *testing.T, s *Service, names ...string) {
@@ -68,7 +78,9 @@ func clusterObjectsExist(t *testing.T, name string) (role, db bool) {
 // same listed rows racing without the lock (the destroy claim lets one
 // remove each). Instances without expiry, or expiring later, are untouched.
 func TestReapConcurrently(t *testing.T) {
-	s := newService(t, LeaseConfig{})
+	t.Parallel()
+	meta := freshMeta(t)
+	s := newServiceOn(t, meta, LeaseConfig{})
 	ctx := testCtx(t)
 	var expiring, kept []string
 	for range 4 {
@@ -107,7 +119,7 @@ func TestReapConcurrently(t *testing.T) {
 	var mu sync.Mutex
 	count := map[string]int{}
 	for range runs {
-		other := newService(t, LeaseConfig{})
+		other := newServiceOn(t, meta, LeaseConfig{})
 		for _, rec := range listed {
 			wg.Add(1)
 			go func() {
@@ -127,7 +139,7 @@ func TestReapConcurrently(t *testing.T) {
 	wg.Wait()
 	// The other two by whole reaps at once.
 	for range runs {
-		other := newService(t, LeaseConfig{})
+		other := newServiceOn(t, meta, LeaseConfig{})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -167,7 +179,9 @@ func TestReapConcurrently(t *testing.T) {
 // Expiry is the owner's consent: an expired instance with a live session
 // is removed all the same, the session terminated, without its password.
 func TestReapTerminatesSessions(t *testing.T) {
-	s := newService(t, LeaseConfig{})
+	t.Parallel()
+	meta := freshMeta(t)
+	s := newServiceOn(t, meta, LeaseConfig{})
 	ctx := testCtx(t)
 	n := uniq("reaps")
 	cleanupName(t, s, n)
@@ -203,7 +217,9 @@ func TestReapTerminatesSessions(t *testing.T) {
 // provider older than proofs are never reaped, whatever their expires_at
 // says; nor is an instance whose objects do not carry its proof.
 func TestReapNeverTouchesUnproven(t *testing.T) {
-	s := newService(t, LeaseConfig{})
+	t.Parallel()
+	meta := freshMeta(t)
+	s := newServiceOn(t, meta, LeaseConfig{})
 	ctx := testCtx(t)
 	legacy, old := uniq("legacy"), uniq("old")
 	for _, n := range []string{legacy, old} {
@@ -211,12 +227,12 @@ func TestReapNeverTouchesUnproven(t *testing.T) {
 		admin(t, "CREATE ROLE "+pgsql.QuoteIdent(n+"_u")+" LOGIN PASSWORD 'pw'",
 			"CREATE DATABASE "+pgsql.QuoteIdent(n+"_db")+" OWNER "+pgsql.QuoteIdent(n+"_u"))
 	}
-	store := metadb.New(target(t, "POSTGRAAS_METADB", "_DB_NAME"), 1)
+	store := metadb.New(meta, 1)
 	defer store.Close()
 	if err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c, err := target(t, "POSTGRAAS_METADB", "_DB_NAME").Connect(ctx)
+	c, err := meta.Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +286,9 @@ func TestReapNeverTouchesUnproven(t *testing.T) {
 // An owner that moves the expiry after the reaper listed the row wins: the
 // claimed row is no longer expired and is released untouched.
 func TestReapSkipsARowExtendedMeanwhile(t *testing.T) {
-	s := newService(t, LeaseConfig{})
+	t.Parallel()
+	meta := freshMeta(t)
+	s := newServiceOn(t, meta, LeaseConfig{})
 	ctx := testCtx(t)
 	n := uniq("ext")
 	cleanupName(t, s, n)
