@@ -56,7 +56,7 @@ func (s *Service) Expired(ctx context.Context, limit int) ([]Reaped, error) {
 	if there, err := s.store.Exists(ctx); err != nil || !there {
 		return nil, err
 	}
-	recs, err := s.store.Expired(ctx, limit)
+	recs, err := s.store.Expired(ctx, limit, s.kinds())
 	out := make([]Reaped, 0, len(recs))
 	for _, r := range recs {
 		out = append(out, reapedOf(r))
@@ -100,7 +100,7 @@ func (s *Service) Reap(ctx context.Context, limit int, budget time.Duration) ([]
 	if there, err := s.store.Exists(ctx); err != nil || !there {
 		return nil, err
 	}
-	if recs, err := s.store.Expired(ctx, 1); err != nil || len(recs) == 0 {
+	if recs, err := s.store.Expired(ctx, 1, s.kinds()); err != nil || len(recs) == 0 {
 		return nil, err
 	}
 	unlock, ok, err := s.store.LockReaping(ctx)
@@ -111,7 +111,7 @@ func (s *Service) Reap(ctx context.Context, limit int, budget time.Duration) ([]
 		return nil, err
 	}
 	defer unlock()
-	recs, err := s.store.Expired(ctx, limit)
+	recs, err := s.store.Expired(ctx, limit, s.kinds())
 	if err != nil {
 		return nil, err
 	}
@@ -174,4 +174,13 @@ func (s *Service) SetMeta(ctx context.Context, rec metadb.Record, labels map[str
 		return rec, &BusyError{Record: rec, Doing: "destroyed, reaped or re-created"}
 	}
 	return out, err
+}
+
+// kinds are the backends this service has: the only ones it can reap on.
+func (s *Service) kinds() []string {
+	kinds := make([]string, 0, len(s.backends))
+	for k := range s.backends {
+		kinds = append(kinds, k)
+	}
+	return kinds
 }

@@ -359,3 +359,37 @@ func TestReapCostWhenNothingExpired(t *testing.T) {
 		"first connect and schema check (paid by any first use of the meta DB), then %s for the reap", warm, rounds,
 		connect, time.Since(start))
 }
+
+// Expired rows of a backend this run does not have (a kubernetes instance
+// in a meta DB shared with pg_cluster-only pipelines) are neither errors
+// nor do they use up the limit: the run reaps what it can.
+func TestReapSkipsBackendsItHasNot(t *testing.T) {
+	t.Parallel()
+	meta := freshMeta(t)
+	s := newServiceOn(t, meta, LeaseConfig{})
+	ctx := testCtx(t)
+	lease := metadb.Lease{Owner: "k", TTL: time.Minute}
+	past := time.Now().Add(-time.Hour)
+	for k := range 3 {
+		id, err := s.Store().Reserve(ctx, metadb.Record{Name: uniq("kube"), Backend: "kubernetes", Token: randomHex(32),
+			ExpiresAt: past.Add(-time.Duration(k) * time.Minute)}, lease)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Store().Complete(ctx, id, lease.Owner, metadb.Completion{Host: "h", Port: 5432, Username: "u"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := uniq("mine")
+	cleanupName(t, s, n)
+	req := clusterRequest(n, "pw")
+	req.ExpiresAfter = time.Second
+	if _, _, err := s.Create(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	waitExpired(t, s, n)
+	rs, err := s.Reap(ctx, 1, time.Minute)
+	if err != nil || !slices.Equal(reapedNames(rs), []string{n}) {
+		t.Fatalf("reap with limit 1: %v %v; want [%s]", reapedNames(rs), err, n)
+	}
+}

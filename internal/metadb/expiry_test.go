@@ -153,18 +153,22 @@ func TestLabelsAndExpiry(t *testing.T) {
 		}
 	}
 
-	exp, err := s.Expired(c, 10)
+	pg := []string{"pg_cluster"}
+	if exp, _ := s.Expired(c, 10, []string{"docker"}); len(exp) != 0 {
+		t.Fatalf("rows of a backend the run does not have are listed: %v", names(exp))
+	}
+	exp, err := s.Expired(c, 10, pg)
 	if err != nil || !reflect.DeepEqual(names(exp), []string{"b"}) {
 		t.Fatalf("Expired = %v, %v; want [b]", names(exp), err)
 	}
-	if exp, _ := s.Expired(c, 0); len(exp) != 0 {
+	if exp, _ := s.Expired(c, 0, pg); len(exp) != 0 {
 		t.Fatalf("limit 0 listed %v", names(exp))
 	}
 	// Claimed by a destroy: not listed; deleted under another lease: kept.
 	if _, err := s.ClaimDelete(c, b.ID, Lease{Owner: "reaper", TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	if exp, _ := s.Expired(c, 10); len(exp) != 0 {
+	if exp, _ := s.Expired(c, 10, pg); len(exp) != 0 {
 		t.Fatalf("a claimed row is listed: %v", names(exp))
 	}
 	if _, err := s.SetMeta(c, b.ID, "tb", nil, time.Time{}); !errors.Is(err, ErrNotFound) {

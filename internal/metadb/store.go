@@ -674,18 +674,20 @@ func (s *Store) SetMeta(ctx context.Context, id int64, token string, labels map[
 }
 
 // Expired lists at most limit rows the reaper may remove, the longest
-// expired first: ready, with an ownership token (never a legacy row or one
-// written before proofs), expires_at passed by the meta DB's clock, and
-// no destroy holding them. One probe of the partial index on expires_at.
-func (s *Store) Expired(ctx context.Context, limit int) ([]Record, error) {
+// expired first: on one of the backends kinds (a run cannot remove what
+// it has no backend for, and such rows must not use up its limit), ready,
+// with an ownership token (never a legacy row or one written before
+// proofs), expires_at passed by the meta DB's clock, and no destroy holding
+// them. One probe of the partial index on expires_at.
+func (s *Store) Expired(ctx context.Context, limit int, kinds []string) ([]Record, error) {
 	pool, err := s.db(ctx)
 	if err != nil {
 		return nil, err
 	}
 	rows, err := pool.Query(ctx, `SELECT `+selectColumns+` FROM db_instance
-		WHERE expires_at < now() AND state = 'ready' AND owner_token IS NOT NULL
+		WHERE expires_at < now() AND state = 'ready' AND owner_token IS NOT NULL AND backend = ANY($2)
 			AND (lease_owner IS NULL OR lease_expires_at < now())
-		ORDER BY expires_at, id LIMIT $1`, limit)
+		ORDER BY expires_at, id LIMIT $1`, limit, kinds)
 	if err != nil {
 		return nil, fmt.Errorf("looking for expired instances in the meta DB: %w", err)
 	}

@@ -139,7 +139,11 @@ func reapCommand(t *testing.T, bin string, meta pgsql.Target, args ...string) (s
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, append([]string{"reap"}, args...)...)
-	cmd.Env = append(cmd.Environ(), "POSTGRAAS_METADB_DB_NAME="+meta.Database, "TF_LOG=")
+	cmd.Env = append(cmd.Environ(), "POSTGRAAS_METADB_DB_NAME="+meta.Database)
+	if kc := os.Getenv("POSTGRAAS_TEST_KUBECONFIG"); kc != "" {
+		// The kubernetes backend, configured as a CI cleanup job would.
+		cmd.Env = append(cmd.Env, "POSTGRAAS_KUBECONFIG="+kc, "POSTGRAAS_KUBE_NAMESPACE="+kubeNamespace)
+	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -593,6 +597,75 @@ func TestAccExpiry_docker(t *testing.T) {
 					defer cancel()
 					if _, err := dockerClient(t).ContainerInspect(ctx, i.name); !cerrdefs.IsNotFound(err) {
 						t.Fatalf("container %s still there after the reap (%v)", i.name, err)
+					}
+					if n, err := rowsIn(meta, i.name); err != nil || n != 0 {
+						t.Fatalf("%d rows after the reap (%v)", n, err)
+					}
+					if err := session.Ping(context.Background()); err == nil {
+						t.Fatal("the session survived the reap")
+					}
+				},
+				Config:             config,
+				PlanOnly:           true,
+				ExpectNonEmptyPlan: true,
+			},
+		},
+	})
+}
+
+// A kubernetes instance that expired with a session open is removed by
+// the reap command: its objects and row gone, the session cut.
+func TestAccExpiry_kubernetes(t *testing.T) {
+	testAccPreCheck(t, kubeEnv...)
+	meta := freshMetaDB(t)
+	bin := filepath.Join(plainBuild.get(t), "terraform-provider-postgraas")
+	i := newKubeInstance("k")
+	i.extra = `expires_after = "2s"`
+	config := fmt.Sprintf(`provider "postgraas" {
+  backend    = "kubernetes"
+  reap_limit = 0
+  metadb     = { db_name = %s }
+  kubernetes = {
+    kubeconfig = %s
+    image      = %s
+    namespace  = %q
+  }
+}
+`, hclString(meta.Database), hclString(os.Getenv("POSTGRAAS_TEST_KUBECONFIG")), hclString(os.Getenv("POSTGRAAS_TEST_KUBE_IMAGE")),
+		kubeNamespace) + i.hcl()
+	var session *pgx.Conn
+	resource.ParallelTest(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProviders,
+		CheckDestroy:             checkKubeGone(t, &i),
+		Steps: []resource.TestStep{
+			{
+				Config: config,
+				Check: func(s *terraform.State) error {
+					target, err := kubeTenant(s, &i, i.password)
+					if err != nil {
+						return err
+					}
+					session, err = target.Connect(context.Background())
+					return err
+				},
+			},
+			{
+				PreConfig: func() {
+					defer session.Close(context.Background())
+					waitExpired(t, meta, i.name)
+					start := time.Now()
+					out, err := reapCommand(t, bin, meta, "-timeout", "2m")
+					mustDo(t, err)
+					t.Logf("reaping the kubernetes instance with a session open took %s", time.Since(start).Round(time.Millisecond))
+					if got := removedNames(out, "removed"); !slicesEqual(got, []string{i.name}) {
+						t.Fatalf("reap removed %v, want [%s]:\n%s", got, i.name, out)
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					left, err := kubeObjects(ctx, kubeClient(t), i.name)
+					mustDo(t, err)
+					if len(left) > 0 {
+						t.Fatalf("left after the reap: %v", left)
 					}
 					if n, err := rowsIn(meta, i.name); err != nil || n != 0 {
 						t.Fatalf("%d rows after the reap (%v)", n, err)
