@@ -143,7 +143,7 @@ func TestReapConcurrently(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rs, err := other.Reap(ctx, 10, time.Minute)
+			rs, err := other.Reap(ctx, 10, time.Minute, time.Minute)
 			if err != nil {
 				t.Errorf("reap: %v", err)
 			}
@@ -198,7 +198,7 @@ func TestReapTerminatesSessions(t *testing.T) {
 	}
 	defer conn.Close(context.Background())
 	waitExpired(t, s, n)
-	rs, err := s.Reap(ctx, 10, time.Minute)
+	rs, err := s.Reap(ctx, 10, time.Minute, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestReapNeverTouchesUnproven(t *testing.T) {
 		"CREATE DATABASE "+pgsql.QuoteIdent(swapped+"_db")+" OWNER "+pgsql.QuoteIdent(swapped+"_u"))
 	waitExpired(t, s, swapped)
 
-	rs, err := s.Reap(ctx, 100, time.Minute)
+	rs, err := s.Reap(ctx, 100, time.Minute, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +338,7 @@ func TestReapCostWhenNothingExpired(t *testing.T) {
 	const rounds = 200
 	start := time.Now()
 	for range rounds {
-		if rs, err := s.Reap(ctx, 5, time.Minute); err != nil || len(rs) != 0 {
+		if rs, err := s.Reap(ctx, 5, time.Minute, time.Minute); err != nil || len(rs) != 0 {
 			t.Fatalf("reap with nothing expired: %v %v", rs, err)
 		}
 	}
@@ -352,7 +352,7 @@ func TestReapCostWhenNothingExpired(t *testing.T) {
 	}
 	connect := time.Since(start)
 	start = time.Now()
-	if _, err := cold.Reap(ctx, 5, time.Minute); err != nil {
+	if _, err := cold.Reap(ctx, 5, time.Minute, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("reap with nothing expired: %s per call on a connected pool (%d calls); in a new process, %s for the "+
@@ -388,7 +388,7 @@ func TestReapSkipsBackendsItHasNot(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitExpired(t, s, n)
-	rs, err := s.Reap(ctx, 1, time.Minute)
+	rs, err := s.Reap(ctx, 1, time.Minute, time.Minute)
 	if err != nil || !slices.Equal(reapedNames(rs), []string{n}) {
 		t.Fatalf("reap with limit 1: %v %v; want [%s]", reapedNames(rs), err, n)
 	}

@@ -26,7 +26,7 @@ func reapExpired(ctx context.Context, svc *instance.Service, limit int, diags *d
 		return
 	}
 	start := time.Now()
-	reaped, err := svc.Reap(ctx, limit, instance.DefaultReapBudget)
+	reaped, err := svc.Reap(ctx, limit, instance.DefaultReapLookup, instance.DefaultReapBudget)
 	tflog.Debug(ctx, "looked for expired instances", map[string]any{"took": time.Since(start).String(), "removed": len(reaped)})
 	for _, r := range reaped {
 		diags.AddWarning("Expired instance removed",
@@ -103,7 +103,7 @@ func Reap(ctx context.Context, limit int, dryRun bool, budget time.Duration, out
 		}
 		return err
 	}
-	reaped, err := c.svc.Reap(ctx, limit, budget)
+	reaped, err := c.svc.Reap(ctx, limit, budget, budget)
 	for _, r := range reaped {
 		line("removed", r)
 	}
