@@ -406,7 +406,7 @@ func TestAccExpiry_labels(t *testing.T) {
 	}
 	i1.extra = labels("a") + "\n  expires_after = \"1h\""
 	i2.extra = labels("b")
-	i3.extra = `labels = { run = "other" }`
+	i3.extra = `labels = { run = "other" }` + "\n  expires_at = \"2098-06-01T12:00:00+02:00\""
 	dataSources := fmt.Sprintf(`
 data "postgraas_instances" "run" {
   labels     = { run = %[1]s }
@@ -423,6 +423,9 @@ data "postgraas_instances" "none" {
 data "postgraas_instance" "i1" {
   name       = postgraas_instance.i1.name
   depends_on = [postgraas_instance.i1]
+}
+data "postgraas_instance" "i3" {
+  id = postgraas_instance.i3.id
 }
 `, hclString(run))
 	config := clusterConfig(expiryProvider(meta, "0"), i1, i2, i3, i4) + dataSources
@@ -442,18 +445,22 @@ data "postgraas_instance" "i1" {
 				Config: config,
 				Check: resource.ComposeAggregateTestCheckFunc(
 					resource.TestCheckResourceAttr("data.postgraas_instances.run", "instances.#", "2"),
-					resource.TestCheckResourceAttr("data.postgraas_instances.run", "instances.0.name", i1.name),
-					resource.TestCheckResourceAttr("data.postgraas_instances.run", "instances.1.name", i2.name),
-					resource.TestCheckResourceAttr("data.postgraas_instances.run", "instances.1.labels.%", "2"),
-					resource.TestCheckResourceAttr("data.postgraas_instances.run", "instances.1.labels.team", "b"),
-					resource.TestCheckNoResourceAttr("data.postgraas_instances.run", "instances.1.expires_at"),
+					checkListed("data.postgraas_instances.run", i1.name, map[string]string{"labels.%": "2", "labels.team": "a"}),
+					checkListed("data.postgraas_instances.run", i2.name, map[string]string{"labels.%": "2", "labels.team": "b",
+						"labels.run": run, "expires_at": ""}),
 					resource.TestCheckResourceAttr("data.postgraas_instances.team_b", "instances.#", "1"),
 					resource.TestCheckResourceAttr("data.postgraas_instances.team_b", "instances.0.name", i2.name),
 					resource.TestCheckResourceAttr("data.postgraas_instances.none", "instances.#", "0"),
 					resource.TestCheckResourceAttr("data.postgraas_instance.i1", "labels.team", "a"),
+					resource.TestCheckResourceAttr("data.postgraas_instance.i3", "expires_at", "2098-06-01T10:00:00Z"),
 					resource.TestCheckResourceAttrPair("data.postgraas_instance.i1", "expires_at", i1.address(), "expires_at"),
-					resource.TestCheckResourceAttrPair("data.postgraas_instances.run", "instances.0.expires_at", i1.address(), "expires_at"),
+					func(s *terraform.State) error {
+						want := s.RootModule().Resources[i1.address()].Primary.Attributes["expires_at"]
+						return checkListed("data.postgraas_instances.run", i1.name, map[string]string{"expires_at": want})(s)
+					},
 					checkExpiresAfter(&i1, time.Hour),
+					// Set at create: kept as written, shown in UTC by the data source.
+					resource.TestCheckResourceAttr(i3.address(), "expires_at", "2098-06-01T12:00:00+02:00"),
 					resource.TestCheckNoResourceAttr(i4.address(), "labels"),
 					resource.TestCheckNoResourceAttr(i4.address(), "expires_at"),
 					func(s *terraform.State) error {
@@ -474,7 +481,7 @@ data "postgraas_instance" "i1" {
 					resource.TestCheckResourceAttr(i1.address(), "labels.team", "c"),
 					resource.TestCheckResourceAttr(i1.address(), "expires_at", "2099-01-01T00:00:00Z"),
 					resource.TestCheckResourceAttr(i2.address(), "expires_at", "2099-01-01T00:00:00+01:00"),
-					resource.TestCheckResourceAttr("data.postgraas_instances.run", "instances.1.expires_at", "2098-12-31T23:00:00Z"),
+					checkListed("data.postgraas_instances.run", i2.name, map[string]string{"expires_at": "2098-12-31T23:00:00Z"}),
 					resource.TestCheckResourceAttr("data.postgraas_instances.team_b", "instances.#", "1"),
 					resource.TestCheckResourceAttr("data.postgraas_instance.i1", "labels.team", "c"),
 					func(*terraform.State) error { return checkClusterIntact(meta, &i1, &i2) },
@@ -508,6 +515,31 @@ data "postgraas_instance" "i1" {
 			},
 		},
 	})
+}
+
+// checkListed checks attributes of the element of a postgraas_instances
+// data source's list that is named name ("" for an attribute that must be
+// absent), whatever its place in the list.
+func checkListed(ds, name string, want map[string]string) resource.TestCheckFunc {
+	return func(s *terraform.State) error {
+		rs, ok := s.RootModule().Resources[ds]
+		if !ok {
+			return fmt.Errorf("%s not in state", ds)
+		}
+		attrs := rs.Primary.Attributes
+		for k := 0; attrs[fmt.Sprintf("instances.%d.name", k)] != ""; k++ {
+			if attrs[fmt.Sprintf("instances.%d.name", k)] != name {
+				continue
+			}
+			for a, v := range want {
+				if got := attrs[fmt.Sprintf("instances.%d.%s", k, a)]; got != v {
+					return fmt.Errorf("%s: %s of %s is %q, want %q", ds, a, name, got, v)
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("%s does not list %s", ds, name)
+	}
 }
 
 func i1WithoutExtra(i clusterInstance) clusterInstance {
