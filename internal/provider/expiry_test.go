@@ -449,7 +449,7 @@ data "postgraas_instance" "i3" {
 					checkListed("data.postgraas_instances.run", i2.name, map[string]string{"labels.%": "2", "labels.team": "b",
 						"labels.run": run, "expires_at": ""}),
 					resource.TestCheckResourceAttr("data.postgraas_instances.team_b", "instances.#", "1"),
-					resource.TestCheckResourceAttr("data.postgraas_instances.team_b", "instances.0.name", i2.name),
+					checkListed("data.postgraas_instances.team_b", i2.name, map[string]string{"labels.team": "b"}),
 					resource.TestCheckResourceAttr("data.postgraas_instances.none", "instances.#", "0"),
 					resource.TestCheckResourceAttr("data.postgraas_instance.i1", "labels.team", "a"),
 					resource.TestCheckResourceAttr("data.postgraas_instance.i3", "expires_at", "2098-06-01T10:00:00Z"),
