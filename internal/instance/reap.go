@@ -18,11 +18,12 @@ import (
 const (
 	DefaultReapLimit  = 5
 	DefaultReapBudget = 30 * time.Second
-	// DefaultReapLookup bounds a run's look for expired instances, its
-	// first connection to the meta DB included (about 0.1 s on a loaded
-	// machine): a meta DB that does not answer, or answers slowly, delays
-	// the run by no more, and its reaping is left to a later run.
-	DefaultReapLookup = time.Second
+	// MaxReapLookup bounds a run's look for expired instances, its first
+	// connection to the meta DB included (about 0.1 s on a loaded machine;
+	// the provider gives it its connect_timeout, at most this): a meta DB
+	// that does not answer delays the run by no more, and its reaping is
+	// left to a later run.
+	MaxReapLookup = 5 * time.Second
 )
 
 // MaxReapLimit bounds the limit, so that a typo cannot make one run spend

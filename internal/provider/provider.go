@@ -347,7 +347,7 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 	if c == nil {
 		return
 	}
-	reapExpired(ctx, c.svc, settings.reapLimit, &resp.Diagnostics)
+	reapExpired(ctx, c.svc, settings.reapLimit, settings.connectTimeout, &resp.Diagnostics)
 	resp.ResourceData = c
 	resp.DataSourceData = c
 	resp.EphemeralResourceData = c

@@ -21,12 +21,16 @@ import (
 // removed is a warning too (the next run tries again), and a meta DB that
 // cannot be reached is only logged, since every operation that needs it
 // reports that itself (and a configuration may create its meta DB).
-func reapExpired(ctx context.Context, svc *instance.Service, limit int, diags *diag.Diagnostics) {
+func reapExpired(ctx context.Context, svc *instance.Service, limit int, connectTimeout time.Duration, diags *diag.Diagnostics) {
 	if limit <= 0 {
 		return
 	}
 	start := time.Now()
-	reaped, err := svc.Reap(ctx, limit, instance.DefaultReapLookup, instance.DefaultReapBudget)
+	// The look for expired instances gets one connect timeout, at most
+	// instance.MaxReapLookup: a meta DB that does not answer is met by the
+	// run's operations too, each after its connect timeout.
+	lookup := min(connectTimeout, instance.MaxReapLookup)
+	reaped, err := svc.Reap(ctx, limit, lookup, instance.DefaultReapBudget)
 	tflog.Debug(ctx, "looked for expired instances", map[string]any{"took": time.Since(start).String(), "removed": len(reaped)})
 	for _, r := range reaped {
 		diags.AddWarning("Expired instance removed",

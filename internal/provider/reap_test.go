@@ -16,8 +16,9 @@ import (
 
 // The reaping in Configure neither fails nor holds up a run whose meta DB
 // does not answer (paused, or created later by the same configuration):
-// it gives up after instance.DefaultReapLookup, far within connect_timeout,
-// and adds no diagnostic; the operations that need the meta DB report it.
+// it gives up after instance.MaxReapLookup even with a connect_timeout of
+// 30 s, and adds no diagnostic; the operations that need the meta DB
+// report it.
 func TestReapInConfigureDoesNotWaitForASilentMetaDB(t *testing.T) {
 	port, accepted := netfake.SilentCounting(t)
 	silent := pgsql.Target{Host: "127.0.0.1", Port: port, Database: "postgraas", User: "postgraas", Password: "pw",
@@ -32,10 +33,10 @@ func TestReapInConfigureDoesNotWaitForASilentMetaDB(t *testing.T) {
 	defer c.svc.Close()
 	var diags diag.Diagnostics
 	start := time.Now()
-	reapExpired(context.Background(), c.svc, instance.DefaultReapLimit, &diags)
+	reapExpired(context.Background(), c.svc, instance.DefaultReapLimit, 30*time.Second, &diags)
 	took := time.Since(start)
-	if took > instance.DefaultReapLookup+2*time.Second {
-		t.Errorf("Configure's reaping waited %s for a silent meta DB; want about %s", took, instance.DefaultReapLookup)
+	if took > instance.MaxReapLookup+2*time.Second {
+		t.Errorf("Configure's reaping waited %s for a silent meta DB; want about %s", took, instance.MaxReapLookup)
 	}
 	if accepted() == 0 {
 		t.Error("the reaping never tried the meta DB")
