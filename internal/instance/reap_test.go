@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
@@ -391,5 +392,46 @@ func TestReapSkipsBackendsItHasNot(t *testing.T) {
 	rs, err := s.Reap(ctx, 1, time.Minute, time.Minute)
 	if err != nil || !slices.Equal(reapedNames(rs), []string{n}) {
 		t.Fatalf("reap with limit 1: %v %v; want [%s]", reapedNames(rs), err, n)
+	}
+}
+
+// A row without an ownership token (postgraas_server's, imported) may get
+// labels but no expiry: the reaper could never prove its objects.
+func TestSetMetaRefusesExpiryWithoutProof(t *testing.T) {
+	t.Parallel()
+	meta := freshMeta(t)
+	s := newServiceOn(t, meta, LeaseConfig{})
+	ctx := testCtx(t)
+	if err := s.Store().Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := meta.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, `INSERT INTO db_instance (postgraas_instance_name, creation_timestamp, db_name, username,
+		password) VALUES ('legacy', '2016-07-06 23:38:38', 'l', 'l', '')`); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.Store().GetByName(ctx, "legacy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec *backend.SpecError
+	if _, err := s.SetMeta(ctx, rec, nil, time.Now().Add(time.Hour)); !errors.As(err, &spec) || spec.Attribute != "expires_at" {
+		t.Fatalf("expiry on a legacy row: %v", err)
+	}
+	got, err := s.SetMeta(ctx, rec, map[string]string{"team": "a"}, time.Time{})
+	if err != nil || got.Labels["team"] != "a" || !got.ExpiresAt.IsZero() || !got.Legacy {
+		t.Fatalf("labels on a legacy row: %+v %v", got, err)
+	}
+	// Held by a destroy: a *BusyError saying so.
+	if _, err := s.Store().ClaimDelete(ctx, rec.ID, metadb.Lease{Owner: "d", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	var busy *BusyError
+	if _, err := s.SetMeta(ctx, rec, nil, time.Time{}); !errors.As(err, &busy) || busy.Doing == "" {
+		t.Fatalf("labels while a destroy holds the row: %v", err)
 	}
 }
