@@ -81,9 +81,11 @@ func (s *Service) Expired(ctx context.Context, limit int) ([]Reaped, error) {
 //   - Only one run reaps at a time (the meta DB's session advisory lock,
 //     held on a connection of its own while the removals run); another
 //     run finds it taken and reaps nothing.
-//   - Only ready rows with an owner token are candidates (never a row of
-//     postgraas_server or of a provider older than proofs, never one being
-//     created); each is claimed with the destroy's own lease (ClaimDelete,
+//   - Only rows with an owner token are candidates (never a row of
+//     postgraas_server or of a provider older than proofs), and only ready
+//     ones or those a dead create left (lease expired; removed as a
+//     take-over would, see reapDeadCreate, never one being created); each
+//     ready one is claimed with the destroy's own lease (ClaimDelete,
 //     so a destroy of it waits, and nothing claims it twice), and the
 //     claimed row must still be expired and carry the token it was listed
 //     with (an owner extending the expiry in between wins).
@@ -148,6 +150,9 @@ func (s *Service) Reap(ctx context.Context, limit int, lookup, budget time.Durat
 // reports whether this run removed it.
 func (s *Service) reapOne(ctx context.Context, listed metadb.Record) (bool, error) {
 	lease := metadb.Lease{Owner: randomHex(16), TTL: s.lease.TTL}
+	if listed.State == metadb.StateCreating {
+		return s.reapDeadCreate(ctx, listed, lease)
+	}
 	rec, err := s.store.ClaimDelete(ctx, listed.ID, lease)
 	if errors.Is(err, metadb.ErrNotFound) {
 		return false, nil // destroyed, or claimed by a destroy, since it was listed
@@ -167,6 +172,28 @@ func (s *Service) reapOne(ctx context.Context, listed metadb.Record) (bool, erro
 		return false, err
 	}
 	return s.store.DeleteLeased(ctx, rec.ID, lease.Owner)
+}
+
+// reapDeadCreate removes what a create that died left (its row still
+// creating, its lease expired, its expiry passed), exactly as the next
+// create of the name would on taking it over: the take-over's claim (only
+// one run wins it, and only while the row is still that dead attempt's:
+// same token, lease expired), Purge of what carries the row's proof, and
+// the release of the row under this run's lease.
+func (s *Service) reapDeadCreate(ctx context.Context, listed metadb.Record, lease metadb.Lease) (bool, error) {
+	claimed, err := s.store.Claim(ctx, listed, lease)
+	if err != nil || !claimed {
+		return false, err
+	}
+	b, err := s.Backend(listed.Backend)
+	if err == nil {
+		err = b.Purge(ctx, InstanceOf(listed))
+	}
+	if err != nil {
+		// The claim's lease runs out, and the row is a dead create's again.
+		return false, err
+	}
+	return s.store.ReleaseLeased(ctx, listed.ID, lease.Owner)
 }
 
 // SetMeta changes an instance's labels and expiry: the row only, no

@@ -435,3 +435,54 @@ func TestSetMetaRefusesExpiryWithoutProof(t *testing.T) {
 		t.Fatalf("labels while a destroy holds the row: %v", err)
 	}
 }
+
+// A create that died after making its objects leaves a creating row whose
+// lease runs out: once its expiry has passed too, the reaper removes what
+// carries its proof and the row, as a take-over would; a dead create that
+// has not expired, and a live one that has, are left alone.
+func TestReapDeadCreate(t *testing.T) {
+	t.Parallel()
+	meta := freshMeta(t)
+	s := newServiceOn(t, meta, LeaseConfig{})
+	ctx := testCtx(t)
+	b, _ := s.Backend(backend.KindPGCluster)
+	dead := func(name string, expires time.Time, lease time.Duration) metadb.Record {
+		t.Helper()
+		cleanupName(t, s, name)
+		rec := metadb.Record{Name: name, DBName: name + "_db", Username: name + "_u", Backend: backend.KindPGCluster,
+			Token: randomHex(32), ExpiresAt: expires}
+		id, err := s.Store().Reserve(ctx, rec, metadb.Lease{Owner: "dead", TTL: lease})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.ID = id
+		if _, err := b.Create(ctx, backend.Spec{InstanceID: id, Proof: ProofFor(rec), Name: name, DBName: rec.DBName,
+			Username: rec.Username, Password: "pw"}); err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	past := time.Now().Add(-time.Minute)
+	expired := dead(uniq("dead"), past, time.Second)
+	notExpired := dead(uniq("deadlater"), time.Now().Add(time.Hour), time.Second)
+	live := dead(uniq("live"), past, time.Hour)
+	time.Sleep(1500 * time.Millisecond) // the dead creates' leases run out
+	rs, err := s.Reap(ctx, 10, time.Minute, time.Minute)
+	if err != nil || !slices.Equal(reapedNames(rs), []string{expired.Name}) {
+		t.Fatalf("reaped %v, %v; want [%s]", reapedNames(rs), err, expired.Name)
+	}
+	if role, db := clusterObjectsExist(t, expired.Name); role || db {
+		t.Fatalf("the dead create's objects after the reap: role %v, database %v", role, db)
+	}
+	if _, err := s.Store().Get(ctx, expired.ID); !errors.Is(err, metadb.ErrNotFound) {
+		t.Fatalf("the dead create's row after the reap: %v", err)
+	}
+	for _, r := range []metadb.Record{notExpired, live} {
+		if err := canLogin(t, r.DBName, r.Username, "pw"); err != nil {
+			t.Errorf("%s was touched: %v", r.Name, err)
+		}
+		if got, err := s.Store().Get(ctx, r.ID); err != nil || got.State != metadb.StateCreating {
+			t.Errorf("%s's row: %+v %v", r.Name, got, err)
+		}
+	}
+}

@@ -560,6 +560,17 @@ func (s *Store) Release(ctx context.Context, id int64, owner string) error {
 	return err
 }
 
+// ReleaseLeased is Release that reports whether it removed the row (a
+// reaper counts what it removed).
+func (s *Store) ReleaseLeased(ctx context.Context, id int64, owner string) (bool, error) {
+	err := s.execOwned(ctx, id, owner, "removing",
+		`DELETE FROM db_instance WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`)
+	if errors.Is(err, ErrLeaseLost) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // Rerecord writes a ready row back under its old id and token, for an
 // instance whose row was deleted out of band while its objects, which
 // carry the proof of that token, still exist. It fails with
@@ -675,18 +686,20 @@ func (s *Store) SetMeta(ctx context.Context, id int64, token string, labels map[
 
 // Expired lists at most limit rows the reaper may remove, the longest
 // expired first: on one of the backends kinds (a run cannot remove what
-// it has no backend for, and such rows must not use up its limit), ready,
-// with an ownership token (never a legacy row or one written before
-// proofs), expires_at passed by the meta DB's clock, and no destroy holding
-// them. One probe of the partial index on expires_at.
+// it has no backend for, and such rows must not use up its limit), with an
+// ownership token (never a legacy row or one written before proofs),
+// expires_at passed by the meta DB's clock, and either ready with no
+// destroy holding them, or left creating by a create that died (its lease
+// expired). One probe of the partial index on expires_at.
 func (s *Store) Expired(ctx context.Context, limit int, kinds []string) ([]Record, error) {
 	pool, err := s.db(ctx)
 	if err != nil {
 		return nil, err
 	}
 	rows, err := pool.Query(ctx, `SELECT `+selectColumns+` FROM db_instance
-		WHERE expires_at < now() AND state = 'ready' AND owner_token IS NOT NULL AND backend = ANY($2)
-			AND (lease_owner IS NULL OR lease_expires_at < now())
+		WHERE expires_at < now() AND owner_token IS NOT NULL AND backend = ANY($2)
+			AND ((state = 'ready' AND (lease_owner IS NULL OR lease_expires_at < now()))
+				OR (state = 'creating' AND lease_expires_at < now()))
 		ORDER BY expires_at, id LIMIT $1`, limit, kinds)
 	if err != nil {
 		return nil, fmt.Errorf("looking for expired instances in the meta DB: %w", err)
