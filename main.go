@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -21,6 +22,9 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "reap" {
+		os.Exit(reap(os.Args[2:]))
+	}
 	var debug bool
 	var address string
 	flag.BoolVar(&debug, "debug", false, "run the provider with support for debuggers like delve")
@@ -40,6 +44,41 @@ func main() {
 	if err != nil {
 		log.Fatal(err.Error())
 	}
+}
+
+// reap is the reap subcommand: remove expired instances without any
+// Terraform configuration (from cron, or a CI cleanup job), configured by
+// the same environment variables as the provider. It prints one line per
+// instance and exits non-zero when anything failed.
+func reap(args []string) int {
+	fs := flag.NewFlagSet("reap", flag.ContinueOnError)
+	fs.SetOutput(os.Stderr)
+	limit := fs.Int("limit", provider.DefaultReapCommandLimit, "remove at most this many expired instances (the rest is left for the next run)")
+	dryRun := fs.Bool("dry-run", false, "list the expired instances, remove nothing")
+	timeout := fs.Duration("timeout", 10*time.Minute, "stop starting removals after this long")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s reap [-limit N] [-dry-run] [-timeout D]\n\n"+
+			"Removes instances whose expires_at has passed, as every provider run does, with the provider's\n"+
+			"environment variables (POSTGRAAS_METADB_*, POSTGRAAS_PG_CLUSTER_*, DOCKER_HOST, ...). One line per\n"+
+			"instance on stdout: removed (or, with -dry-run, expired), id, name, backend, expiry, labels.\n\n", os.Args[0])
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return 0
+	} else if err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 || *limit < 0 || *timeout <= 0 {
+		fs.Usage()
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := provider.Reap(ctx, *limit, *dryRun, *timeout, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "reap: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 // shutdownWait bounds how long the provider, told to stop, waits for the

@@ -19,6 +19,12 @@ variable "run_id" {
   }
 }
 
+variable "expires_after" {
+  type        = string
+  default     = "2h"
+  description = "How long the run's database may outlive a run that died before its destroy step (a killed runner): any later run using the same meta DB, or the provider binary's `reap` command, removes it then."
+}
+
 variable "db_password" {
   type        = string
   sensitive   = true
@@ -39,12 +45,27 @@ resource "postgraas_instance" "ci" {
   # A run that was cancelled between its tests and its destroy step left
   # sessions open: end them rather than fail the clean-up.
   force_destroy = true
+
+  # A run killed before its destroy step (a runner lost, a job timed out)
+  # leaks nothing: the database expires, and the next run of any pipeline
+  # using this meta DB removes it. Set it longer than the longest job.
+  expires_after = var.expires_after
+  # Find a run's databases with data "postgraas_instances" { labels = { ci_run = "..." } }.
+  labels = {
+    ci_run  = var.run_id
+    purpose = "ci"
+  }
 }
 
 output "connection_uri" {
   description = "postgres://user:...@host:port/db?sslmode=..., for DATABASE_URL."
   value       = postgraas_instance.ci.connection_uri
   sensitive   = true
+}
+
+output "expires_at" {
+  description = "When the database expires if this run never destroys it."
+  value       = postgraas_instance.ci.expires_at
 }
 
 output "host" {

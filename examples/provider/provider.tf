@@ -31,6 +31,9 @@ provider "postgraas" {
     host     = "127.0.0.1"
     password = var.metadb_password
   }
+  # Every run removes at most this many expired instances as it starts
+  # (default 5; 0: never, leaving it to `terraform-provider-postgraas reap`).
+  reap_limit = 10
   pg_cluster = {
     host     = "pg.example.internal"
     port     = 5432

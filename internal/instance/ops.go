@@ -111,18 +111,13 @@ func (s *Service) Delete(ctx context.Context, id string, auth backend.Auth, forc
 			}
 			continue
 		}
-		err = s.deleteClaimed(ctx, rec, auth, force)
-		if err == nil {
-			return s.store.Delete(ctx, rec.ID)
+		err = s.removeClaimed(ctx, rec, lease, func(ctx context.Context, b backend.Backend, inst backend.Instance) error {
+			return b.Delete(ctx, inst, auth, force)
+		})
+		if err != nil {
+			return err
 		}
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
-		defer cancel()
-		if rerr := pgsql.Retry(cctx, func(ctx context.Context) error {
-			return s.store.ReleaseDelete(ctx, rec.ID, lease.Owner)
-		}); rerr != nil {
-			return errors.Join(err, rerr)
-		}
-		return err
+		return s.store.Delete(ctx, rec.ID)
 	}
 }
 
@@ -152,20 +147,43 @@ func (s *Service) claimDelete(ctx context.Context, id string, lease metadb.Lease
 	return rec, false, nil
 }
 
-// deleteClaimed deletes the backend objects of a row this run has claimed.
-func (s *Service) deleteClaimed(ctx context.Context, rec metadb.Record, auth backend.Auth, force bool) error {
+// removeClaimed removes, by remove on the row's own backend, the objects
+// of rec, a row this run has claimed for destroy under lease (a destroy
+// removes by Delete, the reaper by Purge). When that fails, the claim is
+// released, so the instance can be destroyed (or used) again.
+func (s *Service) removeClaimed(ctx context.Context, rec metadb.Record, lease metadb.Lease,
+	remove func(context.Context, backend.Backend, backend.Instance) error) error {
 	b, err := s.Backend(rec.Backend)
-	if err != nil {
-		return err
+	if err == nil {
+		err = remove(ctx, b, InstanceOf(rec))
 	}
-	return b.Delete(ctx, InstanceOf(rec), auth, force)
+	if err == nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	if rerr := pgsql.Retry(cctx, func(ctx context.Context) error {
+		return s.store.ReleaseDelete(ctx, rec.ID, lease.Owner)
+	}); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
 }
 
-// BusyError: the row is being created (or re-created) by a run right now.
-type BusyError struct{ Record metadb.Record }
+// BusyError: the row is being created (or re-created) by a run right now,
+// or, for a change of its labels or expiry, Doing says what.
+type BusyError struct {
+	Record metadb.Record
+	// Doing is what the other run does; "" for "created".
+	Doing string
+}
 
 func (e *BusyError) Error() string {
-	return fmt.Sprintf("instance %q (meta DB row %d) is being created by another run", e.Record.Name, e.Record.ID)
+	doing := e.Doing
+	if doing == "" {
+		doing = "created"
+	}
+	return fmt.Sprintf("instance %q (meta DB row %d) is being %s by another run", e.Record.Name, e.Record.ID, doing)
 }
 
 // ForImport looks an instance up by id or name for terraform import. A row

@@ -124,6 +124,13 @@ type Request struct {
 	// long to wait for the template's other sessions to end.
 	Template     string
 	TemplateWait time.Duration
+	// Labels are recorded in the row; nil for none.
+	Labels map[string]string
+	// ExpiresAfter (relative to the creation time) or ExpiresAt (zero:
+	// never) is when the instance may be reaped; recorded in the row from
+	// the reserve on, so a run that dies mid-create leaves it recorded.
+	ExpiresAfter time.Duration
+	ExpiresAt    time.Time
 }
 
 // CheckRequest validates what a backend can check before anything is made.
@@ -203,6 +210,7 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 	want := metadb.Record{
 		Name: req.Name, DBName: req.DBName, Username: req.Username,
 		Backend: b.Kind(), Image: req.Image, Token: randomHex(32),
+		Labels: req.Labels, ExpiresAfter: req.ExpiresAfter, ExpiresAt: req.ExpiresAt,
 	}
 	id, err := s.reserve(ctx, want, lease)
 	if err != nil {

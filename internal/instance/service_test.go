@@ -37,7 +37,13 @@ func target(t *testing.T, prefix, dbKey string) pgsql.Target {
 
 func newService(t *testing.T, lease LeaseConfig) *Service {
 	t.Helper()
-	store := metadb.New(target(t, "POSTGRAAS_METADB", "_DB_NAME"), 2)
+	return newServiceOn(t, target(t, "POSTGRAAS_METADB", "_DB_NAME"), lease)
+}
+
+// newServiceOn is newService on the meta DB at meta.
+func newServiceOn(t *testing.T, meta pgsql.Target, lease LeaseConfig) *Service {
+	t.Helper()
+	store := metadb.New(meta, 2)
 	pg := pgcluster.New(pgcluster.Config{Admin: target(t, "POSTGRAAS_PG_CLUSTER", "_DATABASE"), MaxConns: 2})
 	backends := []backend.Backend{pg}
 	if host, img := os.Getenv("DOCKER_HOST"), os.Getenv("POSTGRAAS_TEST_IMAGE"); host != "" && img != "" {

@@ -110,15 +110,39 @@ var migrations = []migration{
 				ADD COLUMN IF NOT EXISTS pool_proof varchar(64)`)
 		return err
 	}},
+	{7, "labels and expiry", func(ctx context.Context, tx pgx.Tx) error {
+		// labels: the instance's key/value labels (NULL: none, as on
+		// every older row). expires_at: when the reaper may remove the
+		// instance (NULL: never). The partial index keeps the reaper's
+		// look-up, run by every provider process, one index probe that
+		// finds nothing on a meta DB without expiring instances.
+		_, err := tx.Exec(ctx, `ALTER TABLE db_instance
+				ADD COLUMN IF NOT EXISTS labels jsonb,
+				ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+			CREATE INDEX IF NOT EXISTS db_instance_expires_at ON db_instance (expires_at)
+				WHERE expires_at IS NOT NULL`)
+		return err
+	}},
 }
 
-// latestVersion is the schema version this provider needs.
-func latestVersion() int { return migrations[len(migrations)-1].version }
+// versions are the schema versions this provider needs, ascending.
+func versions() []int32 {
+	vs := make([]int32, len(migrations))
+	for i, m := range migrations {
+		vs[i] = int32(m.version)
+	}
+	return vs
+}
 
-// migrate brings the schema up to date. The common case, an up-to-date
-// schema, costs one query and takes no lock.
+// migrate brings the schema up to date: every migration the meta DB has
+// not recorded is applied, in order, whatever higher versions it has. A
+// gap is normal: a meta DB used by a provider built from another branch
+// may hold a later version before an earlier one lands (warm pools' 6
+// after this one's 7), and comparing with the highest version would skip
+// the earlier one for ever. The common case, an up-to-date schema, costs
+// one query and takes no lock.
 func migrate(ctx context.Context, conn *pgx.Conn) error {
-	if v, err := currentVersion(ctx, conn); err == nil && v >= latestVersion() {
+	if ok, err := upToDate(ctx, conn); err == nil && ok {
 		return nil
 	}
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
@@ -159,11 +183,11 @@ func migrate(ctx context.Context, conn *pgx.Conn) error {
 	})
 }
 
-func currentVersion(ctx context.Context, conn *pgx.Conn) (int, error) {
-	var v *int
-	err := conn.QueryRow(ctx, `SELECT max(version) FROM postgraas_schema_migrations`).Scan(&v)
-	if err != nil || v == nil {
-		return 0, err
-	}
-	return *v, nil
+// upToDate reports whether every migration of this provider is recorded;
+// an error when the migrations table does not exist yet.
+func upToDate(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	vs := versions()
+	var n int
+	err := conn.QueryRow(ctx, `SELECT count(*) FROM postgraas_schema_migrations WHERE version = ANY($1)`, vs).Scan(&n)
+	return n == len(vs), err
 }

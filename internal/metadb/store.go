@@ -5,6 +5,7 @@ package metadb
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -60,6 +61,18 @@ type Record struct {
 	// (its instance labels are the pool's, as labels cannot change).
 	PoolMember int64
 	PoolProof  string
+	// Labels are the instance's labels; nil when the row has none (every
+	// row written before labels existed), empty but not nil when it was
+	// given an empty set.
+	Labels map[string]string
+	// ExpiresAt is when the instance may be reaped; zero for never.
+	ExpiresAt time.Time
+	// Expired: ExpiresAt has passed by the meta DB's clock (read only).
+	Expired bool
+	// ExpiresAfter, on a write (Reserve, Respec), sets ExpiresAt to the
+	// row's creation time, cut to the second as created_at shows it, plus
+	// this; 0 keeps ExpiresAt as given. Never read back.
+	ExpiresAfter time.Duration
 }
 
 // ErrNotFound: no row with that id or name.
@@ -101,6 +114,8 @@ func (e *NameTakenError) Error() string {
 type Filter struct {
 	Backend   string
 	NameRegex *regexp.Regexp
+	// Labels: only rows that carry every one of these pairs.
+	Labels map[string]string
 }
 
 // Store is safe for concurrent use. It connects on first use, not when
@@ -112,6 +127,7 @@ type Store struct {
 	// use; check answers Check until then.
 	locate   func(context.Context) (pgsql.Target, error)
 	check    func(context.Context) error
+	found    func(context.Context) (bool, error)
 	maxConns int32
 
 	// migrating is one migration attempt shared by every caller that
@@ -146,10 +162,24 @@ func NewOnPool(pool *pgsql.Pool) *Store {
 // NewLocated returns a store whose meta DB is found on first use by
 // locate, which may make it (a container of its own), with at most
 // maxConns connections. Until then, Check calls check, which must not
-// make anything. Several callers arriving at once share one locate, and a
-// failed one is tried again by the next use.
-func NewLocated(locate func(context.Context) (pgsql.Target, error), check func(context.Context) error, maxConns int32) *Store {
-	return &Store{locate: locate, check: check, maxConns: defaultMaxConns(maxConns)}
+// make anything. found reports, without making or starting anything,
+// whether the meta DB is there to use (see Exists). Several callers
+// arriving at once share one locate, and a failed one is tried again by
+// the next use.
+func NewLocated(locate func(context.Context) (pgsql.Target, error), check func(context.Context) error,
+	found func(context.Context) (bool, error), maxConns int32) *Store {
+	return &Store{locate: locate, check: check, found: found, maxConns: defaultMaxConns(maxConns)}
+}
+
+// Exists reports whether the meta DB can be used without making it: always
+// for a meta DB server (using it may still fail), and for a located one
+// once found or when found says it is there. What only reads or cleans up
+// (the reaper) asks first, so that it never makes a meta DB.
+func (s *Store) Exists(ctx context.Context) (bool, error) {
+	if s.pool.Load() != nil || s.found == nil {
+		return true, nil
+	}
+	return s.found(ctx)
 }
 
 // Pool is the store's connection pool; nil while a located store has not
@@ -233,20 +263,49 @@ const selectColumns = `id, coalesce(postgraas_instance_name, ''), creation_times
 	coalesce(state, 'ready'), coalesce(image, ''), state IS NULL,
 	coalesce(owner_token, ''), coalesce(lease_owner, ''),
 	coalesce(extract(epoch FROM lease_expires_at - now()), 0)::float8, coalesce(sslmode, ''),
-	coalesce(pool_member, 0), coalesce(pool_proof, '')`
+	coalesce(pool_member, 0), coalesce(pool_proof, ''),
+	labels::text, expires_at, coalesce(expires_at < now(), false)`
 
 func scanRecord(row pgx.CollectableRow) (Record, error) {
 	var r Record
-	var created *time.Time
+	var created, expires *time.Time
 	var left float64
+	var labels *string
 	err := row.Scan(&r.ID, &r.Name, &created, &r.DBName, &r.Username, &r.Host, &r.Port,
 		&r.ContainerID, &r.Backend, &r.State, &r.Image, &r.Legacy, &r.Token, &r.LeaseOwner, &left, &r.SSLMode,
-		&r.PoolMember, &r.PoolProof)
+		&r.PoolMember, &r.PoolProof, &labels, &expires, &r.Expired)
 	r.LeaseLeft = time.Duration(left * float64(time.Second))
 	if created != nil {
 		r.CreatedAt = created.UTC()
 	}
+	if expires != nil {
+		r.ExpiresAt = expires.UTC()
+	}
+	if err == nil && labels != nil {
+		if jerr := json.Unmarshal([]byte(*labels), &r.Labels); jerr != nil {
+			// Written by hand as something other than an object of strings.
+			err = fmt.Errorf("labels of meta DB row %d are not an object of strings: %w", r.ID, jerr)
+		}
+	}
 	return r, err
+}
+
+// labelsArg is labels as a jsonb parameter: NULL for nil.
+func labelsArg(labels map[string]string) *string {
+	if labels == nil {
+		return nil
+	}
+	b, _ := json.Marshal(labels) // a map of strings always encodes
+	s := string(b)
+	return &s
+}
+
+// expiresArg is an expiry time as a timestamptz parameter: NULL for zero.
+func expiresArg(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 func (s *Store) queryOne(ctx context.Context, sql string, args ...any) (Record, error) {
@@ -321,7 +380,14 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	rows, err := pool.Query(ctx, `SELECT `+selectColumns+` FROM db_instance ORDER BY id`)
+	// Labels are filtered in SQL (jsonb containment: every given pair
+	// must be on the row); a row without labels matches only no filter.
+	var want *string
+	if len(f.Labels) > 0 {
+		want = labelsArg(f.Labels)
+	}
+	rows, err := pool.Query(ctx, `SELECT `+selectColumns+` FROM db_instance
+		WHERE $1::jsonb IS NULL OR labels @> $1::jsonb ORDER BY id`, want)
 	if err != nil {
 		return nil, fmt.Errorf("listing the meta DB: %w", err)
 	}
@@ -365,12 +431,14 @@ func (s *Store) Reserve(ctx context.Context, r Record, lease Lease) (int64, erro
 	var id int64
 	err = pool.QueryRow(ctx, `INSERT INTO db_instance
 		(postgraas_instance_name, creation_timestamp, db_name, username, password, backend, state, image,
-		 owner_token, lease_owner, lease_expires_at)
+		 owner_token, lease_owner, lease_expires_at, labels, expires_at)
 		SELECT $1::text, now() AT TIME ZONE 'UTC', $2, $3, '', $4, $5, nullif($6::text, ''),
-		 $7, $8, now() + make_interval(secs => $9)
+		 $7, $8, now() + make_interval(secs => $9), $10::jsonb,
+		 CASE WHEN $12::float8 > 0 THEN date_trunc('second', now()) + make_interval(secs => $12::float8) ELSE $11::timestamptz END
 		WHERE NOT EXISTS (SELECT 1 FROM db_instance WHERE postgraas_instance_name = $1::text AND state IS NULL)
 		RETURNING id`,
-		r.Name, r.DBName, r.Username, r.Backend, StateCreating, r.Image, r.Token, lease.Owner, seconds(lease.TTL)).Scan(&id)
+		r.Name, r.DBName, r.Username, r.Backend, StateCreating, r.Image, r.Token, lease.Owner, seconds(lease.TTL),
+		labelsArg(r.Labels), expiresArg(r.ExpiresAt), seconds(r.ExpiresAfter)).Scan(&id)
 	if pgsql.Code(err) == pgsql.CodeUniqueViolation || errors.Is(err, pgx.ErrNoRows) {
 		existing, gerr := s.GetByName(ctx, r.Name)
 		var amb *AmbiguousNameError
@@ -445,9 +513,11 @@ func (s *Store) Respec(ctx context.Context, id int64, r Record, lease Lease) err
 	return s.execOwned(ctx, id, lease.Owner, "preparing",
 		`UPDATE db_instance SET db_name = $3, username = $4, backend = $5, image = nullif($6, ''),
 			owner_token = $7, hostname = NULL, port = NULL, container_id = NULL, pool_member = NULL, pool_proof = NULL,
-			creation_timestamp = now() AT TIME ZONE 'UTC'
+			creation_timestamp = now() AT TIME ZONE 'UTC', labels = $8::jsonb,
+			expires_at = CASE WHEN $10::float8 > 0 THEN date_trunc('second', now()) + make_interval(secs => $10::float8)
+				ELSE $9::timestamptz END
 		WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`,
-		r.DBName, r.Username, r.Backend, r.Image, r.Token)
+		r.DBName, r.Username, r.Backend, r.Image, r.Token, labelsArg(r.Labels), expiresArg(r.ExpiresAt), seconds(r.ExpiresAfter))
 }
 
 // Completion is what a finished create stores in its row.
@@ -496,6 +566,17 @@ func (s *Store) Release(ctx context.Context, id int64, owner string) error {
 	return err
 }
 
+// ReleaseLeased is Release that reports whether it removed the row (a
+// reaper counts what it removed).
+func (s *Store) ReleaseLeased(ctx context.Context, id int64, owner string) (bool, error) {
+	err := s.execOwned(ctx, id, owner, "removing",
+		`DELETE FROM db_instance WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`)
+	if errors.Is(err, ErrLeaseLost) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // Rerecord writes a ready row back under its old id and token, for an
 // instance whose row was deleted out of band while its objects, which
 // carry the proof of that token, still exist. It fails with
@@ -507,13 +588,13 @@ func (s *Store) Rerecord(ctx context.Context, r Record) (Record, error) {
 	}
 	rows, err := pool.Query(ctx, `INSERT INTO db_instance
 		(id, postgraas_instance_name, creation_timestamp, db_name, username, password, hostname, port,
-		 container_id, backend, state, image, owner_token, sslmode, pool_member, pool_proof)
+ container_id, backend, state, image, owner_token, sslmode, pool_member, pool_proof, labels, expires_at)
 		SELECT $1::int, $2::text, $3, $4, $5, '', $6, $7, nullif($8::text, ''), $9, 'ready', nullif($10::text, ''), $11,
-		 nullif($12::text, ''), nullif($13::int, 0), nullif($14::text, '')
+		 nullif($12::text, ''), nullif($13::int, 0), nullif($14::text, ''), $15::jsonb, $16::timestamptz
 		WHERE NOT EXISTS (SELECT 1 FROM db_instance WHERE postgraas_instance_name = $2::text OR id = $1::int)
 		RETURNING `+selectColumns,
 		r.ID, r.Name, r.CreatedAt, r.DBName, r.Username, r.Host, r.Port, r.ContainerID, r.Backend, r.Image, r.Token, r.SSLMode,
-		r.PoolMember, r.PoolProof)
+		r.PoolMember, r.PoolProof, labelsArg(r.Labels), expiresArg(r.ExpiresAt))
 	if err != nil && pgsql.Code(err) != pgsql.CodeUniqueViolation {
 		return Record{}, fmt.Errorf("recording instance %q again: %w", r.Name, err)
 	}
@@ -588,4 +669,103 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 		return fmt.Errorf("deleting meta DB row %d: %w", id, err)
 	}
 	return nil
+}
+
+// SetMeta stores an instance's labels and expiry (zero: none): a change of
+// the row only, no backend object is touched. It changes only the row that
+// token names (the token in the caller's private state; "" for a row
+// without one) while no create or destroy holds it: ErrNotFound when no
+// such row is free to change (gone, taken over, being destroyed or reaped).
+func (s *Store) SetMeta(ctx context.Context, id int64, token string, labels map[string]string, expiresAt time.Time) (Record, error) {
+	if id < math.MinInt32 || id > math.MaxInt32 {
+		return Record{}, ErrNotFound // see Get
+	}
+	rec, err := s.queryOne(ctx, `UPDATE db_instance SET labels = $3::jsonb, expires_at = $4::timestamptz
+		WHERE id = $1 AND owner_token IS NOT DISTINCT FROM nullif($2::text, '') AND state IS DISTINCT FROM 'creating'
+			AND (lease_owner IS NULL OR lease_expires_at < now())
+		RETURNING `+selectColumns, id, token, labelsArg(labels), expiresArg(expiresAt))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return rec, fmt.Errorf("updating labels and expiry of meta DB row %d: %w", id, err)
+	}
+	return rec, err
+}
+
+// Expired lists at most limit rows the reaper may remove, the longest
+// expired first: on one of the backends kinds (a run cannot remove what
+// it has no backend for, and such rows must not use up its limit), with an
+// ownership token (never a legacy row or one written before proofs),
+// expires_at passed by the meta DB's clock, and either ready with no
+// destroy holding them, or left creating by a create that died (its lease
+// expired). One probe of the partial index on expires_at.
+func (s *Store) Expired(ctx context.Context, limit int, kinds []string) ([]Record, error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := pool.Query(ctx, `SELECT `+selectColumns+` FROM db_instance
+		WHERE expires_at < now() AND owner_token IS NOT NULL AND backend = ANY($2)
+			AND ((state = 'ready' AND (lease_owner IS NULL OR lease_expires_at < now()))
+				OR (state = 'creating' AND lease_expires_at < now()))
+		ORDER BY expires_at, id LIMIT $1`, limit, kinds)
+	if err != nil {
+		return nil, fmt.Errorf("looking for expired instances in the meta DB: %w", err)
+	}
+	recs, err := pgx.CollectRows(rows, scanRecord)
+	if err != nil {
+		return nil, fmt.Errorf("looking for expired instances in the meta DB: %w", err)
+	}
+	return recs, nil
+}
+
+// DeleteLeased removes the row of a removed instance if the destroy lease
+// is still owner's, and reports whether it did: of two runs that removed
+// the same instance (the first one's lease ran out), one deletes the row.
+func (s *Store) DeleteLeased(ctx context.Context, id int64, owner string) (bool, error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return false, err
+	}
+	tag, err := pool.Exec(ctx, `DELETE FROM db_instance WHERE id = $1 AND lease_owner = $2 AND state IS DISTINCT FROM 'creating'`, id, owner)
+	if err != nil {
+		return false, fmt.Errorf("deleting meta DB row %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// reapLockKey is the session advisory lock a reaper holds while it
+// removes expired instances, so that two runs never reap at once. The
+// value is arbitrary but must never change.
+const reapLockKey int64 = 0x706f73746765 // "postge"
+
+// LockReaping takes the reapers' advisory lock without waiting. It holds
+// one connection of the pool for as long as the lock is held (a session
+// lock, since removals take seconds and run on other connections), until
+// unlock is called; a run that dies loses its connection and with it the
+// lock. ok is false when another run holds it.
+func (s *Store) LockReaping(ctx context.Context) (unlock func(), ok bool, err error) {
+	pool, err := s.db(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, reapLockKey).Scan(&ok); err != nil || !ok {
+		conn.Release()
+		if err != nil {
+			err = fmt.Errorf("taking the reapers' lock: %w", err)
+		}
+		return nil, false, err
+	}
+	return func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, reapLockKey); err != nil {
+			// Not knowing whether it was released, the connection goes,
+			// and the server releases the lock with it.
+			_ = conn.Conn().Close(uctx)
+		}
+		conn.Release()
+	}, true, nil
 }

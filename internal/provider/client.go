@@ -58,6 +58,8 @@ type clientSettings struct {
 	// sharedPool is the meta DB's pool when the cluster admin logs in to
 	// the same server as the same user; nil otherwise.
 	sharedPool *pgsql.Pool
+	// reapLimit is how many expired instances a run removes at most.
+	reapLimit int
 }
 
 type dockerSettings struct {
@@ -310,6 +312,10 @@ func addError(diags *diag.Diagnostics, action, name string, err error, limit opL
 			fmt.Sprintf("The meta DB already records an instance named %q (id %d, backend %s). Names are unique across "+
 				"every pipeline that shares the meta DB. Choose another name, or import the existing instance with "+
 				"`terraform import <address> %d`.", taken.Name, taken.Existing.ID, taken.Existing.Backend, taken.Existing.ID))
+	case errors.As(err, &busy) && busy.Doing != "":
+		diags.AddError("Instance busy",
+			fmt.Sprintf("Cannot %s instance %q: %s, or was replaced since this state last read it. Nothing was "+
+				"changed. Refresh and retry: an instance removed meanwhile is then created anew.", action, name, busy.Error()))
 	case errors.As(err, &busy):
 		diags.AddError("Instance is being created",
 			fmt.Sprintf("Cannot %s instance %q: %s. Wait for that run to finish (or, if it was killed, for the next "+

@@ -48,6 +48,8 @@ type instanceDataModel struct {
 	State       types.String `tfsdk:"state"`
 	SSLMode     types.String `tfsdk:"sslmode"`
 	CreatedAt   types.String `tfsdk:"created_at"`
+	Labels      types.Map    `tfsdk:"labels"`
+	ExpiresAt   types.String `tfsdk:"expires_at"`
 }
 
 func instanceDataFromRecord(r metadb.Record) instanceDataModel {
@@ -73,6 +75,8 @@ func instanceDataFromRecord(r metadb.Record) instanceDataModel {
 		State:       types.StringValue(r.State),
 		SSLMode:     nullIfEmpty(r.SSLMode),
 		CreatedAt:   created,
+		Labels:      labelsValue(r.Labels),
+		ExpiresAt:   expiresValue(types.StringNull(), r.ExpiresAt),
 	}
 }
 
@@ -108,6 +112,13 @@ func instanceDataAttributes(lookup bool) map[string]schema.Attribute {
 		},
 		"sslmode":    computed(sslmodeDescription),
 		"created_at": computed("When the instance was created, RFC 3339 in UTC."),
+		"labels": schema.MapAttribute{
+			MarkdownDescription: "The instance's labels; null when it has none (always for rows written by postgraas_server).",
+			ElementType:         types.StringType,
+			Computed:            true,
+		},
+		"expires_at": computed("When the instance expires and is removed by the next provider run that uses the " +
+			"meta DB, RFC 3339 in UTC; null when it never expires."),
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -77,6 +78,9 @@ type instanceResourceModel struct {
 	SSLMode       types.String   `tfsdk:"sslmode"`
 	Template      types.String   `tfsdk:"template_instance"`
 	TemplateWait  types.String   `tfsdk:"template_wait"`
+	Labels        types.Map      `tfsdk:"labels"`
+	ExpiresAfter  types.String   `tfsdk:"expires_after"`
+	ExpiresAt     types.String   `tfsdk:"expires_at"`
 	Timeouts      timeouts.Value `tfsdk:"timeouts"`
 }
 
@@ -197,6 +201,36 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 				Optional:   true,
 				Validators: []validator.String{durationBetween{0, time.Hour}},
 			},
+			"labels": schema.MapAttribute{
+				MarkdownDescription: labelsDescription + " Recorded in the meta DB and shown by both data sources; " +
+					"`postgraas_instances` filters by them. Changing them updates the meta DB row in place.",
+				ElementType: types.StringType,
+				Optional:    true,
+				Validators:  labelsValidators(),
+			},
+			"expires_after": schema.StringAttribute{
+				MarkdownDescription: "How long after its creation the instance expires, as a duration such as `2h`, " +
+					"`90m` or `30s` (from 1s): `expires_at` becomes `created_at` plus this. An expired instance is " +
+					"removed, its sessions terminated and no password asked, by the next provider run (plan, apply or " +
+					"the `reap` command) that uses the same meta DB, whoever runs it; this configuration then sees it " +
+					"as removed outside Terraform and creates it anew on apply. For CI: what a killed pipeline left is " +
+					"cleaned up without it. Changing it moves the expiry in place (from `created_at`). Conflicts with `expires_at`.",
+				Optional: true,
+				Validators: []validator.String{
+					durationBetween{time.Second, maxExpiresAfter},
+					stringvalidator.ConflictsWith(path.MatchRoot("expires_at")),
+				},
+			},
+			"expires_at": schema.StringAttribute{
+				MarkdownDescription: "When the instance expires, RFC 3339 (`2030-01-31T18:00:00Z`); see `expires_after` " +
+					"for what happens then. Set it, or let `expires_after` compute it; null means the instance never " +
+					"expires. Changing it updates the meta DB row in place. Not for instances recorded by " +
+					"postgraas_server or older providers (no ownership proof).",
+				Optional:      true,
+				Computed:      true,
+				Validators:    []validator.String{rfc3339Validator{}},
+				PlanModifiers: keep,
+			},
 			"host": schema.StringAttribute{
 				MarkdownDescription: "Host to connect to.",
 				Computed:            true,
@@ -242,7 +276,7 @@ func (r *instanceResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 				CreateDescription: timeoutDescription("a create, from reserving the name to the first login "+
 					"(waiting for another run's lease included)", defaultCreateTimeout),
 				ReadDescription:   timeoutDescription("each refresh", defaultReadTimeout),
-				UpdateDescription: timeoutDescription("a password rotation", defaultUpdateTimeout),
+				UpdateDescription: timeoutDescription("a password rotation or a change of labels or expiry", defaultUpdateTimeout),
 				DeleteDescription: timeoutDescription("a destroy (password check, removal, meta DB row)", defaultDeleteTimeout),
 			}),
 		},
@@ -314,6 +348,10 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	if plan.Backend.IsUnknown() && config.Backend.IsNull() {
 		plan.Backend = types.StringValue(r.client.svc.DefaultKind())
 	}
+	if config.ExpiresAt.IsNull() && config.ExpiresAfter.IsNull() {
+		plan.ExpiresAt = types.StringNull() // never expires
+	}
+	warnIfExpired(plan.ExpiresAt, &resp.Diagnostics)
 	b := r.backendOf(plan.Backend)
 	if b == nil {
 		resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
@@ -355,6 +393,7 @@ func (r *instanceResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 // modifyExistingPlan marks connection_uri unknown when db_password changes,
 // and plans an update for an instance whose row must be written back.
 func (r *instanceResource) modifyExistingPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
+	planExistingExpiry(ctx, req, resp)
 	var status types.String
 	resp.Diagnostics.Append(req.State.GetAttribute(ctx, path.Root("status"), &status)...)
 	if status.ValueString() == statusUnrecorded {
@@ -408,6 +447,16 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 		return
 	}
 	wait, _ := time.ParseDuration(plan.TemplateWait.ValueString()) // validated; "" is no wait
+	labels, diags := labelsOf(ctx, plan.Labels)
+	resp.Diagnostics.Append(diags...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	after, _ := time.ParseDuration(plan.ExpiresAfter.ValueString()) // validated; "" is none
+	var at time.Time
+	if after == 0 && !plan.ExpiresAt.IsUnknown() {
+		at = parseTime(plan.ExpiresAt) // validated; null is never
+	}
 	rec, verifier, err := r.client.svc.Create(ctx, instance.Request{
 		Name:         name,
 		DBName:       plan.DBName.ValueString(),
@@ -417,6 +466,9 @@ func (r *instanceResource) Create(ctx context.Context, req resource.CreateReques
 		Backend:      plan.Backend.ValueString(),
 		Template:     plan.Template.ValueString(),
 		TemplateWait: wait,
+		Labels:       labels,
+		ExpiresAfter: after,
+		ExpiresAt:    at,
 	})
 	if err != nil {
 		addError(&resp.Diagnostics, "create", name, err, opLimit{"timeouts.create", timeout})
@@ -483,6 +535,8 @@ func (r *instanceResource) fromRecord(m *instanceResourceModel, rec metadb.Recor
 	m.Image = nullIfEmpty(rec.Image)
 	m.CreatedAt = types.StringValue(rec.CreatedAt.UTC().Format(time.RFC3339))
 	m.SSLMode = nullIfEmpty(rec.SSLMode)
+	m.Labels = labelsValue(rec.Labels)
+	m.ExpiresAt = expiresValue(m.ExpiresAt, rec.ExpiresAt)
 	if m.ForceDestroy.IsNull() || m.ForceDestroy.IsUnknown() {
 		m.ForceDestroy = types.BoolValue(false)
 	}
@@ -540,6 +594,7 @@ func recordOf(m instanceResourceModel, token, claim string) (metadb.Record, bool
 		Username: m.DBUsername.ValueString(), Host: m.Host.ValueString(), Port: int(m.Port.ValueInt64()),
 		ContainerID: m.ContainerID.ValueString(), Backend: m.Backend.ValueString(), State: metadb.StateReady,
 		Image: m.Image.ValueString(), Token: token, SSLMode: m.SSLMode.ValueString(),
+		Labels: labelsFromState(m.Labels), ExpiresAt: parseTime(m.ExpiresAt),
 	}, true
 }
 
@@ -693,6 +748,26 @@ func (r *instanceResource) Update(ctx context.Context, req resource.UpdateReques
 		}
 		resp.Diagnostics.Append(setPrivate(ctx, resp.Private, privateVerifierKey, verifier)...)
 		tflog.Info(ctx, "set instance password", map[string]any{"name": rec.Name, "id": rec.ID})
+	}
+	labels, diags := labelsOf(ctx, plan.Labels)
+	resp.Diagnostics.Append(diags...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	expires := parseTime(plan.ExpiresAt) // planned from expires_after, or as configured
+	if plan.ExpiresAt.IsUnknown() {
+		expires = rec.ExpiresAt // not planned (the provider was not configured at plan): kept
+	}
+	if !maps.Equal(labels, rec.Labels) || (labels == nil) != (rec.Labels == nil) || !expires.Equal(rec.ExpiresAt) {
+		// The row only: no backend object changes, and the row must still
+		// be the one this state made (its token) and free (no destroy or
+		// reap holds it).
+		rec, err = r.client.svc.SetMeta(ctx, rec, labels, expires)
+		if err != nil {
+			addError(&resp.Diagnostics, "change the labels or expiry of", rec.Name, err, opLimit{"timeouts.update", timeout})
+			return
+		}
+		tflog.Info(ctx, "set instance labels and expiry", map[string]any{"name": rec.Name, "id": rec.ID})
 	}
 	plan.Status = status
 	r.fromRecord(&plan, rec, r.backendOf(types.StringValue(rec.Backend)))

@@ -31,6 +31,7 @@ type instancesDataSource struct {
 type instancesDataModel struct {
 	Backend   types.String        `tfsdk:"backend"`
 	NameRegex types.String        `tfsdk:"name_regex"`
+	Labels    types.Map           `tfsdk:"labels"`
 	Instances []instanceDataModel `tfsdk:"instances"`
 	Timeouts  timeouts.Value      `tfsdk:"timeouts"`
 }
@@ -53,6 +54,13 @@ func (d *instancesDataSource) Schema(ctx context.Context, _ datasource.SchemaReq
 				MarkdownDescription: "Only instances whose name matches this regular expression ([Go RE2 syntax](https://github.com/google/re2/wiki/Syntax)), unanchored.",
 				Optional:            true,
 				Validators:          []validator.String{regexValidator{}},
+			},
+			"labels": schema.MapAttribute{
+				MarkdownDescription: "Only instances that carry every one of these labels (key and value); " +
+					"instances may have more. " + labelsDescription,
+				ElementType: types.StringType,
+				Optional:    true,
+				Validators:  labelsValidators(),
 			},
 			"instances": schema.ListNestedAttribute{
 				MarkdownDescription: "The matching instances, ordered by id.",
@@ -84,6 +92,12 @@ func (d *instancesDataSource) Read(ctx context.Context, req datasource.ReadReque
 		return
 	}
 	f := metadb.Filter{Backend: m.Backend.ValueString()}
+	labels, diags := labelsOf(ctx, m.Labels)
+	resp.Diagnostics.Append(diags...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	f.Labels = labels
 	if !m.NameRegex.IsNull() {
 		re, err := regexp.Compile(m.NameRegex.ValueString())
 		if err != nil {

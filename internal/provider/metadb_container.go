@@ -119,6 +119,7 @@ func newMetaDBContainerStore(b backend.Backend, cfg docker.MetaDBConfig) (*metad
 	return metadb.NewLocated(
 		func(ctx context.Context) (pgsql.Target, error) { return d.MetaDB(ctx, cfg) },
 		func(ctx context.Context) error { return d.CheckMetaDB(ctx, cfg) },
+		func(ctx context.Context) (bool, error) { return d.MetaDBRunning(ctx, cfg) },
 		metaDBMaxConns), nil
 }
 

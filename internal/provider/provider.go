@@ -50,6 +50,7 @@ type providerModel struct {
 	PGCluster      types.Object `tfsdk:"pg_cluster"`
 	Docker         types.Object `tfsdk:"docker"`
 	Kubernetes     types.Object `tfsdk:"kubernetes"`
+	ReapLimit      types.Int64  `tfsdk:"reap_limit"`
 }
 
 type metaDBModel struct {
@@ -144,6 +145,15 @@ func (p *postgraasProvider) Schema(_ context.Context, _ provider.SchemaRequest, 
 					"operations." + envDoc("POSTGRAAS_CONNECT_TIMEOUT", "10"),
 				Optional:   true,
 				Validators: []validator.Int64{int64validator.Between(1, 600)},
+			},
+			"reap_limit": schema.Int64Attribute{
+				MarkdownDescription: "How many expired instances (see `expires_after` on `postgraas_instance`) this " +
+					"provider removes at most when it starts, from 0 (never) to 1000. Every run that uses the meta DB " +
+					"does this, whoever runs it, one run at a time, within 30 seconds; what is left is removed by the " +
+					"next run, or by the `reap` command of the provider binary." +
+					envDoc("POSTGRAAS_REAP_LIMIT", fmt.Sprint(instance.DefaultReapLimit)),
+				Optional:   true,
+				Validators: []validator.Int64{int64validator.Between(0, instance.MaxReapLimit)},
 			},
 			"metadb": schema.SingleNestedAttribute{
 				MarkdownDescription: "The PostgreSQL database that records every instance (postgraas_server's `db_instance` table). " +
@@ -310,6 +320,9 @@ func objectAs(ctx context.Context, obj types.Object, target any) bool {
 	if obj.IsUnknown() {
 		return false
 	}
+	if obj.IsNull() {
+		return true // every setting unset: target keeps its null values
+	}
 	diags := obj.As(ctx, target, basetypes.ObjectAsOptions{UnhandledNullAsEmpty: true, UnhandledUnknownAsEmpty: true})
 	return !diags.HasError()
 }
@@ -320,17 +333,42 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 	if resp.Diagnostics.HasError() {
 		return
 	}
+	settings, known := resolveSettings(ctx, cfg, &resp.Diagnostics)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	if !known {
+		// A value depends on something not created yet. Resources see no
+		// client during this plan and skip their provider-dependent checks;
+		// the apply gets the known values.
+		return
+	}
+	c := buildClient(settings, &resp.Diagnostics)
+	if c == nil {
+		return
+	}
+	reapExpired(ctx, c.svc, settings.reapLimit, settings.connectTimeout, &resp.Diagnostics)
+	resp.ResourceData = c
+	resp.DataSourceData = c
+	resp.EphemeralResourceData = c
+}
+
+// resolveSettings resolves the provider's settings: each attribute when
+// set, else its environment variable, else its default. known is false
+// when a value depends on something not created yet (during plan). The
+// reap command calls it with an empty configuration, so that it reads the
+// environment exactly as a provider block without attributes does.
+func resolveSettings(ctx context.Context, cfg providerModel, diags *diag.Diagnostics) (settings clientSettings, known bool) {
 	var meta metaDBModel
 	var cluster pgClusterModel
 	var dock dockerModel
 	var kube kubernetesModel
-	s := &setting{diags: &resp.Diagnostics}
+	s := &setting{diags: diags}
 	if !objectAs(ctx, cfg.MetaDB, &meta) || !objectAs(ctx, cfg.PGCluster, &cluster) || !objectAs(ctx, cfg.Docker, &dock) ||
 		!objectAs(ctx, cfg.Kubernetes, &kube) {
 		s.anyUnknown = true
 	}
 
-	settings := clientSettings{}
 	settings.kind = s.str(cfg.Backend, "POSTGRAAS_BACKEND", backend.KindDocker)
 	settings.connectTimeout = time.Duration(s.integer(cfg.ConnectTimeout, path.Root("connect_timeout"), "POSTGRAAS_CONNECT_TIMEOUT",
 		int(reach.DefaultConnectTimeout/time.Second), 1, 600)) * time.Second
@@ -379,30 +417,26 @@ func (p *postgraasProvider) Configure(ctx context.Context, req provider.Configur
 		advertisedHost: s.host(dock.AdvertisedHost, dp.AtName("advertised_host"), "POSTGRAAS_DOCKER_ADVERTISED_HOST", "", false),
 	}
 	settings.kubernetes = kubernetesSettings(s, kube)
+	settings.reapLimit = s.integer(cfg.ReapLimit, path.Root("reap_limit"), "POSTGRAAS_REAP_LIMIT",
+		instance.DefaultReapLimit, 0, instance.MaxReapLimit)
+	return settings, !s.anyUnknown
+}
 
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if s.anyUnknown {
-		// A value depends on something not created yet. Resources see no
-		// client during this plan and skip their provider-dependent checks;
-		// the apply gets the known values.
-		return
-	}
+// buildClient builds the client of resolved settings; nil, with an error
+// in diags, when it cannot.
+func buildClient(settings clientSettings, diags *diag.Diagnostics) *client {
 	lease, err := instance.LeaseFromEnv()
 	if err != nil {
-		resp.Diagnostics.AddError("Invalid lease setting", err.Error()+". These variables are meant for tests; unset them for the defaults.")
-		return
+		diags.AddError("Invalid lease setting", err.Error()+". These variables are meant for tests; unset them for the defaults.")
+		return nil
 	}
 	c, err := newClient(settings, lease)
 	if err != nil {
-		resp.Diagnostics.AddError("Cannot set up the "+settings.kind+" backend",
+		diags.AddError("Cannot set up the "+settings.kind+" backend",
 			fmt.Sprintf("%s. Check the provider's %s settings.", err, settings.kind))
-		return
+		return nil
 	}
-	resp.ResourceData = c
-	resp.DataSourceData = c
-	resp.EphemeralResourceData = c
+	return c
 }
 
 func (p *postgraasProvider) Resources(context.Context) []func() resource.Resource {

@@ -17,3 +17,10 @@ data "postgraas_instance" "by_id" {
 output "shared_host" {
   value = "${data.postgraas_instance.shared.host}:${data.postgraas_instance.shared.port}"
 }
+
+output "shared_labels_and_expiry" {
+  value = {
+    labels     = data.postgraas_instance.shared.labels
+    expires_at = data.postgraas_instance.shared.expires_at # null: never expires
+  }
+}

@@ -13,6 +13,18 @@ data "postgraas_instances" "ci" {
   name_regex = "^ci-"
 }
 
+# Only the instances carrying every one of these labels.
+data "postgraas_instances" "pipeline" {
+  labels = {
+    pipeline = "1234"
+    branch   = "main"
+  }
+}
+
+output "pipeline_instances_expire_at" {
+  value = { for i in data.postgraas_instances.pipeline.instances : i.name => i.expires_at }
+}
+
 output "ci_instance_names" {
   value = data.postgraas_instances.ci.instances[*].name
 }

@@ -22,6 +22,17 @@ resource "postgraas_instance" "ci" {
   # Terminate open sessions on destroy instead of refusing.
   force_destroy = true
 
+  # Removed by the next provider run (or `terraform-provider-postgraas reap`)
+  # two hours after its creation, should this run never destroy it.
+  # Or: expires_at = "2030-01-31T18:00:00Z".
+  expires_after = "2h"
+
+  # Recorded in the meta DB; postgraas_instances filters by them.
+  labels = {
+    pipeline = "1234"
+    branch   = "main"
+  }
+
   timeouts {
     create = "5m"
   }

@@ -181,6 +181,21 @@ func (b *Backend) MetaDB(ctx context.Context, cfg MetaDBConfig) (pgsql.Target, e
 	return b.startMetaDB(ctx, c, cfg)
 }
 
+// MetaDBRunning reports, without changing anything, whether the meta DB
+// container exists and runs: what a caller that must not make or start it
+// (the reaper) needs to know before it uses the meta DB.
+func (b *Backend) MetaDBRunning(ctx context.Context, cfg MetaDBConfig) (bool, error) {
+	cfg = cfg.withDefaults()
+	if err := b.engine(ctx); err != nil {
+		return false, err
+	}
+	c, found, err := b.findMetaDB(ctx, cfg)
+	if err != nil || !found {
+		return false, err
+	}
+	return c.State != nil && c.State.Running && !c.State.Paused, nil
+}
+
 // CheckMetaDB reports, without changing anything, a meta DB container that
 // cannot be used (a conflict, a broken or paused container). One that does
 // not exist yet, or is stopped, is fine: the first use makes or starts it.
