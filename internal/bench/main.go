@@ -43,7 +43,7 @@ var (
 	flagDockerReps = flag.Int("docker-reps", 7, "repetitions of the docker rows; at least 3")
 	flagMD         = flag.String("md", "", "replace the generated section of this markdown file (BENCHMARKS.md) with the results")
 	flagKeep       = flag.Bool("keep", false, "keep the temporary directory (terraform logs, configurations)")
-	flagOnly       = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker,scale,kubernetes (default all; kubernetes only when POSTGRAAS_TEST_KUBECONFIG is set)")
+	flagOnly       = flag.String("only", "", "comma-separated scenario groups to run: empty,pg,refresh,docker,scale,kubernetes,pool,clone (default all; kubernetes only when POSTGRAAS_TEST_KUBECONFIG is set; pool and clone run the empty config's rows too)")
 	flagPGNs       = flag.String("pg-n", "1,20,100", "instance counts for pg_cluster create/destroy")
 	flagRefNs      = flag.String("refresh-n", "20,200", "instance counts for refresh")
 	flagDocNs      = flag.String("docker-n", "1,5", "instance counts for docker create/destroy")
@@ -71,14 +71,15 @@ func main() {
 	if runErr != nil {
 		fatalf("%v", runErr)
 	}
-	// The scale and kubernetes groups have sections of their own, so a run
-	// of only one of them (or of only the others) leaves the other
-	// sections as they are.
+	// The scale, kubernetes and warm (pool, clone) groups have sections of
+	// their own, so a run of only one of them (or of only the others)
+	// leaves the other sections as they are.
 	for _, sec := range []struct{ text, begin, end string }{
-		{b.report(b.groupRows(false), repsText(), time.Since(start), "the run"), beginMarker, endMarker},
-		{b.report(b.groupRows(true), fmt.Sprintf("%d repetitions per row", *flagKubeReps), b.kubeTook, "these rows"),
+		{b.report(b.sectionRows(sectionMain), repsText(), time.Since(start), "the run"), beginMarker, endMarker},
+		{b.report(b.sectionRows(sectionKube), fmt.Sprintf("%d repetitions per row", *flagKubeReps), b.kubeTook, "these rows"),
 			kubeBeginMarker, kubeEndMarker},
 		{b.scaleReport(), scaleBeginMarker, scaleEndMarker},
+		{b.warmReport(), warmBeginMarker, warmEndMarker},
 	} {
 		if sec.text == "" {
 			continue
@@ -123,10 +124,14 @@ type bench struct {
 	liveSQL  map[string]bool // floor instances (role = db = name)
 	liveCtrs map[string]bool // floor containers
 	liveKube map[string]bool // floor kubernetes instances (their objects' names)
+	liveTags map[string]bool // image tags of this run's warm pools
 
 	rows      []*row
 	scaleRows []*scaleRow
 	kubeTook  time.Duration
+	warmTook  time.Duration // the pool and clone groups
+	refill    []refillStep  // the pool group's applies in a row
+	clone     *cloneInfo    // the clone group's golden database
 }
 
 // setup builds the provider, writes the CLI configuration and checks that
@@ -158,6 +163,7 @@ func setup(ctx context.Context) (*bench, error) {
 		liveSQL:  map[string]bool{},
 		liveCtrs: map[string]bool{},
 		liveKube: map[string]bool{},
+		liveTags: map[string]bool{},
 	}
 	if kubeWanted() {
 		if err := b.setupKube(ctx); err != nil {
@@ -276,11 +282,18 @@ func (b *bench) run(ctx context.Context) error {
 
 	// The empty configuration: Terraform's own cost with the provider
 	// configured and nothing to manage. pg_cluster rows add it to their floor.
+	// The pool and clone groups subtract the empty apply (the provider's
+	// own share) and show it beside their rows.
 	var emptyApply, emptyPlan, emptyDestroy *row
-	if wanted("empty") || wanted("pg") || wanted("refresh") {
+	mainEmpty := wanted("empty") || wanted("pg") || wanted("refresh")
+	if mainEmpty || wanted(poolGroup) || wanted(cloneGroup) {
 		emptyApply = b.newRow("empty config: apply", "empty", 0, "")
 		emptyPlan = b.newRow("empty config: plan", "empty", 0, "")
 		emptyDestroy = b.newRow("empty config: destroy", "empty", 0, "")
+		if !mainEmpty {
+			// Only for the warm section: the main table stays as it is.
+			emptyApply.section, emptyPlan.section, emptyDestroy.section = sectionWarm, sectionWarm, sectionWarm
+		}
 		dir, err := b.workdir("empty", "pg_cluster", 0, "x")
 		if err != nil {
 			return err
@@ -381,6 +394,19 @@ func (b *bench) run(ctx context.Context) error {
 		}
 		b.kubeTook = time.Since(start)
 	}
+
+	start := time.Now()
+	if wanted(poolGroup) {
+		if err := b.runPool(ctx, emptyApply); err != nil {
+			return err
+		}
+	}
+	if wanted(cloneGroup) {
+		if err := b.runClone(ctx, emptyApply); err != nil {
+			return err
+		}
+	}
+	b.warmTook = time.Since(start)
 	return nil
 }
 
@@ -476,8 +502,17 @@ const terraformBlock = `terraform {
 // instancesHCL is n pg_cluster instances named like names(tag, n); "" for
 // none.
 func (b *bench) instancesHCL(n int, tag string) string {
+	return b.instancesHCLWith(n, tag, "")
+}
+
+// instancesHCLWith is instancesHCL with one more attribute line (image,
+// template_instance) when extra is set.
+func (b *bench) instancesHCLWith(n int, tag, extra string) string {
 	if n == 0 {
 		return ""
+	}
+	if extra != "" {
+		extra = "  " + extra + "\n"
 	}
 	return fmt.Sprintf(`
 resource "postgraas_instance" "i" {
@@ -486,6 +521,6 @@ resource "postgraas_instance" "i" {
   db_name     = "pgb-%s-%s-${count.index}"
   db_username = "pgb-%s-%s-${count.index}"
   db_password = %q
-}
-`, n, b.runID, tag, b.runID, tag, b.runID, tag, b.password)
+%s}
+`, n, b.runID, tag, b.runID, tag, b.runID, tag, b.password, extra)
 }

@@ -13,6 +13,7 @@ import (
 // repetition's measurements.
 type row struct {
 	name, group string
+	section     string // the markdown section the row is written into
 	n           int
 	target      string
 
@@ -27,10 +28,31 @@ type row struct {
 	conns    []connCount
 	rssKB    int64
 	procs    []int
+
+	// share, when set, is the empty-configuration row whose median is
+	// subtracted from this row's provider median: the provider's own share
+	// (pool and clone rows; the ratio stays against the floor alone).
+	share *row
+	// cold is, per repetition of a pool row, how many instances did not
+	// get a pool container.
+	cold []int
 }
 
+// Sections of BENCHMARKS.md a row can be written into.
+const (
+	sectionMain = "main"
+	sectionKube = "kubernetes"
+	sectionWarm = "warm" // the pool and clone groups
+)
+
 func (b *bench) newRow(name, group string, n int, target string) *row {
-	r := &row{name: name, group: group, n: n, target: target}
+	r := &row{name: name, group: group, n: n, target: target, section: sectionMain}
+	switch group {
+	case kubeGroup:
+		r.section = sectionKube
+	case poolGroup, refillGroup, cloneGroup:
+		r.section = sectionWarm
+	}
 	b.rows = append(b.rows, r)
 	return r
 }
@@ -101,6 +123,10 @@ func (r *row) verdict() (target string, met, applies bool) {
 		return "≤ 1.5", ratio <= 1.5, true
 	case r.group == "refresh" && r.n >= 200:
 		return "< 3 s", median(r.provider) < 3*time.Second, true
+	case r.group == poolGroup && r.target != "":
+		return "≤ 0.3", ratio <= 0.3, true
+	case r.group == cloneGroup && r.target != "":
+		return "≤ 1.5", ratio <= 1.5, true
 	case strings.HasSuffix(r.name, " create-to-ready"): // docker, kubernetes
 		return "≤ 1.2", ratio <= 1.2, true
 	}
@@ -171,11 +197,11 @@ func minMax(ds []time.Duration) string {
 	return fmt.Sprintf("%.2f–%.2f s", slices.Min(ds).Seconds(), slices.Max(ds).Seconds())
 }
 
-// groupRows are the rows of the kubernetes group (kube) or of all others.
-func (b *bench) groupRows(kube bool) []*row {
+// sectionRows are the rows written into section.
+func (b *bench) sectionRows(section string) []*row {
 	var out []*row
 	for _, r := range b.rows {
-		if (r.group == kubeGroup) == kube {
+		if r.section == section {
 			out = append(out, r)
 		}
 	}
@@ -247,6 +273,8 @@ const (
 	scaleEndMarker   = "<!-- bench:scale:end -->"
 	kubeBeginMarker  = "<!-- bench:kubernetes:begin (written by `make bench`; do not edit by hand) -->"
 	kubeEndMarker    = "<!-- bench:kubernetes:end -->"
+	warmBeginMarker  = "<!-- bench:warm:begin (written by `make bench`; do not edit by hand) -->"
+	warmEndMarker    = "<!-- bench:warm:end -->"
 )
 
 // replaceSection puts text between the markers of the markdown file.

@@ -253,13 +253,15 @@ func procStatus(pid int) (name string, hwmKB int64) {
 }
 
 // cleanup removes whatever an interrupted run left: terraform states with
-// resources, floor roles/databases, containers and kubernetes objects.
+// resources, floor roles/databases, containers, kubernetes objects and
+// the warm pools' image tags.
 func (b *bench) cleanup(ctx context.Context) {
 	b.mu.Lock()
 	dirs := keys(b.liveDirs)
 	sqls := keys(b.liveSQL)
 	ctrs := keys(b.liveCtrs)
 	kube := keys(b.liveKube)
+	tags := keys(b.liveTags)
 	b.mu.Unlock()
 	for _, d := range dirs {
 		logf("cleanup: terraform destroy in %s", d)
@@ -282,6 +284,13 @@ func (b *bench) cleanup(ctx context.Context) {
 	if len(kube) > 0 {
 		logf("cleanup: deleting %d floor kubernetes instance(s)", len(kube))
 		if _, err := b.floorKubeDestroy(ctx, kube); err != nil {
+			logf("cleanup: %v", err)
+		}
+	}
+	// Last: the pools' instances and the pools are gone by now.
+	for _, t := range tags {
+		logf("cleanup: removing image tag %s", t)
+		if err := b.untag(ctx, t); err != nil {
 			logf("cleanup: %v", err)
 		}
 	}
