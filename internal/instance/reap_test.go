@@ -86,12 +86,7 @@ func TestReapConcurrently(t *testing.T) {
 	var expiring, kept []string
 	for range 4 {
 		n := uniq("reap")
-		cleanupName(t, s, n)
-		req := clusterRequest(n, "pw")
-		req.ExpiresAfter = time.Second
-		if _, _, err := s.Create(ctx, req); err != nil {
-			t.Fatal(err)
-		}
+		createExpiring(ctx, t, s, n)
 		expiring = append(expiring, n)
 	}
 	for _, later := range []time.Duration{0, time.Hour} {
@@ -185,12 +180,7 @@ func TestReapTerminatesSessions(t *testing.T) {
 	s := newServiceOn(t, meta, LeaseConfig{})
 	ctx := testCtx(t)
 	n := uniq("reaps")
-	cleanupName(t, s, n)
-	req := clusterRequest(n, "pw")
-	req.ExpiresAfter = time.Second
-	if _, _, err := s.Create(ctx, req); err != nil {
-		t.Fatal(err)
-	}
+	createExpiring(ctx, t, s, n)
 	tg := target(t, "POSTGRAAS_PG_CLUSTER", "_DATABASE")
 	tg.Database, tg.User, tg.Password = n+"_db", n+"_u", "pw"
 	conn, err := tg.Connect(ctx)
@@ -252,12 +242,7 @@ func TestReapNeverTouchesUnproven(t *testing.T) {
 	// someone else's under the same names: the reaper removes its row
 	// (nothing of it is left) and leaves the objects.
 	swapped := uniq("swap")
-	cleanupName(t, s, swapped)
-	req := clusterRequest(swapped, "pw")
-	req.ExpiresAfter = time.Second
-	if _, _, err := s.Create(ctx, req); err != nil {
-		t.Fatal(err)
-	}
+	createExpiring(ctx, t, s, swapped)
 	admin(t, "DROP DATABASE "+pgsql.QuoteIdent(swapped+"_db"), "DROP ROLE "+pgsql.QuoteIdent(swapped+"_u"),
 		"CREATE ROLE "+pgsql.QuoteIdent(swapped+"_u")+" LOGIN PASSWORD 'theirs'",
 		"CREATE DATABASE "+pgsql.QuoteIdent(swapped+"_db")+" OWNER "+pgsql.QuoteIdent(swapped+"_u"))
@@ -292,12 +277,7 @@ func TestReapSkipsARowExtendedMeanwhile(t *testing.T) {
 	s := newServiceOn(t, meta, LeaseConfig{})
 	ctx := testCtx(t)
 	n := uniq("ext")
-	cleanupName(t, s, n)
-	req := clusterRequest(n, "pw")
-	req.ExpiresAfter = time.Second
-	if _, _, err := s.Create(ctx, req); err != nil {
-		t.Fatal(err)
-	}
+	createExpiring(ctx, t, s, n)
 	waitExpired(t, s, n)
 	listed, err := s.Store().GetByName(ctx, n)
 	if err != nil {
@@ -382,12 +362,7 @@ func TestReapSkipsBackendsItHasNot(t *testing.T) {
 		}
 	}
 	n := uniq("mine")
-	cleanupName(t, s, n)
-	req := clusterRequest(n, "pw")
-	req.ExpiresAfter = time.Second
-	if _, _, err := s.Create(ctx, req); err != nil {
-		t.Fatal(err)
-	}
+	createExpiring(ctx, t, s, n)
 	waitExpired(t, s, n)
 	rs, err := s.Reap(ctx, 1, time.Minute, time.Minute)
 	if err != nil || !slices.Equal(reapedNames(rs), []string{n}) {
@@ -484,5 +459,17 @@ func TestReapDeadCreate(t *testing.T) {
 		if got, err := s.Store().Get(ctx, r.ID); err != nil || got.State != metadb.StateCreating {
 			t.Errorf("%s's row: %+v %v", r.Name, got, err)
 		}
+	}
+}
+
+// createExpiring creates pg_cluster instance n (password "pw") expiring a
+// second after its creation, removed at the test's end if still there.
+func createExpiring(ctx context.Context, t *testing.T, s *Service, n string) {
+	t.Helper()
+	cleanupName(t, s, n)
+	req := clusterRequest(n, "pw")
+	req.ExpiresAfter = time.Second
+	if _, _, err := s.Create(ctx, req); err != nil {
+		t.Fatal(err)
 	}
 }
