@@ -149,11 +149,7 @@ matrix_run() {
 t0=$(date +%s)
 if [ "$mode" = all ]; then
 	echo "== all tests, terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?} ($(command -v terraform))"
-	# Longest packages first: go test runs packages in the order given, two at a time on 2
-	# cores, and the provider's acceptance tests (about 1000 s, mostly waiting on servers) are
-	# the critical path; listed last by ./..., they started only after 400 s of the others.
-	go_test "terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?}, all tests" "${POSTGRAAS_TEST_TERRAFORM_VERSION:-}" \
-		./internal/provider ./internal/backend/docker ./...
+	go_test "terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?}, all tests" "${POSTGRAAS_TEST_TERRAFORM_VERSION:-}" ./...
 fi
 matrix_run tofu "${POSTGRAAS_TEST_TOFU:-}" "${POSTGRAAS_TEST_TOFU_VERSION:-}" "${POSTGRAAS_TEST_TOFU_PROVIDER_HOST:-}"
 matrix_run terraform "${POSTGRAAS_TEST_TERRAFORM_NEWEST:-}" "${POSTGRAAS_TEST_TERRAFORM_NEWEST_VERSION:-}" \
