@@ -130,7 +130,7 @@ type Pooled interface {
 	StartPoolMember(ctx context.Context, m PoolMember) (string, error)
 	// ClaimPool makes the pool container id, which spec's row has claimed,
 	// the instance, ready as a cold create's.
-	ClaimPool(ctx context.Context, id string, spec Spec) (Created, error)
+	ClaimPool(ctx context.Context, id string, m PoolMember, spec Spec) (Created, error)
 	// RemovePoolContainer removes the container id if it carries m's
 	// pool proof (gone is not an error).
 	RemovePoolContainer(ctx context.Context, id string, m PoolMember) error

@@ -271,7 +271,7 @@ func TestPoolTakeOverAfterKilledClaim(t *testing.T) {
 	if err != nil || cl == nil {
 		t.Fatalf("claim: %+v %v", cl, err)
 	}
-	if _, err := d.ClaimPool(ctx, cl.Member.ContainerID, backend.Spec{InstanceID: id, Proof: ProofFor(dead), Name: name,
+	if _, err := d.ClaimPool(ctx, cl.Member.ContainerID, poolMember(cl.Member), backend.Spec{InstanceID: id, Proof: ProofFor(dead), Name: name,
 		DBName: "app", Username: "app", Password: "dead-pw"}); err != nil {
 		t.Fatal(err)
 	}

@@ -256,7 +256,7 @@ func (s *Service) Create(ctx context.Context, req Request) (metadb.Record, strin
 				s.startMember(ctx, pooled, *claimed.Replacement)
 			}()
 		}
-		created, err = pooled.ClaimPool(cctx, claimed.Member.ContainerID, spec)
+		created, err = pooled.ClaimPool(cctx, claimed.Member.ContainerID, poolMember(claimed.Member), spec)
 		if errors.Is(err, backend.ErrPoolContainerUnusable) {
 			created, err = s.unclaimAndGoCold(cctx, b, &want, spec, lease)
 		}

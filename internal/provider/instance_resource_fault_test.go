@@ -50,6 +50,7 @@ const (
 	pointStarted          = "docker.started"
 	pointBackendDone      = "create.backend_done"
 	pointPoolClaimed      = "create.pool_claimed"
+	pointPoolPersonal     = "docker.pool_personalised"
 )
 
 const (
@@ -1469,11 +1470,12 @@ func TestAccFault_rotationKilledAfterAlter(t *testing.T) {
 // TestAccFault_dockerPoolClaimKill: the provider killed (SIGKILL) or stopped
 // (SIGTERM) right after a create claimed a warm container (the meta DB row
 // records the claim; the container still has its pool name and bootstrap
-// role). The next apply removes the claimed container by the claim's proof,
+// role), and after it renamed and personalised it (the instance's name and
+// role, the row still creating). The next apply removes the claimed container by the claim's proof,
 // creates the instance anew, and refills the pool.
 func TestAccFault_dockerPoolClaimKill(t *testing.T) {
 	faultAccPreCheck(t, dockerEnv...)
-	cases := faultCases("docker", pointPoolClaimed)
+	cases := faultCases("docker", pointPoolClaimed, pointPoolPersonal)
 	for k := range cases {
 		cases[k].pool = true
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/selfhosted"
+	"github.com/postgraas/terraform-provider-postgraas/internal/faultinject"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 )
 
@@ -216,7 +217,7 @@ func personaliseScript(spec backend.Spec, verifier string) string {
 // instance: renamed to spec.Name, personalised, and ready as a cold
 // create is (the instance's login works on the published port). A failure
 // leaves the container to the caller's undo, which purges it by proof.
-func (b *Backend) ClaimPool(ctx context.Context, id string, spec backend.Spec) (backend.Created, error) {
+func (b *Backend) ClaimPool(ctx context.Context, id string, m PoolMember, spec backend.Spec) (backend.Created, error) {
 	if err := b.engine(ctx); err != nil {
 		return backend.Created{}, err
 	}
@@ -226,6 +227,13 @@ func (b *Backend) ClaimPool(ctx context.Context, id string, spec backend.Spec) (
 	}
 	if err != nil {
 		return backend.Created{}, fmt.Errorf("inspecting the claimed pool container: %w", err)
+	}
+	// The rename and the personalising SQL act on this container: it must
+	// be member m's (ID and pool labels are immutable, so this holds for
+	// everything below).
+	if !poolProven(c, backend.Instance{ContainerID: id, PoolMember: m.ID, PoolProof: m.Proof}) {
+		return backend.Created{}, fmt.Errorf("container %s does not carry the proof of pool member %d; it was left alone: %w",
+			id, m.ID, backend.ErrNotOurs)
 	}
 	if c.State == nil || !c.State.Running || c.State.Restarting {
 		return backend.Created{}, backend.ErrPoolContainerUnusable
@@ -265,6 +273,7 @@ func (b *Backend) ClaimPool(ctx context.Context, id string, spec backend.Spec) (
 				return &selfhosted.StopWaiting{Err: fmt.Errorf("personalising the claimed pool container: %w", err)}
 			}
 			personalised = true
+			faultinject.Pause(ctx, "docker.pool_personalised")
 		}
 		var err error
 		ssl, err = selfhosted.SSLSetting(ctx, b.target(port, spec.Username, spec.Password, spec.DBName), attemptTimeout)

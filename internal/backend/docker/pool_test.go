@@ -3,7 +3,9 @@ package docker
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,7 +50,16 @@ func TestPoolClaim(t *testing.T) {
 	}
 	spec := e.spec(t)
 	ctx := ctxFor(t, 2*time.Minute)
-	c, err := e.b.ClaimPool(ctx, id, spec)
+	// Another member's proof: refused before the rename, nothing changed.
+	other := m
+	other.Proof = strings.Repeat("0", len(m.Proof))
+	if _, err := e.b.ClaimPool(ctx, id, other, spec); !errors.Is(err, backend.ErrNotOurs) {
+		t.Fatalf("ClaimPool with another member's proof: %v", err)
+	}
+	if pc, ok := e.inspect(t, id); !ok || pc.Name != "/"+PoolContainerName(m.Pool, m.ID) {
+		t.Fatalf("after a refused claim the pool container is %v %q", ok, pc.Name)
+	}
+	c, err := e.b.ClaimPool(ctx, id, m, spec)
 	if err != nil {
 		t.Fatalf("ClaimPool: %v", err)
 	}
