@@ -1,9 +1,10 @@
 // Package netfake has network endpoints that misbehave, for tests of how
-// the provider fails: a port that accepts and never answers, and one
-// nothing listens on.
+// the provider fails: a port that accepts and never answers, one that
+// answers and then stalls, and one nothing listens on.
 package netfake
 
 import (
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -72,4 +73,76 @@ func ClosedPort(tb testing.TB) int {
 	port := addr.Port
 	_ = l.Close()
 	return port
+}
+
+// Stalling returns the port of a TCP listener on 127.0.0.1 whose first
+// stalls connections are answered and then left hanging, as an overloaded
+// server does: it reads the client's first message, sends one byte and
+// says nothing more. Later connections are relayed to upstream
+// ("host:port"), or left hanging too when upstream is "". accepted counts
+// the connections taken.
+func Stalling(tb testing.TB, stalls int, upstream string) (port int, accepted func() int) {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	keep := func(c net.Conn) {
+		mu.Lock()
+		defer mu.Unlock()
+		held = append(held, c)
+	}
+	go func() {
+		for n := 0; ; n++ {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			keep(c)
+			if n < stalls || upstream == "" {
+				go func() {
+					buf := make([]byte, 512)
+					if _, err := c.Read(buf); err == nil {
+						_, _ = c.Write([]byte{'N'})
+					}
+				}()
+				continue
+			}
+			go relay(c, upstream, keep)
+		}
+	}()
+	tb.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	})
+	addr, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		tb.Fatalf("listener address %v is not TCP", l.Addr())
+	}
+	return addr.Port, func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held)
+	}
+}
+
+func relay(c net.Conn, upstream string, keep func(net.Conn)) {
+	u, err := net.Dial("tcp", upstream)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	keep(u)
+	go func() {
+		_, _ = io.Copy(u, c)
+		_ = u.Close()
+	}()
+	_, _ = io.Copy(c, u)
+	_ = c.Close()
 }

@@ -105,6 +105,7 @@ func (t Target) ConnectOnce(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, _ = watchAnswers(ctx)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	return conn, t.connectFailure(ctx, err)
 }
@@ -163,9 +164,11 @@ func (t Target) PoolConfig(maxConns int32) (*pgxpool.Config, error) {
 }
 
 func (t Target) setDial(cfg *pgconn.Config) {
+	dial := cfg.DialFunc
 	if t.Dial != nil {
-		cfg.DialFunc = pgconn.DialFunc(t.Dial)
+		dial = pgconn.DialFunc(t.Dial)
 	}
+	cfg.DialFunc = watchDial(dial)
 }
 
 // SameLogin reports whether t and o log in to the same server as the same

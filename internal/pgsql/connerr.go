@@ -22,6 +22,8 @@ func (t Target) connectFailure(ctx context.Context, err error) error {
 	}
 	reason := reach.Other
 	switch {
+	case (pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded)) && serverAnswered(ctx):
+		reason = reach.Slow
 	case pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded):
 		reason = reach.Timeout
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT),

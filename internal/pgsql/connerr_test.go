@@ -3,9 +3,14 @@ package pgsql
 import (
 	"context"
 	"errors"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/postgraas/terraform-provider-postgraas/internal/netfake"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
@@ -132,4 +137,83 @@ func TestSharedRunsOnceForWaiters(t *testing.T) {
 	if err := s.Do(context.Background(), func(context.Context) error { return nil }); err != nil {
 		t.Errorf("after a failure: %v", err)
 	}
+}
+
+// A server that accepts and begins the login but does not finish it within
+// the connect timeout is overloaded, not gone: the connect tries again
+// within the operation's time and gets through once the server keeps up;
+// one that never finishes is reported as Slow, not as "no answer". A
+// listener that answers nothing still fails at the first connect timeout.
+func TestSlowLoginIsRetried(t *testing.T) {
+	t.Parallel()
+	srv := testServer(t)
+	srv.Component = reach.MetaDB
+	srv.ConnectTimeout = 500 * time.Millisecond
+	upstream := net.JoinHostPort(srv.Host, strconv.Itoa(srv.Port))
+
+	for _, via := range []string{"connect", "pool"} {
+		t.Run(via, func(t *testing.T) {
+			t.Parallel()
+			slow := srv
+			port, accepted := netfake.Stalling(t, 2, upstream)
+			slow.Host, slow.Port = "127.0.0.1", port
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var err error
+			if via == "connect" {
+				var c *pgx.Conn
+				if c, err = slow.Connect(ctx); err == nil {
+					err = c.Ping(ctx)
+					_ = c.Close(ctx)
+				}
+			} else {
+				p := slow.NewPool(2)
+				defer p.Close()
+				_, err = p.Exec(ctx, "SELECT 1")
+			}
+			if err != nil {
+				t.Fatalf("after two stalled logins: %v", err)
+			}
+			// pgx may try TLS and then plain text on one attempt, so
+			// count at least: two stalled attempts and the one that worked.
+			if n := accepted(); n < 3 {
+				t.Errorf("%d connections accepted, want the 2 stalled ones and one more", n)
+			}
+		})
+	}
+
+	t.Run("never finishes", func(t *testing.T) {
+		t.Parallel()
+		stalled := srv
+		port, accepted := netfake.Stalling(t, 0, "")
+		stalled.Host, stalled.Port = "127.0.0.1", port
+		ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+		defer cancel()
+		_, err := stalled.Connect(ctx)
+		r := reach.As(err)
+		var re *RetryError
+		if r == nil || r.Reason != reach.Slow || !errors.As(err, &re) || re.Attempts < 2 {
+			t.Fatalf("a login that never finishes: %v (%#v), want reason Slow after more than one attempt", err, r)
+		}
+		if !strings.Contains(err.Error(), "began the login but did not finish it within the connect timeout of 500ms") {
+			t.Errorf("error does not say the login began and did not finish: %v", err)
+		}
+		t.Logf("%d connections, %d attempts: %v", accepted(), re.Attempts, err)
+	})
+
+	t.Run("silent", func(t *testing.T) {
+		t.Parallel()
+		silent := srv
+		port, accepted := netfake.SilentCounting(t)
+		silent.Host, silent.Port = "127.0.0.1", port
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := silent.Connect(ctx)
+		if r := reach.As(err); r == nil || r.Reason != reach.Timeout {
+			t.Fatalf("a silent listener: %v, want reason Timeout", err)
+		}
+		if n := accepted(); n != 1 {
+			t.Errorf("a silent listener got %d connections, want 1 (no retry of a server that never answered)", n)
+		}
+	})
 }

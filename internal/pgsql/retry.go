@@ -9,6 +9,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 // SQLSTATEs of a server that cannot take a connection right now.
@@ -23,11 +25,20 @@ const (
 // another attempt: the server's connection table is full (53300), the
 // server is starting up or shutting down (57P03), or the connection was
 // dropped (the server ended it, 57P01/57P02, or the socket closed while
-// connecting or in use). A refused connection is not one: a wrong host or
+// connecting or in use), or a login the server began did not finish within
+// the connect timeout (reach.Slow: overloaded, not gone). A refused connection is not one: a wrong host or
 // port must fail at once, not at the operation's timeout. Callers retry a
 // statement only when it is idempotent; a connect always is.
 func IsTransient(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if r := reach.As(err); r != nil && r.Reason == reach.Slow {
+		// The connect timeout ended a login the server had begun: it is
+		// overloaded, not gone (see answer.go).
+		return true
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	switch Code(err) {
@@ -72,7 +83,7 @@ func (e *RetryError) Error() string {
 	} else if IsTransient(e.Err) {
 		why = "no time was left for another attempt"
 	}
-	return fmt.Sprintf("%v (tried %d times over %s, backing off while the server was full, starting up or dropped the connection; %s)",
+	return fmt.Sprintf("%v (tried %d times over %s, backing off while the server was full, starting up, too slow to finish a login or dropped the connection; %s)",
 		e.Err, e.Attempts, e.Took.Round(time.Millisecond), why)
 }
 

@@ -405,6 +405,7 @@ var reasonSummary = map[reach.Reason]string{
 	reach.WrongPassword: "wrong password",
 	reach.NoPassword:    "no password set",
 	reach.NoDatabase:    "database does not exist",
+	reach.Slow:          "overloaded",
 	reach.Other:         "cannot connect",
 }
 
@@ -451,6 +452,11 @@ func reachAdvice(r *reach.Error) string {
 		return fmt.Sprintf("Nothing answered within the connect timeout of %s: a server that is paused, overloaded or behind "+
 			"a firewall that drops packets never answers. Check %s and that the server runs; if it is only slow to answer, "+
 			"raise connect_timeout in the provider block (POSTGRAAS_CONNECT_TIMEOUT).", r.Timeout, s.address)
+	case reach.Slow:
+		return fmt.Sprintf("The server accepted the connection and began the login but did not finish it within the connect "+
+			"timeout of %s, on every attempt until the operation's time ran out: it runs, but is overloaded (many logins at "+
+			"once, or starved of CPU). Raise connect_timeout in the provider block (POSTGRAAS_CONNECT_TIMEOUT) or the "+
+			"operation's timeouts, or run fewer applies against that server at once.", r.Timeout)
 	case reach.Refused:
 		return fmt.Sprintf("Nothing accepts connections there. Check %s and that the server runs.", s.address)
 	case reach.WrongPassword:

@@ -89,6 +89,13 @@ func TestAddErrorNamesComponentAndSetting(t *testing.T) {
 			[]string{"pg_cluster.host", "POSTGRAAS_PG_CLUSTER_PORT"}, nil},
 		{&reach.Error{Component: reach.DockerEngine, Reason: reach.Timeout, Timeout: 10 * time.Second, Err: errors.New("ping")}, opLimit{}, "Docker engine: no answer",
 			[]string{"docker.host", "DOCKER_HOST", "10s", "connect_timeout"}, nil},
+		// A login the server began and never finished, on every attempt
+		// until the create's time ran out: overloaded, not unreachable.
+		{wrap(&pgsql.RetryError{Attempts: 7, Took: time.Minute, Ctx: context.DeadlineExceeded,
+			Err: &reach.Error{Component: reach.MetaDB, Address: "postgraas@10.0.0.1:5432/postgraas", Reason: reach.Slow, Timeout: 10 * time.Second, Err: context.DeadlineExceeded}}),
+			opLimit{"timeouts.create", time.Minute}, "Meta DB: overloaded",
+			[]string{"began the login", "10s", "overloaded", "connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT", "fewer applies"},
+			[]string{"Nothing answered"}},
 		{&reach.Error{Component: reach.MetaDB, Reason: reach.NoDatabase, Err: errors.New("3D000")}, opLimit{}, "Meta DB: database does not exist",
 			[]string{"metadb.db_name", "POSTGRAAS_METADB_DB_NAME"}, nil},
 		{fmt.Errorf("waiting: %w", context.DeadlineExceeded), opLimit{"timeouts.delete", 3 * time.Second}, "Timed out",

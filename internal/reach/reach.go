@@ -46,6 +46,11 @@ const (
 	NoPassword
 	// NoDatabase: the login's database does not exist.
 	NoDatabase
+	// Slow: the server accepted the connection and began the login but
+	// did not finish it within the connect timeout. Unlike Timeout, the
+	// server runs: it is overloaded (a flood of logins, starved of CPU),
+	// so another attempt is worth making while the operation has time.
+	Slow
 )
 
 func (r Reason) String() string {
@@ -60,6 +65,8 @@ func (r Reason) String() string {
 		return "no password set"
 	case NoDatabase:
 		return "database does not exist"
+	case Slow:
+		return "login not finished within the connect timeout"
 	}
 	return "connection failed"
 }
@@ -79,8 +86,12 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Reason == Timeout {
+	switch e.Reason {
+	case Timeout:
 		return fmt.Sprintf("the %s at %s did not answer within the connect timeout of %s: %v", e.Component, e.Address, e.Timeout, e.Err)
+	case Slow:
+		return fmt.Sprintf("the %s at %s began the login but did not finish it within the connect timeout of %s: %v",
+			e.Component, e.Address, e.Timeout, e.Err)
 	}
 	return fmt.Sprintf("connecting to the %s at %s: %s: %v", e.Component, e.Address, e.Reason, e.Err)
 }
