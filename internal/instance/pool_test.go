@@ -2,10 +2,8 @@ package instance
 
 import (
 	"context"
-	"errors"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -54,110 +52,6 @@ func fillPool(t *testing.T, s *Service, pool string, n int) {
 
 func destroyPool(ctx context.Context, s *Service, pool string) error {
 	return s.DestroyPool(ctx, backend.KindDocker, pool)
-}
-
-// Four creates at once against a pool of two: two claim distinct warm
-// containers, two go cold, all four log in; the claims started two
-// replacements. A claimed instance rotates and is destroyed like a cold
-// one, and destroying the pool leaves the claimed instances alone.
-func TestPoolCreates(t *testing.T) {
-	t.Parallel()
-	s, _ := poolService(t)
-	pool := uniq("p")
-	fillPool(t, s, pool, 2)
-	warm := map[string]bool{}
-	ms, _ := s.Store().Members(testCtx(t), pool)
-	for _, m := range ms {
-		warm[m.ContainerID] = true
-	}
-	ctx := testCtx(t)
-	recs := make([]metadb.Record, 4)
-	errs := make([]error, 4)
-	var wg sync.WaitGroup
-	for i := range recs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			recs[i], _, errs[i] = s.Create(ctx, Request{Name: uniq("pc"), DBName: "app db", Username: "app user",
-				Password: "pw" + strconv.Itoa(i), Backend: backend.KindDocker})
-		}()
-	}
-	wg.Wait()
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		for i, r := range recs {
-			if r.ID != 0 {
-				_ = s.Delete(cctx, strconv.FormatInt(r.ID, 10), backend.Auth{Password: "pw" + strconv.Itoa(i)}, true)
-			}
-		}
-		_ = destroyPool(cctx, s, pool)
-	})
-	var claimed []int
-	seen := map[string]bool{}
-	for i, r := range recs {
-		if errs[i] != nil {
-			t.Fatalf("create %d: %v", i, errs[i])
-		}
-		if seen[r.ContainerID] {
-			t.Fatalf("container %s shared", r.ContainerID)
-		}
-		seen[r.ContainerID] = true
-		if r.PoolMember != 0 {
-			if !warm[r.ContainerID] {
-				t.Fatalf("create %d claimed %s, not a pool container", i, r.ContainerID)
-			}
-			claimed = append(claimed, i)
-		} else if warm[r.ContainerID] {
-			t.Fatalf("create %d got a pool container without recording the claim", i)
-		}
-		tg := pgsql.Target{Host: "127.0.0.1", Port: r.Port, Database: "app db", User: "app user", Password: "pw" + strconv.Itoa(i), SSLMode: "disable"}
-		c, err := tg.ConnectOnce(ctx)
-		if err != nil {
-			t.Fatalf("login to %d: %v", i, err)
-		}
-		c.Close(ctx)
-	}
-	if len(claimed) != 2 {
-		t.Fatalf("%d creates claimed a warm container, want 2", len(claimed))
-	}
-	ms, err := s.Store().Members(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ms) != 2 || ms[0].State != metadb.MemberIdle || ms[1].State != metadb.MemberIdle || warm[ms[0].ContainerID] || warm[ms[1].ContainerID] {
-		t.Fatalf("replacements: %+v", ms)
-	}
-
-	// Rotate a claimed instance, destroy the other.
-	a, b := claimed[0], claimed[1]
-	if _, err := s.Rotate(ctx, recs[a], backend.Auth{Password: "pw" + strconv.Itoa(a)}, "rotated"); err != nil {
-		t.Fatalf("rotate of a claimed instance: %v", err)
-	}
-	if err := s.Delete(ctx, strconv.FormatInt(recs[b].ID, 10), backend.Auth{Password: "pw" + strconv.Itoa(b)}, false); err != nil {
-		t.Fatalf("destroy of a claimed instance: %v", err)
-	}
-	if _, err := s.Store().Get(ctx, recs[b].ID); !errors.Is(err, metadb.ErrNotFound) {
-		t.Fatalf("row of the destroyed instance: %v", err)
-	}
-
-	// The pool's destroy removes its idle containers only.
-	if err := destroyPool(ctx, s, pool); err != nil {
-		t.Fatal(err)
-	}
-	if st, err := s.Inspect(ctx, recs[a]); err != nil || st.Port == 0 {
-		t.Fatalf("claimed instance after the pool's destroy: %+v %v", st, err)
-	}
-	tg := pgsql.Target{Host: "127.0.0.1", Port: recs[a].Port, Database: "app db", User: "app user", Password: "rotated", SSLMode: "disable"}
-	c, err := tg.ConnectOnce(ctx)
-	if err != nil {
-		t.Fatalf("login to the rotated claimed instance after the pool's destroy: %v", err)
-	}
-	c.Close(ctx)
-	if err := s.Delete(ctx, strconv.FormatInt(recs[a].ID, 10), backend.Auth{Password: "rotated"}, false); err != nil {
-		t.Fatalf("destroy after rotate: %v", err)
-	}
-	recs[a].ID, recs[b].ID = 0, 0
 }
 
 // A pool apply finishes what a killed maker left: a warming member whose
@@ -247,61 +141,6 @@ func TestPoolRerecord(t *testing.T) {
 	if err := s.Delete(ctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "pw"}, false); err != nil {
 		t.Fatalf("destroy after the write-back: %v", err)
 	}
-}
-
-// A run killed after its claim (here: even after the container was renamed
-// and personalised) leaves a creating row whose lease runs out; the next
-// create of the name takes it over, removes the claimed container, proven
-// by the claim, and creates anew.
-func TestPoolTakeOverAfterKilledClaim(t *testing.T) {
-	t.Parallel()
-	s, d := poolServiceLease(t, LeaseConfig{TTL: 2 * time.Second, Poll: 50 * time.Millisecond})
-	pool := uniq("p")
-	ctx := testCtx(t)
-	fillPool(t, s, pool, 1)
-	name := uniq("pk")
-	dead := metadb.Record{Name: name, DBName: "app", Username: "app", Backend: backend.KindDocker, Token: randomHex(32)}
-	deadLease := metadb.Lease{Owner: "dead", TTL: 2 * time.Second}
-	id, err := s.Store().Reserve(ctx, dead, deadLease)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead.ID = id
-	cl, err := s.Store().ClaimMember(ctx, id, dead.Token, d.PoolImage(""), randomHex(32), deadLease)
-	if err != nil || cl == nil {
-		t.Fatalf("claim: %+v %v", cl, err)
-	}
-	if _, err := d.ClaimPool(ctx, cl.Member.ContainerID, poolMember(cl.Member), backend.Spec{InstanceID: id, Proof: ProofFor(dead), Name: name,
-		DBName: "app", Username: "app", Password: "dead-pw"}); err != nil {
-		t.Fatal(err)
-	}
-	rec, _, err := s.Create(ctx, Request{Name: name, DBName: "app", Username: "app", Password: "new-pw", Backend: backend.KindDocker})
-	if err != nil {
-		t.Fatalf("create after a killed claim: %v", err)
-	}
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_ = s.Delete(cctx, strconv.FormatInt(rec.ID, 10), backend.Auth{Password: "new-pw"}, true)
-		_ = destroyPool(cctx, s, pool)
-	})
-	if rec.ID != id || rec.ContainerID == cl.Member.ContainerID || rec.Token == dead.Token {
-		t.Fatalf("row after the take-over: %+v", rec)
-	}
-	if got, err := d.PoolContainer(ctx, poolMember(cl.Member)); err != nil || got != "" {
-		t.Fatalf("pool container by its old name: %q %v", got, err)
-	}
-	gone := rec
-	gone.ContainerID, gone.PoolMember, gone.PoolProof, gone.Token = cl.Member.ContainerID, cl.Member.ID, cl.Member.Proof(), dead.Token
-	if st, err := s.Inspect(ctx, gone); err != nil || st.Exists {
-		t.Fatalf("the killed claim's container after the take-over: %+v %v", st, err)
-	}
-	tg := pgsql.Target{Host: "127.0.0.1", Port: rec.Port, Database: "app", User: "app", Password: "new-pw", SSLMode: "disable"}
-	c, err := tg.ConnectOnce(ctx)
-	if err != nil {
-		t.Fatalf("login to the new instance: %v", err)
-	}
-	c.Close(ctx)
 }
 
 // A pool apply with a smaller size removes the newest idle members and

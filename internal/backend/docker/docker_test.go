@@ -8,7 +8,6 @@ import (
 	"errors"
 	"math/big"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -376,23 +375,6 @@ func TestConcurrentCreates(t *testing.T) {
 		}
 		conn.Close(ctx)
 	}
-}
-
-func TestCreateReadyTime(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, nil)
-	var times []time.Duration
-	for range 3 {
-		spec := e.spec(t)
-		start := time.Now()
-		c := e.create(t, spec)
-		times = append(times, time.Since(start))
-		if err := e.b.Delete(ctxFor(t, time.Minute), instanceOf(spec, c), backend.Auth{Password: spec.Password}, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	slices.Sort(times)
-	t.Logf("create to ready: %v (median %v)", times, times[len(times)/2])
 }
 
 func TestCreateMissingImage(t *testing.T) {

@@ -426,14 +426,17 @@ func TestDriftAndPurge(t *testing.T) {
 	}
 }
 
-// Five creates at once on the NodePort service type, each ready on return.
-func TestFiveAtOnceNodePort(t *testing.T) {
+// Two creates at once on the NodePort service type, each ready on return
+// at the node's address. Five at once, through Terraform, is
+// TestAccInstance_kubernetesFiveAtOnce's; each pod costs the 2-core CI
+// machine an initdb, so this one keeps to the concurrency itself.
+func TestConcurrentNodePort(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(c *Config) { c.ServiceType = ServiceNodePort })
 	var wg sync.WaitGroup
-	errs := make([]error, 5)
+	errs := make([]error, 2)
 	start := time.Now()
-	for n := range 5 {
+	for n := range len(errs) {
 		spec := e.spec(t)
 		wg.Add(1)
 		go func() {
@@ -450,7 +453,7 @@ func TestFiveAtOnceNodePort(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("5 creates at once took %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("%d creates at once took %s", len(errs), time.Since(start).Round(time.Millisecond))
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
