@@ -20,10 +20,9 @@ type answerWatch struct{ answered atomic.Bool }
 type answerWatchKey struct{}
 
 // watchAnswers returns ctx carrying a fresh answerWatch for one connection
-// attempt.
-func watchAnswers(ctx context.Context) (context.Context, *answerWatch) {
-	w := &answerWatch{}
-	return context.WithValue(ctx, answerWatchKey{}, w), w
+// attempt (read back by serverAnswered).
+func watchAnswers(ctx context.Context) context.Context {
+	return context.WithValue(ctx, answerWatchKey{}, &answerWatch{})
 }
 
 // serverAnswered reports whether the attempt made with ctx received any

@@ -105,7 +105,7 @@ func (t Target) ConnectOnce(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, _ = watchAnswers(ctx)
+	ctx = watchAnswers(ctx)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	return conn, t.connectFailure(ctx, err)
 }

@@ -97,7 +97,7 @@ func (p *Pool) Acquire(ctx context.Context) (*pgxpool.Conn, error) {
 func (p *Pool) acquire(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
 	var conn *pgxpool.Conn
 	err := Retry(ctx, func(ctx context.Context) error {
-		ctx, _ = watchAnswers(ctx)
+		ctx = watchAnswers(ctx)
 		var err error
 		conn, err = pool.Acquire(ctx)
 		return p.target.connectFailure(ctx, err)
