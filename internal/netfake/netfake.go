@@ -23,12 +23,28 @@ func Silent(tb testing.TB) int {
 // so a test can tell that the silence it met was this listener's.
 func SilentCounting(tb testing.TB) (port int, accepted func() int) {
 	tb.Helper()
+	return serve(tb, func(int, net.Conn, func(net.Conn)) {})
+}
+
+// serve listens on 127.0.0.1 and hands each accepted connection, with
+// its index, to handle (on the accepting goroutine: handle starts its own
+// for anything that blocks). Accepted connections, and those handle passes
+// to keep, are closed with the listener when the test ends; accepted counts
+// the accepted ones.
+func serve(tb testing.TB, handle func(n int, c net.Conn, keep func(net.Conn))) (port int, accepted func() int) {
+	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	var mu sync.Mutex
 	var held []net.Conn
+	n := 0
+	keep := func(c net.Conn) {
+		mu.Lock()
+		defer mu.Unlock()
+		held = append(held, c)
+	}
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -37,7 +53,10 @@ func SilentCounting(tb testing.TB) (port int, accepted func() int) {
 			}
 			mu.Lock()
 			held = append(held, c)
+			k := n
+			n++
 			mu.Unlock()
+			handle(k, c, keep)
 		}
 	}()
 	tb.Cleanup(func() {
@@ -55,7 +74,7 @@ func SilentCounting(tb testing.TB) (port int, accepted func() int) {
 	return addr.Port, func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(held)
+		return n
 	}
 }
 
@@ -83,53 +102,18 @@ func ClosedPort(tb testing.TB) int {
 // the connections taken.
 func Stalling(tb testing.TB, stalls int, upstream string) (port int, accepted func() int) {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var mu sync.Mutex
-	var held []net.Conn
-	keep := func(c net.Conn) {
-		mu.Lock()
-		defer mu.Unlock()
-		held = append(held, c)
-	}
-	go func() {
-		for n := 0; ; n++ {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			keep(c)
-			if n < stalls || upstream == "" {
-				go func() {
-					buf := make([]byte, 512)
-					if _, err := c.Read(buf); err == nil {
-						_, _ = c.Write([]byte{'N'})
-					}
-				}()
-				continue
-			}
+	return serve(tb, func(n int, c net.Conn, keep func(net.Conn)) {
+		if n >= stalls && upstream != "" {
 			go relay(c, upstream, keep)
+			return
 		}
-	}()
-	tb.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			_ = c.Close()
-		}
+		go func() {
+			buf := make([]byte, 512)
+			if _, err := c.Read(buf); err == nil {
+				_, _ = c.Write([]byte{'N'})
+			}
+		}()
 	})
-	addr, ok := l.Addr().(*net.TCPAddr)
-	if !ok {
-		tb.Fatalf("listener address %v is not TCP", l.Addr())
-	}
-	return addr.Port, func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(held)
-	}
 }
 
 func relay(c net.Conn, upstream string, keep func(net.Conn)) {
