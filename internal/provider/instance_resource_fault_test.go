@@ -1471,8 +1471,9 @@ func TestAccFault_rotationKilledAfterAlter(t *testing.T) {
 // (SIGTERM) right after a create claimed a warm container (the meta DB row
 // records the claim; the container still has its pool name and bootstrap
 // role), and after it renamed and personalised it (the instance's name and
-// role, the row still creating). The next apply removes the claimed container by the claim's proof,
-// creates the instance anew, and refills the pool.
+// role, the row still creating). The next apply removes the claimed
+// container by the claim's proof, creates the instance anew, and refills
+// the pool.
 func TestAccFault_dockerPoolClaimKill(t *testing.T) {
 	faultAccPreCheck(t, dockerEnv...)
 	cases := faultCases("docker", pointPoolClaimed, pointPoolPersonal)

@@ -378,7 +378,7 @@ func readyPause(base, waited time.Duration) time.Duration {
 	if waited <= readyFastFor {
 		return base
 	}
-	return min(max(base, base+time.Duration(readyPauseGrowth*float64(waited-readyFastFor))), max(base, readyPauseMax))
+	return min(base+time.Duration(readyPauseGrowth*float64(waited-readyFastFor)), max(base, readyPauseMax))
 }
 
 // containerStopped: the container exited or restarted while a login was

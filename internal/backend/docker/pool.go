@@ -97,11 +97,7 @@ func (b *Backend) RemovePoolContainer(ctx context.Context, id string, m PoolMemb
 	if err != nil {
 		return fmt.Errorf("inspecting pool container %s: %w", id, err)
 	}
-	l := map[string]string{}
-	if c.Config != nil {
-		l = c.Config.Labels
-	}
-	if c.ID != id || l[LabelPoolMember] != strconv.FormatInt(m.ID, 10) || l[LabelPoolProof] != m.Proof || m.Proof == "" {
+	if !memberProven(c, id, m) {
 		return fmt.Errorf("container %s does not carry the proof of pool member %d; it was left alone", id, m.ID)
 	}
 	return b.remove(ctx, id)
@@ -182,6 +178,13 @@ func poolProven(c container.InspectResponse, inst backend.Instance) bool {
 		l[LabelPoolProof] == inst.PoolProof
 }
 
+// memberProven reports whether c is container id of pool member m: the
+// proof a claim records, checked before a member's container is changed or
+// removed.
+func memberProven(c container.InspectResponse, id string, m PoolMember) bool {
+	return poolProven(c, backend.Instance{ContainerID: id, PoolMember: m.ID, PoolProof: m.Proof})
+}
+
 // psqlArg quotes a psql meta-command argument.
 func psqlArg(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
@@ -231,7 +234,7 @@ func (b *Backend) ClaimPool(ctx context.Context, id string, m PoolMember, spec b
 	// The rename and the personalising SQL act on this container: it must
 	// be member m's (ID and pool labels are immutable, so this holds for
 	// everything below).
-	if !poolProven(c, backend.Instance{ContainerID: id, PoolMember: m.ID, PoolProof: m.Proof}) {
+	if !memberProven(c, id, m) {
 		return backend.Created{}, fmt.Errorf("container %s does not carry the proof of pool member %d; it was left alone: %w",
 			id, m.ID, backend.ErrNotOurs)
 	}
