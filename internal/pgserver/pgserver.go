@@ -196,7 +196,8 @@ func (s *Server) LogTail(lines int) string {
 type Watcher struct {
 	stop, done chan struct{}
 	peak, n    atomic.Int64
-	err        error // after done
+	backlog    atomic.Int64 // peak length of the listen socket's accept queue
+	err        error        // after done
 }
 
 // WatchConnections polls pg_stat_activity every interval on one
@@ -227,6 +228,9 @@ func WatchConnections(ctx context.Context, target pgsql.Target, interval time.Du
 			if n > w.peak.Load() {
 				w.peak.Store(n)
 			}
+			if q := acceptQueue(target.Port); q > w.backlog.Load() {
+				w.backlog.Store(q)
+			}
 			select {
 			case <-w.stop:
 				return
@@ -243,6 +247,37 @@ func (w *Watcher) Stop() (peak, samples int64, err error) {
 	close(w.stop)
 	<-w.done
 	return w.peak.Load(), w.n.Load(), w.err
+}
+
+// BacklogPeak is the most connections seen at once in the server's accept
+// queue: accepted by the kernel, not yet by the postmaster, which hands
+// them out one at a time, so a starved postmaster shows here as logins
+// that wait with no answer (0 where /proc/net/tcp cannot be read).
+func (w *Watcher) BacklogPeak() int64 { return w.backlog.Load() }
+
+// acceptQueue reads the accept queue length of the listening TCP socket on
+// port from /proc/net/tcp and tcp6 (the rx_queue column of a socket in
+// state 0A, LISTEN); -1 when none is found.
+func acceptQueue(port int) int64 {
+	want := fmt.Sprintf(":%04X", port)
+	most := int64(-1)
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			fs := strings.Fields(line)
+			if len(fs) < 5 || fs[3] != "0A" || !strings.HasSuffix(fs[1], want) {
+				continue
+			}
+			_, rx, ok := strings.Cut(fs[4], ":")
+			if n, err := strconv.ParseInt(rx, 16, 64); ok && err == nil && n > most {
+				most = n
+			}
+		}
+	}
+	return most
 }
 
 // CountLog counts the occurrences of substr in the server's log.
