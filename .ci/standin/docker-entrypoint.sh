@@ -10,7 +10,10 @@
 #   PGDATA             data directory (default /var/lib/postgresql/data, a VOLUME)
 #   /docker-entrypoint-initdb.d/*.sql and *.sh run once on first start
 # The database is initialised by a temporary server listening only on the unix socket; the
-# final server listens on '*' port 5432 only after initialisation is complete.
+# final server listens on '*' port 5432 only after initialisation is complete. The data
+# directory is a copy of the image's template (make-template.sh) rather than initdb's work
+# whenever the request is the usual one (scram-sha-256, no POSTGRES_INITDB_ARGS): the same
+# catalog, a second's CPU less per container.
 set -Eeuo pipefail
 
 export PATH=/usr/lib/postgresql/15/bin:$PATH
@@ -45,6 +48,7 @@ POSTGRES_HOST_AUTH_METHOD=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
 # Initialisation is made all-or-nothing with a marker written last: a container stopped or
 # killed half-way through (PG_VERSION present, marker absent) is initialised afresh next start.
 INIT_MARKER=$PGDATA/.standin-initialised
+TEMPLATE=/var/lib/postgraas-standin/template
 if [ -s "$PGDATA/PG_VERSION" ] && [ ! -e "$INIT_MARKER" ]; then
 	log "found a half-initialised $PGDATA: starting over"
 	find "$PGDATA" -mindepth 1 -delete
@@ -64,20 +68,42 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 	# marker is not written, so the next start initialises again).
 	trap 'log "stopped during initialisation"; pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1; exit 143' INT TERM
 	log "initialising $PGDATA (superuser $POSTGRES_USER, database $POSTGRES_DB)"
-	pwfile=$(mktemp)
-	printf '%s\n' "${POSTGRES_PASSWORD:-}" >"$pwfile"
-	# shellcheck disable=SC2086
-	initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 \
-		--auth-local=trust --auth-host="$POSTGRES_HOST_AUTH_METHOD" --no-sync \
-		${POSTGRES_INITDB_ARGS:-} >/dev/null
-	rm -f "$pwfile"
-	printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
+	# The image's initialised template (make-template.sh) is copied when it fits the request,
+	# which is far cheaper than initdb; its bootstrap superuser is renamed below.
+	from_template=0
+	if [ -s "$TEMPLATE/PG_VERSION" ] && [ "$POSTGRES_HOST_AUTH_METHOD" = scram-sha-256 ] &&
+		[ -z "${POSTGRES_INITDB_ARGS:-}" ] && [ "$POSTGRES_USER" != standin_init ]; then
+		cp -a "$TEMPLATE/." "$PGDATA/"
+		from_template=1
+	else
+		pwfile=$(mktemp)
+		printf '%s\n' "${POSTGRES_PASSWORD:-}" >"$pwfile"
+		# shellcheck disable=SC2086
+		initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 \
+			--auth-local=trust --auth-host="$POSTGRES_HOST_AUTH_METHOD" --no-sync \
+			${POSTGRES_INITDB_ARGS:-} >/dev/null
+		rm -f "$pwfile"
+		printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
+	fi
 
 	# Temporary server: unix socket only, so nothing can connect before initialisation is done.
 	# fsync=off only for this throw-away server (CREATE DATABASE fsyncs a lot); the final
 	# shutdown checkpoint below writes everything, and the real server runs with fsync=on.
 	pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p 5432 -c fsync=off" -w -t 60 start >/dev/null
 	psql_init=(psql -X -v ON_ERROR_STOP=1 -q --username "$POSTGRES_USER" --no-password --dbname postgres)
+	if [ "$from_template" = 1 ]; then
+		# The password travels over the container's own unix socket to this temporary server,
+		# which logs no statements, and is stored as a SCRAM verifier, as initdb --pwfile does.
+		if [ "$POSTGRES_USER" != standin_bootstrap ]; then
+			psql -X -v ON_ERROR_STOP=1 -q --username standin_init --no-password --dbname postgres \
+				-v user="$POSTGRES_USER" <<<'ALTER ROLE standin_bootstrap RENAME TO :"user";'
+		fi
+		"${psql_init[@]}" -v user="$POSTGRES_USER" <<-'EOSQL'
+			\getenv pw POSTGRES_PASSWORD
+			ALTER ROLE :"user" PASSWORD :'pw';
+			DROP ROLE standin_init;
+		EOSQL
+	fi
 	if [ "$POSTGRES_DB" != postgres ]; then
 		"${psql_init[@]}" -v db="$POSTGRES_DB" <<-'EOSQL'
 			CREATE DATABASE :"db";
