@@ -417,6 +417,17 @@ func (b *Backend) podFailed(ctx context.Context, name string) error {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable &&
 			strings.Contains(c.Message, "persistentvolumeclaim") && strings.Contains(c.Message, "not found") {
+			// The StatefulSet controller makes the claim before the pod, but
+			// the scheduler can meet the pod before its cache has the claim
+			// (seen on a loaded cluster) and tries again later. Only a claim
+			// the API does not have either will never come.
+			_, err := b.cs.CoreV1().PersistentVolumeClaims(b.namespace).Get(ctx, claimName(name), metav1.GetOptions{})
+			switch {
+			case err == nil:
+				continue
+			case !apierrors.IsNotFound(err):
+				return b.apiError(fmt.Sprintf("reading PersistentVolumeClaim %q", claimName(name)), err)
+			}
 			return &backend.StartError{Reason: "pod " + pod.Name + " cannot be scheduled: " + c.Message}
 		}
 	}

@@ -540,3 +540,48 @@ func TestPersonaliseAfterALostAnswer(t *testing.T) {
 		t.Fatalf("an attempt whose verifier is not the server's: %v; want the refusal", err)
 	}
 }
+
+// A pod the scheduler found without its claim is not a failed create while
+// the claim exists: the scheduler can meet the StatefulSet's pod before its
+// cache has the claim the controller made first, and tries again (seen in
+// CI as "persistentvolumeclaim ... not found", which failed a create).
+// Only a claim the API does not have either is a failure. The scheduler
+// re-reads at once on a real cluster, so the stale answer is written here
+// by hand, on a bare pod of the StatefulSet's shape that names a scheduler
+// no one runs (so that nothing overwrites it).
+func TestUnschedulableUntilTheClaimExists(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	pods := e.b.cs.CoreV1().Pods(e.b.namespace)
+	sts := e.b.statefulSet(spec, e.b.cfg.Image)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: podName(spec.Name), Labels: sts.Spec.Template.Labels}, Spec: sts.Spec.Template.Spec}
+	pod.Spec.SchedulerName = "postgraas-test-nobody"
+	pod.Spec.Volumes = []corev1.Volume{{Name: volumeName, VolumeSource: corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claimName(spec.Name)}}}}
+	pod, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.Conditions = []corev1.PodCondition{{
+		Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable,
+		Message: `0/1 nodes are available: persistentvolumeclaim "` + claimName(spec.Name) + `" not found. not found`,
+	}}
+	if _, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var se *backend.StartError
+	if err := e.b.podFailed(ctx, spec.Name); !errors.As(err, &se) {
+		t.Fatalf("podFailed with no claim = %v; want a StartError", err)
+	}
+
+	claim := sts.Spec.VolumeClaimTemplates[0]
+	claim.Name = claimName(spec.Name)
+	if _, err := e.b.cs.CoreV1().PersistentVolumeClaims(e.b.namespace).Create(ctx, &claim, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.podFailed(ctx, spec.Name); err != nil {
+		t.Fatalf("podFailed with the claim made and the scheduler's answer stale = %v; want nil", err)
+	}
+}
