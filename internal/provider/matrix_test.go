@@ -19,11 +19,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TestAccMatrix_docker, _pgCluster and _kubernetes are, with
-// TestAccCredentials_docker, _pgCluster and _kubernetes (the ephemeral resource), the
-// subset of the acceptance tests that `make test` runs again under each CLI
-// of the matrix (OpenTofu, the newest Terraform; make test-matrix runs only
-// that; .ci/test.sh): the whole life of an instance on one backend, with
+// TestAccMatrix_docker and _pgCluster are, with TestAccCredentials_docker
+// and _pgCluster (the ephemeral resource), the subset of the acceptance
+// tests that `make test` runs again under each CLI of the matrix (OpenTofu,
+// the newest Terraform; make test-matrix runs only that; .ci/test.sh);
+// _kubernetes runs under the default terraform only, since what a CLI sends
+// the provider does not depend on the backend. Each is the whole life of an instance on one backend, with
 // every kind of call a CLI makes to the provider. Create (plan, apply, the data sources read after
 // it); read (a refresh that must see a change made to the meta DB row
 // behind the CLI's back, in the resource and the data sources); rotation
