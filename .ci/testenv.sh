@@ -658,12 +658,11 @@ build_standin() {
 	rm -rf "$rootfs"
 }
 
-# The label that says which entrypoint and template script the stand-in's top layer was built from.
-entrypoint_sha() { cat "$HERE/standin/docker-entrypoint.sh" "$HERE/standin/make-template.sh" | sha256sum | cut -c1-64; }
+entrypoint_sha() { sha256sum "$HERE/standin/docker-entrypoint.sh" | cut -c1-64; }
 
 # The final stand-in image is a thin layer on top of the imported rootfs: the current
-# entrypoint, an initialised data directory it copies instead of running initdb (made by
-# make-template.sh; a change to either script rebuilds only this layer, in seconds, no
+# entrypoint, an initialised data directory it copies instead of running initdb (made by the
+# entrypoint's standin-template mode; a change to it rebuilds only this layer, in seconds, no
 # debootstrap) and STOPSIGNAL SIGINT, which `docker import` of engine 20.10
 # rejects (the official image stops postgres with SIGINT, a fast shutdown, rather than
 # SIGTERM, a smart shutdown that waits for clients). A local base: no registry needed.
@@ -672,10 +671,10 @@ build_standin_layer() {
 	sha=$(entrypoint_sha)
 	old=$(docker image inspect --format '{{.Id}}' "$STANDIN_IMAGE" 2>/dev/null || true)
 	ctx=$(mktemp -d)
-	install -m 0755 "$HERE/standin/docker-entrypoint.sh" "$HERE/standin/make-template.sh" "$ctx/"
+	install -m 0755 "$HERE/standin/docker-entrypoint.sh" "$ctx/docker-entrypoint.sh"
 	printf '%s\n' "FROM $STANDIN_ROOTFS_IMAGE" \
-		"COPY docker-entrypoint.sh make-template.sh /usr/local/bin/" \
-		"RUN /usr/local/bin/make-template.sh" \
+		"COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh" \
+		"RUN [\"/usr/local/bin/docker-entrypoint.sh\", \"standin-template\"]" \
 		"LABEL $STANDIN_LABEL=$sha" \
 		"STOPSIGNAL SIGINT" >"$ctx/Dockerfile"
 	t=$(now)

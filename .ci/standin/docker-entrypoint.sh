@@ -11,9 +11,10 @@
 #   /docker-entrypoint-initdb.d/*.sql and *.sh run once on first start
 # The database is initialised by a temporary server listening only on the unix socket; the
 # final server listens on '*' port 5432 only after initialisation is complete. The data
-# directory is a copy of the image's template (make-template.sh) rather than initdb's work
-# whenever the request is the usual one (scram-sha-256, no POSTGRES_INITDB_ARGS): the same
-# catalog, a second's CPU less per container.
+# directory is a copy of the image's template rather than initdb's work whenever the request
+# is the usual one (scram-sha-256, no POSTGRES_INITDB_ARGS): the same catalog, a second's CPU
+# less per container. `docker-entrypoint.sh standin-template` makes that template, once, when
+# .ci/testenv.sh builds the image.
 set -Eeuo pipefail
 
 export PATH=/usr/lib/postgresql/15/bin:$PATH
@@ -21,6 +22,34 @@ export PGDATA=${PGDATA:-/var/lib/postgresql/data}
 export LANG=${LANG:-C.UTF-8}
 
 log() { printf '%s [entrypoint] %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$*" >&2; }
+
+TEMPLATE=/var/lib/postgraas-standin/template
+
+# init_cluster DIR SUPERUSER AUTH [PWFILE]: initdb as for every stand-in cluster, template or
+# not, and the rule that lets AUTH logins in over TCP.
+init_cluster() {
+	# shellcheck disable=SC2086
+	initdb -D "$1" --username="$2" ${4:+--pwfile="$4"} --encoding=UTF8 --locale=C.UTF-8 \
+		--auth-local=trust --auth-host="$3" --no-sync ${POSTGRES_INITDB_ARGS:-} >/dev/null
+	printf '\nhost all all all %s\n' "$3" >>"$1/pg_hba.conf"
+}
+
+# The template: its bootstrap superuser (OID 10) is renamed to POSTGRES_USER at first start by a
+# second superuser, standin_init, which is then dropped (a role cannot rename itself).
+if [ "${1:-}" = standin-template ]; then
+	if [ "$(id -u)" = 0 ]; then
+		mkdir -p "$(dirname "$TEMPLATE")"
+		chown postgres:postgres "$(dirname "$TEMPLATE")"
+		exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" standin-template
+	fi
+	sock=$(mktemp -d)
+	init_cluster "$TEMPLATE" standin_bootstrap scram-sha-256
+	pg_ctl -D "$TEMPLATE" -o "-c listen_addresses='' -k $sock -c fsync=off" -w -t 60 start >/dev/null
+	psql -X -v ON_ERROR_STOP=1 -q -h "$sock" -U standin_bootstrap -d postgres -c 'CREATE ROLE standin_init SUPERUSER LOGIN'
+	pg_ctl -D "$TEMPLATE" -m fast -w stop >/dev/null
+	rm -rf "$sock"
+	exit 0
+fi
 
 # `docker run IMAGE -c foo=bar` passes flags to postgres, like the official image.
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
@@ -48,7 +77,6 @@ POSTGRES_HOST_AUTH_METHOD=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
 # Initialisation is made all-or-nothing with a marker written last: a container stopped or
 # killed half-way through (PG_VERSION present, marker absent) is initialised afresh next start.
 INIT_MARKER=$PGDATA/.standin-initialised
-TEMPLATE=/var/lib/postgraas-standin/template
 if [ -s "$PGDATA/PG_VERSION" ] && [ ! -e "$INIT_MARKER" ]; then
 	log "found a half-initialised $PGDATA: starting over"
 	find "$PGDATA" -mindepth 1 -delete
@@ -68,7 +96,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 	# marker is not written, so the next start initialises again).
 	trap 'log "stopped during initialisation"; pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1; exit 143' INT TERM
 	log "initialising $PGDATA (superuser $POSTGRES_USER, database $POSTGRES_DB)"
-	# The image's initialised template (make-template.sh) is copied when it fits the request,
+	# The image's initialised template is copied when it fits the request,
 	# which is far cheaper than initdb; its bootstrap superuser is renamed below.
 	from_template=0
 	if [ -s "$TEMPLATE/PG_VERSION" ] && [ "$POSTGRES_HOST_AUTH_METHOD" = scram-sha-256 ] &&
@@ -78,12 +106,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 	else
 		pwfile=$(mktemp)
 		printf '%s\n' "${POSTGRES_PASSWORD:-}" >"$pwfile"
-		# shellcheck disable=SC2086
-		initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 \
-			--auth-local=trust --auth-host="$POSTGRES_HOST_AUTH_METHOD" --no-sync \
-			${POSTGRES_INITDB_ARGS:-} >/dev/null
+		init_cluster "$PGDATA" "$POSTGRES_USER" "$POSTGRES_HOST_AUTH_METHOD" "$pwfile"
 		rm -f "$pwfile"
-		printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
 	fi
 
 	# Temporary server: unix socket only, so nothing can connect before initialisation is done.
