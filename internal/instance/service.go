@@ -39,12 +39,14 @@ type Service struct {
 	backends    map[string]backend.Backend
 	defaultKind string
 	lease       LeaseConfig
+	renewals    renewals
 }
 
 // New returns a service over store and the given backends; defaultKind is
 // where instances go that name no backend.
 func New(store *metadb.Store, defaultKind string, lease LeaseConfig, backends ...backend.Backend) *Service {
 	s := &Service{store: store, backends: map[string]backend.Backend{}, defaultKind: defaultKind, lease: lease.withDefaults()}
+	s.renewals.held = map[int64]*heldLease{}
 	for _, b := range backends {
 		s.backends[b.Kind()] = b
 	}
@@ -545,55 +547,6 @@ func (s *Service) waitForLease(ctx context.Context, ex metadb.Record) (metadb.Re
 // leaseSlack absorbs the difference between two readings of one expiry
 // time made through two round trips.
 const leaseSlack = 500 * time.Millisecond
-
-// keepLease renews the lease until halted. The returned context ends when
-// the lease is lost (taken over) or can no longer be proven held (the meta
-// DB did not answer for longer than the lease), so the create stops and
-// undoes itself rather than complete a row that is not its own. halt stops
-// the renewals, waits until none is in flight, ends the context and
-// returns why it had ended before (nil while the lease was held and the
-// caller's context alive); calling it again does no harm.
-func (s *Service) keepLease(ctx context.Context, id int64, lease metadb.Lease) (context.Context, func() error) {
-	cctx, cancel := context.WithCancelCause(ctx)
-	renewing, stopRenewing := context.WithCancel(cctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(s.lease.Renew)
-		defer t.Stop()
-		held := time.Now()
-		for {
-			select {
-			case <-renewing.Done():
-				return
-			case <-t.C:
-			}
-			rctx, rcancel := context.WithTimeout(renewing, s.lease.Renew)
-			err := s.store.RenewLease(rctx, id, lease)
-			rcancel()
-			if renewing.Err() != nil {
-				return // halted: what this renewal found no longer matters
-			}
-			switch {
-			case err == nil:
-				held = time.Now()
-			case errors.Is(err, metadb.ErrLeaseLost):
-				cancel(fmt.Errorf("another run took over meta DB row %d: %w", id, metadb.ErrLeaseLost))
-				return
-			case time.Since(held) > lease.TTL-s.lease.Renew:
-				cancel(fmt.Errorf("the lease on meta DB row %d could not be renewed for %s (%v)", id, time.Since(held).Round(time.Second), err))
-				return
-			}
-		}
-	}()
-	return cctx, func() error {
-		stopRenewing()
-		<-done
-		cause := context.Cause(cctx)
-		cancel(nil)
-		return cause
-	}
-}
 
 // FormatID is how ids appear in Terraform.
 func FormatID(id int64) string { return strconv.FormatInt(id, 10) }

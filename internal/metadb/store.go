@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -460,12 +461,40 @@ func (s *Store) Reserve(ctx context.Context, r Record, lease Lease) (int64, erro
 	return id, nil
 }
 
-// RenewLease extends the lease of a creating row that lease.Owner holds.
-// ErrLeaseLost when it no longer does.
-func (s *Store) RenewLease(ctx context.Context, id int64, lease Lease) error {
-	return s.execOwned(ctx, id, lease.Owner, "renewing the create lease of",
-		`UPDATE db_instance SET lease_expires_at = now() + make_interval(secs => $3)
-		WHERE id = $1 AND lease_owner = $2 AND state = 'creating'`, seconds(lease.TTL))
+// RenewLeases extends, in one statement, the leases of the creating rows
+// in owners (row id to lease owner) that their owners still hold, and
+// returns the ids of those they no longer do. One statement for all of a
+// process's creates means one connection at a time instead of one per
+// create: on a server short of connections or slow to accept them, the
+// renewals would otherwise be a large share of all logins.
+func (s *Store) RenewLeases(ctx context.Context, ttl time.Duration, owners map[int64]string) (lost []int64, err error) {
+	ids := make([]int64, 0, len(owners))
+	names := make([]string, 0, len(owners))
+	for id, owner := range owners {
+		ids = append(ids, id)
+		names = append(names, owner)
+	}
+	pool, err := s.db(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := pool.Query(ctx, `UPDATE db_instance d SET lease_expires_at = now() + make_interval(secs => $3)
+		FROM unnest($1::bigint[], $2::text[]) AS l(id, owner)
+		WHERE d.id = l.id AND d.lease_owner = l.owner AND d.state = 'creating'
+		RETURNING d.id`, ids, names, seconds(ttl))
+	if err != nil {
+		return nil, fmt.Errorf("renewing the create leases of meta DB rows %v: %w", ids, err)
+	}
+	renewed, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("renewing the create leases of meta DB rows %v: %w", ids, err)
+	}
+	for _, id := range ids {
+		if !slices.Contains(renewed, id) {
+			lost = append(lost, id)
+		}
+	}
+	return lost, nil
 }
 
 // execOwned runs an UPDATE or DELETE whose WHERE names id ($1) and the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -215,12 +216,20 @@ func TestLeaseRenewClaimRespec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RenewLease(c, id, Lease{Owner: "someone", TTL: time.Minute}); !errors.Is(err, ErrLeaseLost) {
-		t.Fatalf("renew by a non-owner: %v", err)
+	// One statement renews many rows, each only for its owner.
+	mine, err := s.Reserve(c, Record{Name: "mine", DBName: "d", Username: "u", Backend: "docker", Token: "t0"}, short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost, err := s.RenewLeases(c, time.Minute, map[int64]string{id: "someone", mine: "dead-run"}); err != nil || !slices.Equal(lost, []int64{id}) {
+		t.Fatalf("renew of a row by a non-owner and one by its owner: lost %v, %v", lost, err)
+	}
+	if m, _ := s.Get(c, mine); m.LeaseLeft < time.Minute-10*time.Second {
+		t.Fatalf("the owner's renewal did not extend the lease to a minute: %v left", m.LeaseLeft)
 	}
 	r, _ := s.Get(c, id)
-	if r.LeaseLeft <= 0 || r.LeaseOwner != "dead-run" {
-		t.Fatalf("fresh lease: %+v", r)
+	if r.LeaseLeft <= 0 || r.LeaseLeft > shortTTL || r.LeaseOwner != "dead-run" {
+		t.Fatalf("fresh lease, not extended by a non-owner: %+v", r)
 	}
 	if ok, err := s.Claim(c, r, testLease); ok || err != nil {
 		t.Fatalf("claim of a live lease: %v %v", ok, err)
@@ -256,8 +265,8 @@ func TestLeaseRenewClaimRespec(t *testing.T) {
 	if err := s.Respec(c, id, Record{DBName: "d2", Username: "u2", Backend: "docker", Token: "t2"}, Lease{Owner: r2.LeaseOwner}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RenewLease(c, id, short); !errors.Is(err, ErrLeaseLost) {
-		t.Fatalf("the dead run renewing after the take-over: %v", err)
+	if lost, err := s.RenewLeases(c, short.TTL, map[int64]string{id: short.Owner}); err != nil || !slices.Equal(lost, []int64{id}) {
+		t.Fatalf("the dead run renewing after the take-over: lost %v, %v", lost, err)
 	}
 	if err := s.Release(c, id, "dead-run"); err != nil {
 		t.Fatal(err)

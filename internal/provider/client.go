@@ -268,8 +268,24 @@ func addError(diags *diag.Diagnostics, action, name string, err error, limit opL
 		start     *backend.StartError
 		metaDBc   *docker.MetaDBError
 		tbusy     *backend.TemplateBusyError
+		lease     *instance.LeaseError
 	)
 	switch {
+	// Before the connect failures: a create stopped by its lease reports
+	// the failure of whatever it was doing when stopped, which says
+	// nothing of why.
+	case errors.As(err, &lease) && errors.Is(lease, metadb.ErrLeaseLost):
+		diags.AddError("Create stopped: another run took over",
+			fmt.Sprintf("Could not %s instance %q: %s. Another run takes a create's meta DB row over only once that "+
+				"create's lease has expired, so this run's lease renewals did not reach the meta DB in time. This run "+
+				"undid what it had made; apply again to see the instance as the other run left it.", action, name, err))
+	case errors.As(err, &lease):
+		diags.AddError("Create stopped: lease not renewed",
+			fmt.Sprintf("Could not %s instance %q: %s. A create renews its meta DB lease while it works and stops "+
+				"once no renewal has succeeded for almost the lease's length, rather than go on while another run "+
+				"may take its row over. Check the meta DB server's load and free connections; if it is only slow to "+
+				"answer, raise connect_timeout (POSTGRAAS_CONNECT_TIMEOUT). Apply again: what a stopped create left is "+
+				"finished or undone by the next run.", action, name, err))
 	case errors.As(err, &metaDBc):
 		metaDBContainerDiagnostic(diags, action, name, metaDBc)
 	case reach.As(err) != nil:

@@ -13,6 +13,7 @@ import (
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend"
 	"github.com/postgraas/terraform-provider-postgraas/internal/backend/pgcluster"
 	"github.com/postgraas/terraform-provider-postgraas/internal/instance"
+	"github.com/postgraas/terraform-provider-postgraas/internal/metadb"
 	"github.com/postgraas/terraform-provider-postgraas/internal/pgsql"
 	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
@@ -102,6 +103,14 @@ func TestAddErrorNamesComponentAndSetting(t *testing.T) {
 			[]string{"timeouts.delete", "3s"}, []string{"connect_timeout"}},
 		{&backend.StartError{Reason: `database "d" does not exist`, Logs: "FATAL: boom"}, opLimit{}, "Instance did not start",
 			[]string{`database "d" does not exist`, "FATAL: boom", "removed"}, nil},
+		// A create its lease stopped fails whatever it was doing, here a
+		// connect refused as too many; the lease is why.
+		{fmt.Errorf("%w (%w)", &reach.Error{Component: reach.ClusterAdmin, Reason: reach.Other, Err: errors.New("53300")},
+			&instance.LeaseError{ID: 50, Unanswered: 25 * time.Second, Err: &reach.Error{Component: reach.MetaDB, Reason: reach.Timeout, Err: context.DeadlineExceeded}}),
+			opLimit{}, "Create stopped: lease not renewed",
+			[]string{"53300", "meta DB row 50 could not be renewed for 25s", "connect_timeout", "Apply again"}, []string{"pg_cluster.host"}},
+		{fmt.Errorf("creating database: %w (%w)", context.Canceled, &instance.LeaseError{ID: 7, Err: metadb.ErrLeaseLost}),
+			opLimit{}, "Create stopped: another run took over", []string{"another run took over meta DB row 7", "apply again"}, nil},
 	}
 	for _, c := range cases {
 		var diags diag.Diagnostics
