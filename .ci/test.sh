@@ -5,9 +5,10 @@
 #   .ci/test.sh all      `.ci/testenv.sh up --matrix` (every part, the Kubernetes cluster too),
 #                        every test with TF_ACC=1 under the default terraform (the one the env
 #                        file puts first on PATH), then the matrix subset under each CLI. A
-#                        cluster this run started is torn down at its end, whatever happens
-#                        (trap): `.ci/testenv.sh down kubernetes`, ~20 s; one that was running
-#                        before (started by hand) is left running. The other parts keep
+#                        cluster this run started is torn down (`.ci/testenv.sh down
+#                        kubernetes`, ~20 s) beside the matrix subset, which runs no Kubernetes
+#                        test, or at exit whatever happens (trap); one that was running before
+#                        (started by hand) is left running. The other parts keep
 #                        running for the next run, as before (make clean-env stops them).
 #                        Kubernetes' cost: built once (6-15 min on 2 cores, kept in the state
 #                        dir), then ~30 s to start from empty state and 10-20 s to tear down.
@@ -45,24 +46,43 @@ state=${POSTGRAAS_TESTENV_DIR:-/tmp/postgraas-testenv}
 tmp=$(mktemp -d)
 kube_down=0
 holder=
-# shellcheck disable=SC2317 # run by the trap
-cleanup() {
-	rm -rf "$tmp"
-	# Release this run's shared lock: its holder is a process of its own (see below).
+teardown_pid=
+# release_lock releases this run's shared lock on the cluster: its holder is a process of its own
+# (see below).
+release_lock() {
 	if [ -n "$holder" ]; then
 		pkill -P "$holder" 2>/dev/null || true
 		kill "$holder" 2>/dev/null || true
 		wait "$holder" 2>/dev/null || true
+		holder=
 	fi
+}
+# teardown_kube stops the cluster if this run started it and no other run uses it: another
+# `test.sh all` that came while this one ran holds the lock too (shared), and its tests still need
+# the cluster. Call release_lock first.
+teardown_kube() {
 	[ "$kube_down" = 1 ] || return 0
-	# Another `test.sh all` that came while this one ran holds the lock too (shared): its tests
-	# still need the cluster.
+	kube_down=0
 	if flock -n -x "$state/kubernetes-users.lock" true; then
 		echo "== tearing down the Kubernetes cluster this run started"
 		.ci/testenv.sh down kubernetes || echo "ERROR: '.ci/testenv.sh down kubernetes' failed"
 	else
 		echo "== another test run uses the Kubernetes cluster this run started: left running (.ci/testenv.sh down kubernetes stops it)"
 	fi
+}
+# wait_teardown waits for a teardown started in the background and prints what it said.
+wait_teardown() {
+	[ -n "$teardown_pid" ] || return 0
+	wait "$teardown_pid" 2>/dev/null || true
+	teardown_pid=
+	cat "$tmp/teardown.log" 2>/dev/null || true
+}
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+	release_lock
+	wait_teardown
+	teardown_kube
+	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -152,11 +172,18 @@ t0=$(date +%s)
 if [ "$mode" = all ]; then
 	echo "== all tests, terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?} ($(command -v terraform))"
 	go_test "terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?}, all tests" "${POSTGRAAS_TEST_TERRAFORM_VERSION:-}" ./...
+	# The matrix subset runs no Kubernetes test: the cluster goes down beside it (its
+	# teardown is mostly waiting for processes to stop), and says so when the subset is done.
+	release_lock
+	teardown_kube >"$tmp/teardown.log" 2>&1 &
+	teardown_pid=$!
+	kube_down=0 # the background job's to do now
 fi
 matrix_run tofu "${POSTGRAAS_TEST_TOFU:-}" "${POSTGRAAS_TEST_TOFU_VERSION:-}" "${POSTGRAAS_TEST_TOFU_PROVIDER_HOST:-}"
 matrix_run terraform "${POSTGRAAS_TEST_TERRAFORM_NEWEST:-}" "${POSTGRAAS_TEST_TERRAFORM_NEWEST_VERSION:-}" \
 	"${POSTGRAAS_TEST_TERRAFORM_NEWEST_PROVIDER_HOST:-}"
 
+wait_teardown
 echo
 echo "log: $TEST_LOG; took $(($(date +%s) - t0)) s"
 awk '{ p += $1; f += $2 } END { printf "%d passed, %d failed\n", p, f }' "$counts"
