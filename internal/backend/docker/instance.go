@@ -247,13 +247,19 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 	wctx, cancel := context.WithTimeout(ctx, existingReadyTimeout)
 	defer cancel()
 	_, err = b.untilLogin(wctx, c.ID, c.RestartCount, func(port int) error {
-		actx, cancel := context.WithTimeout(wctx, attemptTimeout)
-		defer cancel()
 		if auth.Password == "" {
 			// A write-only password is not kept: compare the verifier
 			// the provider set last with the server's, from inside.
-			return selfhosted.CheckVerifier(actx, b.psqlIn(c.ID, inst), inst.Username, auth.Verifier)
+			// An exec gets longer than a login attempt: a loaded engine
+			// takes seconds to run one, and cut off at attemptTimeout
+			// every attempt failed the same way until the destroy's time
+			// ran out. While the server is not up, psql fails at once.
+			ectx, cancel := context.WithTimeout(wctx, execAttemptTimeout)
+			defer cancel()
+			return selfhosted.CheckVerifier(ectx, b.psqlIn(c.ID, inst), inst.Username, auth.Verifier)
 		}
+		actx, cancel := context.WithTimeout(wctx, attemptTimeout)
+		defer cancel()
 		t := b.target(port, inst.Username, auth.Password, inst.DBName)
 		conn, err := t.ConnectOnce(actx)
 		if err == nil {
