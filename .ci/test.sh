@@ -178,10 +178,10 @@ if [ "$mode" = all ]; then
 	docs_pid=$!
 	go_test "terraform v${POSTGRAAS_TEST_TERRAFORM_VERSION:-?}, all tests" "${POSTGRAAS_TEST_TERRAFORM_VERSION:-}" ./...
 	echo "== make docs-check (beside the tests)"
-	if wait "$docs_pid"; then
-		cat "$tmp/docs-check.log"
-	else
-		cat "$tmp/docs-check.log"
+	docs_rc=0
+	wait "$docs_pid" || docs_rc=$?
+	cat "$tmp/docs-check.log"
+	if [ "$docs_rc" != 0 ]; then
 		echo "docs-check: 0 passed, 1 failed"
 		echo "0 1" >>"$counts"
 		failed_with 1

@@ -658,6 +658,7 @@ build_standin() {
 	rm -rf "$rootfs"
 }
 
+# The label that says which entrypoint (and so which template) the stand-in's top layer was built from.
 entrypoint_sha() { sha256sum "$HERE/standin/docker-entrypoint.sh" | cut -c1-64; }
 
 # The final stand-in image is a thin layer on top of the imported rootfs: the current

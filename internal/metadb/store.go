@@ -482,10 +482,10 @@ func (s *Store) RenewLeases(ctx context.Context, ttl time.Duration, owners map[i
 		FROM unnest($1::bigint[], $2::text[]) AS l(id, owner)
 		WHERE d.id = l.id AND d.lease_owner = l.owner AND d.state = 'creating'
 		RETURNING d.id`, ids, names, seconds(ttl))
-	if err != nil {
-		return nil, fmt.Errorf("renewing the create leases of meta DB rows %v: %w", ids, err)
+	var renewed []int64
+	if err == nil {
+		renewed, err = pgx.CollectRows(rows, pgx.RowTo[int64])
 	}
-	renewed, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
 		return nil, fmt.Errorf("renewing the create leases of meta DB rows %v: %w", ids, err)
 	}

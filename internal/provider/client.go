@@ -278,7 +278,8 @@ func addError(diags *diag.Diagnostics, action, name string, err error, limit opL
 		diags.AddError("Create stopped: another run took over",
 			fmt.Sprintf("Could not %s instance %q: %s. Another run takes a create's meta DB row over only once that "+
 				"create's lease has expired, so this run's lease renewals did not reach the meta DB in time. This run "+
-				"undid what it had made; apply again to see the instance as the other run left it.", action, name, err))
+				"stopped and removed what it had made (unless the error above says that failed too); apply again "+
+				"to see the instance as the other run left it.", action, name, err))
 	case errors.As(err, &lease):
 		diags.AddError("Create stopped: lease not renewed",
 			fmt.Sprintf("Could not %s instance %q: %s. A create renews its meta DB lease while it works and stops "+
