@@ -40,7 +40,7 @@ declare -A done_hosts=()
 for cli in "${clis[@]}"; do
 	# provider[HOST/postgraas/postgraas]; no init, no network.
 	addr=$(cd "$scratch" && CHECKPOINT_DISABLE=1 "$cli" providers -no-color 2>/dev/null |
-		sed -n 's/.*provider\[\(.*\/postgraas\/postgraas\)\].*/\1/p' | head -n 1)
+		sed -n 's/.*provider\[\(.*\/postgraas\/postgraas\)\].*/\1/p' | sed -n 1p)
 	host=${addr%/postgraas/postgraas}
 	if [ -z "$addr" ] || [ -z "$host" ] || [ "$host" = "$addr" ]; then
 		echo "make install: could not read the provider address $cli resolves postgraas/postgraas to" >&2
@@ -56,10 +56,10 @@ for cli in "${clis[@]}"; do
 		dest=$base/$version/$os_arch
 		mkdir -p "$dest"
 		install -m 0755 "$bin" "$dest/terraform-provider-postgraas_v$version"
-		echo "installed $addr $version for $("$cli" version 2>/dev/null | head -n 1) in $dest" >&2
+		echo "installed $addr $version for $("$cli" version 2>/dev/null | sed -n 1p) in $dest" >&2
 		done_hosts[$host]=1
 	else
-		echo "$("$cli" version 2>/dev/null | head -n 1) uses the same install ($host)" >&2
+		echo "$("$cli" version 2>/dev/null | sed -n 1p) uses the same install ($host)" >&2
 	fi
 done
 

@@ -740,7 +740,7 @@ verify_image() {
 	local image=$1 mode=${2:-full} cid port t ok=0
 	t=$(now)
 	cid=$(docker run -d -e POSTGRES_USER=u -e POSTGRES_PASSWORD=p -e POSTGRES_DB=d -p 127.0.0.1::5432 "$image")
-	port=$(docker port "$cid" 5432/tcp | head -n 1)
+	port=$(docker port "$cid" 5432/tcp | sed -n 1p)
 	port=${port##*:}
 	for _ in $(seq 1 300); do
 		if PGPASSWORD=p psql -X -At "host=127.0.0.1 port=$port user=u dbname=d sslmode=disable connect_timeout=2" \
@@ -883,14 +883,14 @@ terraform_search_path() {
 # about its CLI configuration (say TF_CLI_CONFIG_FILE names a missing file) to stdout first.
 cli_version() {
 	[ -x "$1" ] || return 0
-	CHECKPOINT_DISABLE=1 "$1" version 2>/dev/null | sed -n 's/^[A-Za-z][A-Za-z]* v\([0-9][0-9.]*\).*/\1/p' | head -n 1
+	CHECKPOINT_DISABLE=1 "$1" version 2>/dev/null | sed -n 's/^[A-Za-z][A-Za-z]* v\([0-9][0-9.]*\).*/\1/p' | sed -n 1p
 }
 
 # terraform_recent BIN: BIN is a terraform CLI of version TERRAFORM_MIN_VERSION or later.
 terraform_recent() {
 	local v
 	v=$(cli_version "$1")
-	[ -n "$v" ] && [ "$(printf '%s\n%s\n' "$TERRAFORM_MIN_VERSION" "$v" | sort -V | head -n 1)" = "$TERRAFORM_MIN_VERSION" ]
+	[ -n "$v" ] && [ "$(printf '%s\n%s\n' "$TERRAFORM_MIN_VERSION" "$v" | sort -V | sed -n 1p)" = "$TERRAFORM_MIN_VERSION" ]
 }
 
 ensure_terraform() {
@@ -951,7 +951,7 @@ cli_provider_host() {
 	d=$(mktemp -d)
 	printf 'terraform {\n  required_providers {\n    postgraas = { source = "postgraas/postgraas" }\n  }\n}\n' >"$d/main.tf"
 	host=$(cd "$d" && CHECKPOINT_DISABLE=1 "$1" providers -no-color 2>/dev/null |
-		sed -n 's#.*provider\[\([^]/]*\)/postgraas/postgraas\].*#\1#p' | head -n 1)
+		sed -n 's#.*provider\[\([^]/]*\)/postgraas/postgraas\].*#\1#p' | sed -n 1p)
 	rm -rf "$d"
 	[ -n "$host" ] || die "could not read the default provider host from '$1 providers'"
 	printf '%s' "$host"
@@ -1043,7 +1043,7 @@ build_go_cli() {
 	mv "$out/$name.tmp" "$out/$name"
 	rm -rf "$work"
 	[ "$(cli_version "$out/$name")" = "$v" ] ||
-		die "$out/$name reports version '$("$out/$name" version 2>&1 | head -n 1)', want v$v"
+		die "$out/$name reports version '$("$out/$name" version 2>&1 | sed -n 1p)', want v$v"
 	log "$name v$v built in $(since "$t") s"
 }
 
@@ -1116,7 +1116,9 @@ build_kube() {
 	log "compiling (log: $KUBE_BUILD_DIR/build.log)"
 	go_build_logged "Kubernetes $v" "$t" "$KUBE_BUILD_DIR/build.log" "$work" -ldflags "$ldflags" \
 		-o "$KUBE_BIN/" "${pkgs[@]}" || die "building Kubernetes $v failed (log: $KUBE_BUILD_DIR/build.log)"
-	"$KUBE_BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $v\$" ||
+	# Not "kubectl ... | grep -q": grep exits at its match, kubectl's next line then gets
+	# SIGPIPE, and pipefail fails a build that was fine (seen on a fresh machine).
+	grep -q "Client Version: $v\$" <<<"$("$KUBE_BIN/kubectl" version --client 2>/dev/null)" ||
 		die "$KUBE_BIN/kubectl does not report $v"
 	echo "$v" >"$KUBE_BIN/version"
 	rm -rf "$work"
@@ -1280,7 +1282,7 @@ kube_net_up() {
 		log "creating bridge $KUBE_BRIDGE $KUBE_NODE_IP/24 (node IP and pod network) and a route for $KUBE_SERVICE_CIDR"
 		ip link add "$KUBE_BRIDGE" type bridge
 	fi
-	ip addr show dev "$KUBE_BRIDGE" | grep -q " $KUBE_NODE_IP/24 " ||
+	grep -q " $KUBE_NODE_IP/24 " <<<"$(ip addr show dev "$KUBE_BRIDGE")" ||
 		ip addr add "$KUBE_NODE_IP/24" dev "$KUBE_BRIDGE"
 	ip link set "$KUBE_BRIDGE" up
 	# Service IPs from the host: kube-proxy's output chain translates them, this route gets them
@@ -1472,7 +1474,7 @@ kube_containerd_up() {
 # The sandbox ("pause") image: a static Go binary that sleeps until signalled, packed as a
 # docker-save archive (uncompressed layer) that ctr imports. No registry needed.
 kube_pause_image() {
-	kctr images ls -q "name==$KUBE_PAUSE_IMAGE" | grep -q . && return 0
+	grep -q . <<<"$(kctr images ls -q "name==$KUBE_PAUSE_IMAGE")" && return 0
 	local d t diff cfg
 	t=$(now)
 	d=$(mktemp -d)
@@ -1526,13 +1528,13 @@ kube_test_image() {
 	local id stamp=$KUBE_CTRD/image.id t
 	KUBE_IMAGE=$(kube_image_ref "$TEST_IMAGE")
 	id=$(docker image inspect --format '{{.Id}}' "$TEST_IMAGE") || die "image $TEST_IMAGE not in the Docker engine"
-	if [ "$(cat "$stamp" 2>/dev/null)" = "$TEST_IMAGE $id" ] && kctr images ls -q "name==$KUBE_IMAGE" | grep -q .; then
+	if [ "$(cat "$stamp" 2>/dev/null)" = "$TEST_IMAGE $id" ] && grep -q . <<<"$(kctr images ls -q "name==$KUBE_IMAGE")"; then
 		return 0
 	fi
 	t=$(now)
 	log "importing $TEST_IMAGE into the cluster's containerd (docker save | ctr import; ~20 s)"
 	docker save "$TEST_IMAGE" | kctr images import - >/dev/null || die "importing $TEST_IMAGE into containerd failed"
-	kctr images ls -q "name==$KUBE_IMAGE" | grep -q . || die "$KUBE_IMAGE not in containerd after the import"
+	grep -q . <<<"$(kctr images ls -q "name==$KUBE_IMAGE")" || die "$KUBE_IMAGE not in containerd after the import"
 	echo "$TEST_IMAGE $id" >"$stamp"
 	log "imported $TEST_IMAGE as $KUBE_IMAGE in $(since "$t") s"
 }
