@@ -79,7 +79,7 @@ func (b *Backend) create(ctx context.Context, spec backend.Spec, img, bootstrap 
 		}
 	}
 	var p selfhosted.Personalisation
-	host, port, err := b.untilLogin(ctx, spec.Name, svc, b.personaliseAttempt(ctx, spec, bootstrap, verifier, &p))
+	host, port, err := b.untilLogin(ctx, spec.Name, svc, attemptTimeout, b.personaliseAttempt(ctx, spec, bootstrap, verifier, &p))
 	if err != nil {
 		return backend.Created{}, b.startError(ctx, spec, err)
 	}
@@ -310,11 +310,11 @@ func (b *Backend) own(ctx context.Context, resource, name string, uid types.UID,
 }
 
 // untilLogin waits for the instance's service address and then calls
-// attempt with it until it succeeds, fails in a way waiting cannot mend,
-// or ctx ends. The pod is looked at every podCheckInterval: a container
+// attempt with it, each call bounded by per, until one succeeds, fails in a
+// way waiting cannot mend, or ctx ends. The pod is looked at every podCheckInterval: a container
 // that cannot start (no image, a crash loop) fails the create at once,
 // with its last log lines.
-func (b *Backend) untilLogin(ctx context.Context, name string, svc *corev1.Service,
+func (b *Backend) untilLogin(ctx context.Context, name string, svc *corev1.Service, per time.Duration,
 	attempt func(ctx context.Context, host string, port int) error) (string, int, error) {
 	var host string
 	var port, attempts int
@@ -336,7 +336,7 @@ func (b *Backend) untilLogin(ctx context.Context, name string, svc *corev1.Servi
 		}
 		if host != "" {
 			attempts++
-			actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+			actx, cancel := context.WithTimeout(ctx, per)
 			lastErr = attempt(actx, host, port)
 			cancel()
 			if lastErr == nil {

@@ -153,7 +153,16 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 	s := &session{sts: sts}
 	wctx, cancel := context.WithTimeout(ctx, existingReadyTimeout)
 	defer cancel()
-	_, _, err = b.untilLogin(wctx, inst.Name, svc, func(ctx context.Context, host string, port int) error {
+	// A write-only password is checked by comparing verifiers through
+	// pods/exec, which a loaded API server and kubelet take seconds to
+	// run: cut off at a login attempt's 2 s, every attempt would fail the
+	// same way (seen with docker exec). While the server is not up, psql
+	// fails at once.
+	per := attemptTimeout
+	if auth.Password == "" {
+		per = execAttemptTimeout
+	}
+	_, _, err = b.untilLogin(wctx, inst.Name, svc, per, func(ctx context.Context, host string, port int) error {
 		if auth.Password == "" {
 			return selfhosted.CheckVerifier(ctx, b.psqlIn(inst), inst.Username, auth.Verifier)
 		}
