@@ -35,6 +35,8 @@ func (t Target) connectFailure(ctx context.Context, err error) error {
 		reason = reach.WrongPassword
 	case Code(err) == CodeInvalidCatalogName:
 		reason = reach.NoDatabase
+	case Code(err) == CodeTooManyConnections:
+		reason = reach.Full
 	}
 	return &reach.Error{Component: t.component(), Address: t.String(), Reason: reason, Timeout: t.connectTimeout(), Err: err}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/postgraas/terraform-provider-postgraas/internal/reach"
 )
 
 func TestIsTransient(t *testing.T) {
@@ -167,6 +169,8 @@ func TestConnectGivesUpAtTheDeadline(t *testing.T) {
 		t.Fatalf("got %v; want a RetryError of several attempts", err)
 	case Code(err) != CodeTooManyConnections || !errors.Is(err, context.DeadlineExceeded):
 		t.Errorf("got %v; want it to unwrap to SQLSTATE 53300 and to the deadline", err)
+	case reach.As(err) == nil || reach.As(err).Reason != reach.Full:
+		t.Errorf("got %v (%#v); want a reach.Error of reason Full", err, reach.As(err))
 	case took > 2*time.Second:
 		t.Errorf("gave up after %s, well past the 1.5 s deadline", took)
 	case strings.Contains(err.Error(), tenant.Password):

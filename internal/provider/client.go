@@ -285,14 +285,15 @@ func addError(diags *diag.Diagnostics, action, name string, err error, limit opL
 			fmt.Sprintf("Could not %s instance %q: %s. A create renews its meta DB lease while it works and stops "+
 				"once no renewal has succeeded for almost the lease's length, rather than go on while another run "+
 				"may take its row over. Check the meta DB server's load and free connections; if it is only slow to "+
-				"answer, raise connect_timeout (POSTGRAAS_CONNECT_TIMEOUT). Apply again: what a stopped create left is "+
+				"answer, raise connect_timeout (POSTGRAAS_CONNECT_TIMEOUT) and the lease (POSTGRAAS_LEASE_TTL, default "+
+				"30s, a Go duration; renewals get up to 5/6 of it). Apply again: what a stopped create left is "+
 				"finished or undone by the next run.", action, name, err))
 	case errors.As(err, &metaDBc):
 		metaDBContainerDiagnostic(diags, action, name, metaDBc)
 	case reach.As(err) != nil:
 		r := reach.As(err)
 		diags.AddError(componentTitle[r.Component]+": "+reasonSummary[r.Reason],
-			fmt.Sprintf("Could not %s instance %q: %s. %s", action, name, r.Error(), reachAdvice(r)))
+			fmt.Sprintf("Could not %s instance %q: %s. %s", action, name, reachWhat(err, r), reachAdvice(r)))
 	case errors.As(err, &start):
 		diags.AddError("Instance did not start",
 			fmt.Sprintf("Could not %s instance %q: its server will never take the instance's login: %s\n\nWhat the create "+
@@ -423,6 +424,7 @@ var reasonSummary = map[reach.Reason]string{
 	reach.NoPassword:    "no password set",
 	reach.NoDatabase:    "database does not exist",
 	reach.Slow:          "overloaded",
+	reach.Full:          "server full",
 	reach.Other:         "cannot connect",
 }
 
@@ -462,6 +464,16 @@ var settingsOf = map[reach.Component]componentSettings{
 
 // reachAdvice says what to check for a failed connection, naming the
 // settings and environment variables that change it.
+// reachWhat is what failed to connect, r from err's chain, with how often
+// and for how long it was tried: that is what tells a server that stayed
+// full or slow from one that refused once.
+func reachWhat(err error, r *reach.Error) string {
+	if re := (*pgsql.RetryError)(nil); errors.As(err, &re) {
+		return fmt.Sprintf("%s (tried %d times over %s)", r.Error(), re.Attempts, re.Took.Round(time.Millisecond))
+	}
+	return r.Error()
+}
+
 func reachAdvice(r *reach.Error) string {
 	s := settingsOf[r.Component]
 	switch r.Reason {
@@ -474,6 +486,11 @@ func reachAdvice(r *reach.Error) string {
 			"timeout of %s, on every attempt until the operation's time ran out: it runs, but is overloaded (many logins at "+
 			"once, or starved of CPU). Raise connect_timeout in the provider block (POSTGRAAS_CONNECT_TIMEOUT) or the "+
 			"operation's timeouts, or run fewer applies against that server at once.", r.Timeout)
+	case reach.Full:
+		return "The server refused the login because all its connection slots were taken (SQLSTATE 53300: " +
+			"max_connections, or the login role's or the database's CONNECTION LIMIT), on every attempt until the " +
+			"operation's time ran out. Free connections there (idle sessions, other clients), raise the limit, or run " +
+			"fewer applies against that server at once; then apply again."
 	case reach.Refused:
 		return fmt.Sprintf("Nothing accepts connections there. Check %s and that the server runs.", s.address)
 	case reach.WrongPassword:

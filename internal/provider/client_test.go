@@ -97,6 +97,13 @@ func TestAddErrorNamesComponentAndSetting(t *testing.T) {
 			opLimit{"timeouts.create", time.Minute}, "Meta DB: overloaded",
 			[]string{"began the login", "10s", "overloaded", "connect_timeout", "POSTGRAAS_CONNECT_TIMEOUT", "fewer applies"},
 			[]string{"Nothing answered"}},
+		// A connection table that stayed full for the plan check's
+		// minute: not a wrong address.
+		{wrap(&pgsql.RetryError{Attempts: 31, Took: time.Minute, Ctx: context.DeadlineExceeded,
+			Err: &reach.Error{Component: reach.ClusterAdmin, Address: "postgres@10.0.0.1:5432/postgres", Reason: reach.Full, Err: errors.New("sorry, too many clients already (SQLSTATE 53300)")}}),
+			opLimit{}, "pg_cluster admin: server full",
+			[]string{"no free connection slot", "53300", "tried 31 times over 1m0s", "max_connections", "CONNECTION LIMIT", "fewer applies"},
+			[]string{"pg_cluster.host", "sslmode"}},
 		{&reach.Error{Component: reach.MetaDB, Reason: reach.NoDatabase, Err: errors.New("3D000")}, opLimit{}, "Meta DB: database does not exist",
 			[]string{"metadb.db_name", "POSTGRAAS_METADB_DB_NAME"}, nil},
 		{fmt.Errorf("waiting: %w", context.DeadlineExceeded), opLimit{"timeouts.delete", 3 * time.Second}, "Timed out",
@@ -108,7 +115,7 @@ func TestAddErrorNamesComponentAndSetting(t *testing.T) {
 		{fmt.Errorf("%w (%w)", &reach.Error{Component: reach.ClusterAdmin, Reason: reach.Other, Err: errors.New("53300")},
 			&instance.LeaseError{ID: 50, Unanswered: 25 * time.Second, Err: &reach.Error{Component: reach.MetaDB, Reason: reach.Timeout, Err: context.DeadlineExceeded}}),
 			opLimit{}, "Create stopped: lease not renewed",
-			[]string{"53300", "meta DB row 50 could not be renewed for 25s", "connect_timeout", "Apply again"}, []string{"pg_cluster.host"}},
+			[]string{"53300", "meta DB row 50 could not be renewed for 25s", "connect_timeout", "POSTGRAAS_LEASE_TTL", "Apply again"}, []string{"pg_cluster.host"}},
 		{fmt.Errorf("creating database: %w (%w)", context.Canceled, &instance.LeaseError{ID: 7, Err: metadb.ErrLeaseLost}),
 			opLimit{}, "Create stopped: another run took over", []string{"another run took over meta DB row 7", "apply again"}, nil},
 	}

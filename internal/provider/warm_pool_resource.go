@@ -334,7 +334,7 @@ func poolError(diags *diag.Diagnostics, action, name string, err error, limit op
 	switch r := reach.As(err); {
 	case r != nil:
 		diags.AddError(componentTitle[r.Component]+": "+reasonSummary[r.Reason],
-			fmt.Sprintf("Could not %s warm pool %q: %s. %s", action, name, r.Error(), reachAdvice(r)))
+			fmt.Sprintf("Could not %s warm pool %q: %s. %s", action, name, reachWhat(err, r), reachAdvice(r)))
 	case errors.Is(err, metadb.ErrPoolGone):
 		diags.AddError("Warm pool is being destroyed",
 			fmt.Sprintf("Could not %s warm pool %q: another run is destroying it (or was killed while it did). "+

@@ -51,6 +51,11 @@ const (
 	// server runs: it is overloaded (a flood of logins, starved of CPU),
 	// so another attempt is worth making while the operation has time.
 	Slow
+	// Full: the server refused the login for want of a free connection
+	// slot (SQLSTATE 53300: max_connections, or the role's or database's
+	// connection limit). It runs; another attempt is worth making while
+	// the operation has time.
+	Full
 )
 
 func (r Reason) String() string {
@@ -67,6 +72,8 @@ func (r Reason) String() string {
 		return "database does not exist"
 	case Slow:
 		return "login not finished within the connect timeout"
+	case Full:
+		return "no free connection slot"
 	}
 	return "connection failed"
 }
