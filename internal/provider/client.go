@@ -462,8 +462,6 @@ var settingsOf = map[reach.Component]componentSettings{
 	},
 }
 
-// reachAdvice says what to check for a failed connection, naming the
-// settings and environment variables that change it.
 // reachWhat is what failed to connect, r from err's chain, with how often
 // and for how long it was tried: that is what tells a server that stayed
 // full or slow from one that refused once.
@@ -474,6 +472,8 @@ func reachWhat(err error, r *reach.Error) string {
 	return r.Error()
 }
 
+// reachAdvice says what to check for a failed connection, naming the
+// settings and environment variables that change it.
 func reachAdvice(r *reach.Error) string {
 	s := settingsOf[r.Component]
 	switch r.Reason {
