@@ -562,16 +562,28 @@ func (b *Backend) metaDBStopped(ctx context.Context, id string, cfg MetaDBConfig
 		Logs: b.tailLogs(lctx, id)}
 }
 
+// execExitSettle is how long a failed exec waits for the engine to record
+// that the container exited.
+const execExitSettle = 2 * time.Second
+
 // metaDBExecFailed is the error for a failed look at the password file:
 // the container stopping meanwhile says more than the exec's error. Under
 // unless-stopped a server that exits is restarted at once, so an exec can
 // meet it between two runs (sh exits 126) while inspect already shows it
 // running again: a restart count above the one seen after the start
-// (restarts) is the sign.
+// (restarts) is the sign. The exec can also end first, its sh killed
+// (137) as the container's first process exits, while inspect still shows
+// the container running: the engine has not recorded the exit yet (seen on
+// a fast machine), so inspect is asked again for up to execExitSettle.
 func (b *Backend) metaDBExecFailed(ctx context.Context, id string, restarts int, cfg MetaDBConfig, err error) error {
-	if c, ierr := b.cli.ContainerInspect(ctx, id); ierr == nil &&
-		(c.State == nil || !c.State.Running || c.State.Restarting || c.RestartCount > restarts) {
-		return b.metaDBStopped(ctx, id, cfg, "it stopped right after it was started")
+	for settled := time.Now().Add(execExitSettle); ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
+		c, ierr := b.cli.ContainerInspect(ctx, id)
+		if ierr == nil && (c.State == nil || !c.State.Running || c.State.Restarting || c.RestartCount > restarts) {
+			return b.metaDBStopped(ctx, id, cfg, "it stopped right after it was started")
+		}
+		if ierr != nil || time.Now().After(settled) {
+			break
+		}
 	}
 	var me *MetaDBError
 	if errors.As(err, &me) {
