@@ -436,6 +436,15 @@ func (b *Backend) podFailed(ctx context.Context, name string) error {
 			continue
 		}
 		if w := cs.State.Waiting; w != nil {
+			if w.Reason == "CreateContainerConfigError" {
+				lag, err := b.secretCacheLag(ctx, name, w.Message)
+				if err != nil {
+					return err
+				}
+				if lag {
+					continue
+				}
+			}
 			switch w.Reason {
 			case "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
 				"CreateContainerError", "CrashLoopBackOff":
@@ -455,6 +464,29 @@ func (b *Backend) podFailed(ctx context.Context, name string) error {
 		}
 	}
 	return nil
+}
+
+// secretCacheLag reports a CreateContainerConfigError that the kubelet
+// mends by itself: its secret cache did not sync in time ("failed to sync
+// secret cache: timed out waiting for the condition", seen for a bootstrap
+// Secret made right after one of the same name was deleted), or it does
+// not have the bootstrap Secret yet while the API does. The kubelet tries
+// again; a Secret the API does not have either will never come.
+func (b *Backend) secretCacheLag(ctx context.Context, name, message string) (bool, error) {
+	if strings.Contains(message, "failed to sync secret cache") {
+		return true, nil
+	}
+	if !strings.Contains(message, secretName(name)) || !strings.Contains(message, "not found") {
+		return false, nil
+	}
+	_, err := b.cs.CoreV1().Secrets(b.namespace).Get(ctx, secretName(name), metav1.GetOptions{})
+	switch {
+	case err == nil:
+		return true, nil
+	case apierrors.IsNotFound(err):
+		return false, nil
+	}
+	return false, b.apiError(fmt.Sprintf("reading Secret %q", secretName(name)), err)
 }
 
 // tailLogs is the postgres container's last log lines ("" when none);

@@ -585,3 +585,53 @@ func TestUnschedulableUntilTheClaimExists(t *testing.T) {
 		t.Fatalf("podFailed with the claim made and the scheduler's answer stale = %v; want nil", err)
 	}
 }
+
+// A container the kubelet could not configure because its secret cache
+// lagged is not a failed create: "failed to sync secret cache" (seen in CI
+// for a bootstrap Secret made right after one of the same name was
+// deleted) and a bootstrap Secret the kubelet has not seen yet but the API
+// has both mend themselves. A Secret the API does not have either, and any
+// other configuration error, are failures. The kubelet's answers are
+// written by hand on a bare pod no scheduler takes, as above.
+func TestSecretCacheLagIsWaitedOut(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	spec := e.spec(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	pods := e.b.cs.CoreV1().Pods(e.b.namespace)
+	sts := e.b.statefulSet(spec, e.b.cfg.Image)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: podName(spec.Name), Labels: sts.Spec.Template.Labels}, Spec: sts.Spec.Template.Spec}
+	pod.Spec.SchedulerName = "postgraas-test-nobody"
+	pod.Spec.Volumes = []corev1.Volume{{Name: volumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	pod, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubelet := func(message string) error {
+		t.Helper()
+		pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: containerName, Image: e.b.cfg.Image,
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: message}}}}
+		if pod, err = pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return e.b.podFailed(ctx, spec.Name)
+	}
+	notFound := `secret "` + secretName(spec.Name) + `" not found`
+	var se *backend.StartError
+	if err := kubelet("failed to sync secret cache: timed out waiting for the condition"); err != nil {
+		t.Errorf("podFailed with the secret cache out of sync = %v; want nil", err)
+	}
+	if err := kubelet(notFound); !errors.As(err, &se) {
+		t.Errorf("podFailed with no bootstrap Secret anywhere = %v; want a StartError", err)
+	}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secretName(spec.Name)}, StringData: map[string]string{"password": "x"}}
+	if _, err := e.b.cs.CoreV1().Secrets(e.b.namespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kubelet(notFound); err != nil {
+		t.Errorf("podFailed with the bootstrap Secret made and the kubelet's answer stale = %v; want nil", err)
+	}
+	if err := kubelet(`couldn't find key password in Secret default/other`); !errors.As(err, &se) {
+		t.Errorf("podFailed with another configuration error = %v; want a StartError", err)
+	}
+}
