@@ -1687,6 +1687,9 @@ ensure_kubernetes() {
 	kctl get storageclass "$KUBE_STORAGE_CLASS" >/dev/null 2>&1 ||
 		kube_storage_class | kctl apply -f - >/dev/null || die "creating StorageClass $KUBE_STORAGE_CLASS failed"
 	wait_for 120 "Ready node $KUBE_NODE" kubelet kube_node_ready
+	# The controller manager makes the namespace's default ServiceAccount a moment after it starts; a
+	# pod created before that is refused (seen when a test created one right after the start).
+	wait_for 60 "ServiceAccount default/default" kube-controller-manager kctl -n default get serviceaccount default
 	for pid in kube-controller-manager kube-scheduler kube-proxy; do
 		kube_pid "$pid" "$KUBE_BIN/$pid" >/dev/null || { tail -n 30 "$KUBE_LOG/$pid.log" >&2; die "$pid is not running (log: $KUBE_LOG/$pid.log)"; }
 	done
