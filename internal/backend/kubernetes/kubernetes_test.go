@@ -541,6 +541,22 @@ func TestPersonaliseAfterALostAnswer(t *testing.T) {
 	}
 }
 
+// barePod creates the pod of spec's StatefulSet without the StatefulSet,
+// with data from the given source and a scheduler no one runs, so that what
+// a test writes into its status stays there.
+func (e env) barePod(t *testing.T, ctx context.Context, spec backend.Spec, data corev1.VolumeSource) *corev1.Pod {
+	t.Helper()
+	sts := e.b.statefulSet(spec, e.b.cfg.Image)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: podName(spec.Name), Labels: sts.Spec.Template.Labels}, Spec: sts.Spec.Template.Spec}
+	pod.Spec.SchedulerName = "postgraas-test-nobody"
+	pod.Spec.Volumes = []corev1.Volume{{Name: volumeName, VolumeSource: data}}
+	pod, err := e.b.cs.CoreV1().Pods(e.b.namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod
+}
+
 // A pod the scheduler found without its claim is not a failed create while
 // the claim exists: the scheduler can meet the StatefulSet's pod before its
 // cache has the claim the controller made first, and tries again (seen in
@@ -556,14 +572,8 @@ func TestUnschedulableUntilTheClaimExists(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	pods := e.b.cs.CoreV1().Pods(e.b.namespace)
 	sts := e.b.statefulSet(spec, e.b.cfg.Image)
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: podName(spec.Name), Labels: sts.Spec.Template.Labels}, Spec: sts.Spec.Template.Spec}
-	pod.Spec.SchedulerName = "postgraas-test-nobody"
-	pod.Spec.Volumes = []corev1.Volume{{Name: volumeName, VolumeSource: corev1.VolumeSource{
-		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claimName(spec.Name)}}}}
-	pod, err := pods.Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := e.barePod(t, ctx, spec, corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claimName(spec.Name)}})
 	pod.Status.Conditions = []corev1.PodCondition{{
 		Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable,
 		Message: `0/1 nodes are available: persistentvolumeclaim "` + claimName(spec.Name) + `" not found. not found`,
@@ -599,16 +609,10 @@ func TestSecretCacheLagIsWaitedOut(t *testing.T) {
 	spec := e.spec(t)
 	ctx := ctxFor(t, 2*time.Minute)
 	pods := e.b.cs.CoreV1().Pods(e.b.namespace)
-	sts := e.b.statefulSet(spec, e.b.cfg.Image)
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: podName(spec.Name), Labels: sts.Spec.Template.Labels}, Spec: sts.Spec.Template.Spec}
-	pod.Spec.SchedulerName = "postgraas-test-nobody"
-	pod.Spec.Volumes = []corev1.Volume{{Name: volumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
-	pod, err := pods.Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := e.barePod(t, ctx, spec, corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}})
 	kubelet := func(message string) error {
 		t.Helper()
+		var err error
 		pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: containerName, Image: e.b.cfg.Image,
 			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: message}}}}
 		if pod, err = pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
