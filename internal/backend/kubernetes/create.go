@@ -437,7 +437,7 @@ func (b *Backend) podFailed(ctx context.Context, name string) error {
 		}
 		if w := cs.State.Waiting; w != nil {
 			if w.Reason == "CreateContainerConfigError" {
-				lag, err := b.secretCacheLag(ctx, name, w.Message)
+				lag, err := b.secretCacheLag(ctx, pod, name, w.Message)
 				if err != nil {
 					return err
 				}
@@ -466,13 +466,22 @@ func (b *Backend) podFailed(ctx context.Context, name string) error {
 	return nil
 }
 
+// secretSyncGrace is how long after a pod's creation a kubelet's lagging
+// secret cache is waited for. The kubelet tries again within seconds; one
+// that still cannot after this has another problem (its permissions, say),
+// which the create reports instead of waiting out its whole timeout.
+const secretSyncGrace = 2 * time.Minute
+
 // secretCacheLag reports a CreateContainerConfigError that the kubelet
 // mends by itself: its secret cache did not sync in time ("failed to sync
 // secret cache: timed out waiting for the condition", seen for a bootstrap
 // Secret made right after one of the same name was deleted), or it does
 // not have the bootstrap Secret yet while the API does. The kubelet tries
 // again; a Secret the API does not have either will never come.
-func (b *Backend) secretCacheLag(ctx context.Context, name, message string) (bool, error) {
+func (b *Backend) secretCacheLag(ctx context.Context, pod *corev1.Pod, name, message string) (bool, error) {
+	if time.Since(pod.CreationTimestamp.Time) > secretSyncGrace {
+		return false, nil
+	}
 	if strings.Contains(message, "failed to sync secret cache") {
 		return true, nil
 	}

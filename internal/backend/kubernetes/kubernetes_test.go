@@ -638,4 +638,10 @@ func TestSecretCacheLagIsWaitedOut(t *testing.T) {
 	if err := kubelet(`couldn't find key password in Secret default/other`); !errors.As(err, &se) {
 		t.Errorf("podFailed with another configuration error = %v; want a StartError", err)
 	}
+	// Past the grace, a kubelet that still cannot sync has another problem.
+	old := pod.DeepCopy()
+	old.CreationTimestamp = metav1.NewTime(time.Now().Add(-secretSyncGrace - time.Minute))
+	if lag, err := e.b.secretCacheLag(ctx, old, spec.Name, "failed to sync secret cache: timed out waiting for the condition"); lag || err != nil {
+		t.Errorf("secretCacheLag past the grace = %v, %v; want false", lag, err)
+	}
 }
