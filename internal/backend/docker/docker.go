@@ -49,9 +49,6 @@ const (
 	// docker-proxy accepts TCP before the server listens, so attempts
 	// mostly fail fast, and a hanging one must not eat the whole budget.
 	attemptTimeout = 2 * time.Second
-	// execAttemptTimeout bounds one attempt that runs psql inside the
-	// container (docker exec) instead of logging in over TCP.
-	execAttemptTimeout = 15 * time.Second
 	// cleanupTimeout bounds removal after a failure; it runs on a context
 	// detached from the caller's, which may be the one that expired.
 	cleanupTimeout = 60 * time.Second

@@ -250,11 +250,7 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 		if auth.Password == "" {
 			// A write-only password is not kept: compare the verifier
 			// the provider set last with the server's, from inside.
-			// An exec gets longer than a login attempt: a loaded engine
-			// takes seconds to run one, and cut off at attemptTimeout
-			// every attempt failed the same way until the destroy's time
-			// ran out. While the server is not up, psql fails at once.
-			ectx, cancel := context.WithTimeout(wctx, execAttemptTimeout)
+			ectx, cancel := context.WithTimeout(wctx, selfhosted.CheckAttemptTimeout)
 			defer cancel()
 			return selfhosted.CheckVerifier(ectx, b.psqlIn(c.ID, inst), inst.Username, auth.Verifier)
 		}

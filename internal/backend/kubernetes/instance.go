@@ -154,13 +154,10 @@ func (b *Backend) login(ctx context.Context, inst backend.Instance, auth backend
 	wctx, cancel := context.WithTimeout(ctx, existingReadyTimeout)
 	defer cancel()
 	// A write-only password is checked by comparing verifiers through
-	// pods/exec, which a loaded API server and kubelet take seconds to
-	// run: cut off at a login attempt's 2 s, every attempt would fail the
-	// same way (seen with docker exec). While the server is not up, psql
-	// fails at once.
+	// pods/exec.
 	per := attemptTimeout
 	if auth.Password == "" {
-		per = execAttemptTimeout
+		per = selfhosted.CheckAttemptTimeout
 	}
 	_, _, err = b.untilLogin(wctx, inst.Name, svc, per, func(ctx context.Context, host string, port int) error {
 		if auth.Password == "" {

@@ -78,8 +78,6 @@ const (
 	pgdataMount = "/var/lib/postgresql/data"
 	// attemptTimeout bounds one login attempt while waiting for readiness.
 	attemptTimeout = 2 * time.Second
-	// execAttemptTimeout bounds one attempt that runs psql in the pod.
-	execAttemptTimeout = 15 * time.Second
 	// cleanupTimeout bounds removal after a failure, on a context detached
 	// from the caller's (which may be the one that expired).
 	cleanupTimeout = 2 * time.Minute

@@ -33,6 +33,13 @@ type Psql func(ctx context.Context, script string, secrets ...string) (string, e
 // PsqlTimeout bounds one psql run inside an instance.
 const PsqlTimeout = time.Minute
 
+// CheckAttemptTimeout bounds one readiness attempt that runs psql inside the
+// instance (CheckVerifier) instead of logging in over TCP: a loaded engine
+// or kubelet takes seconds to start an exec, and cut off at a TCP login
+// attempt's 2 s every attempt failed the same way until the operation's
+// time ran out. While the server is not up, psql fails at once.
+const CheckAttemptTimeout = 15 * time.Second
+
 // PsqlCommand is the command line of a psql run as user: quiet, unaligned,
 // tuples only, stopping at the first error. The database goes in the
 // PGDATABASE environment variable (PsqlEnv) rather than -d, where a name
